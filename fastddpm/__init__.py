@@ -1,0 +1,31 @@
+"""fastddpm: a fast, reproducible DDPM sampling engine (Triton on GPU, Numba on CPU)."""
+from .backends import BACKENDS, BackendUnavailableError
+from .ops import ddim_step, ddpm_step, q_sample, randn
+from .schedule import SCHEDULES, Schedule
+
+__version__ = "0.1.0"
+
+# Parts that import torch, onnxruntime or matplotlib load on first use, so that
+# ``import fastddpm`` stays light and works without torch (the ONNX runtime path).
+_LAZY = {
+    "sample": "fastddpm.sampling",
+    "Pipeline": "fastddpm.sampling",
+    "load": "fastddpm.checkpoint",
+    "save": "fastddpm.checkpoint",
+    "train": "fastddpm.train",
+    "export_onnx": "fastddpm.onnx_export",
+    "OnnxSampler": "fastddpm.runtime",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fastddpm' has no attribute {name!r}")
+
+__all__ = [
+    "BACKENDS", "BackendUnavailableError", "SCHEDULES", "Schedule",
+    "ddim_step", "ddpm_step", "q_sample", "randn", "__version__",
+]

@@ -1,0 +1,1 @@
+"""fastddpm.nets (being built)."""

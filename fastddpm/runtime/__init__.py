@@ -1,0 +1,1 @@
+"""fastddpm.runtime (being built)."""

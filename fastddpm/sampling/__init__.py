@@ -1,0 +1,1 @@
+"""fastddpm.sampling (being built)."""

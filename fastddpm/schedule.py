@@ -1,0 +1,205 @@
+"""Noise schedules: betas and every derived table, computed once in float64 on the host."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .kernels import reference
+
+SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
+TABLE_NAMES = (
+    "betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1",
+    "posterior_mean_coef2", "snr",
+)
+
+_DEFAULTS: dict[str, dict[str, float]] = {
+    "linear": {"beta_start": 1e-4, "beta_end": 0.02},
+    "quadratic": {"beta_start": 1e-4, "beta_end": 0.02},
+    "sigmoid": {"beta_start": 1e-4, "beta_end": 0.02},
+    "cosine": {"s": 0.008, "min_beta": 0.0, "max_beta": 0.999},
+}
+
+_BETAS = {
+    "linear": reference.betas_linear,
+    "cosine": reference.betas_cosine,
+    "quadratic": reference.betas_quadratic,
+    "sigmoid": reference.betas_sigmoid,
+}
+
+
+def _check_num_steps(num_steps) -> int:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer T >= 1, got {num_steps!r}")
+    return int(num_steps)
+
+
+def _check_params(name: str, params: dict[str, Any]) -> dict[str, float]:
+    unknown = set(params) - set(_DEFAULTS[name])
+    if unknown:
+        raise TypeError(
+            f"unknown parameter(s) {sorted(unknown)} for the {name!r} schedule; "
+            f"allowed: {sorted(_DEFAULTS[name])}"
+        )
+    merged = {**_DEFAULTS[name], **{k: float(v) for k, v in params.items()}}
+    for key, value in merged.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{key} must be finite, got {value!r}")
+    if name == "cosine":
+        if merged["s"] < 0:
+            raise ValueError(f"s must be >= 0, got {merged['s']!r}")
+        if not 0.0 < merged["max_beta"] < 1.0:
+            raise ValueError(f"max_beta must lie in (0, 1), got {merged['max_beta']!r}")
+        if not 0.0 <= merged["min_beta"] < merged["max_beta"]:
+            raise ValueError(f"min_beta must lie in [0, max_beta), got {merged['min_beta']!r}")
+    else:
+        for key in ("beta_start", "beta_end"):
+            if not 0.0 < merged[key] < 1.0:
+                raise ValueError(f"{key} must lie in (0, 1), got {merged[key]!r}")
+    return merged
+
+
+def _check_betas(betas) -> np.ndarray:
+    try:
+        arr = np.array(betas, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"betas must be a 1-D array of floats, got {type(betas).__name__}") from exc
+    if arr.ndim != 1:
+        raise ValueError(f"betas must be 1-D, got shape {arr.shape}")
+    if arr.shape[0] < 1:
+        raise ValueError("betas must have at least one step (T >= 1)")
+    bad = ~((arr > 0.0) & (arr < 1.0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"betas must lie in (0, 1); betas[{i}] = {arr[i]!r}")
+    return arr
+
+
+class Schedule:
+    """A diffusion schedule of T steps with its derived tables (float64, read-only).
+
+    Build one with ``Schedule.linear(1000)``, ``Schedule.cosine(1000)``,
+    ``Schedule.create("sigmoid", 1000, beta_end=0.01)`` or ``Schedule.from_betas(array)``.
+    Tables (each [T]): ``betas``, ``alphas``, ``alphas_cumprod`` (ᾱ), ``alphas_cumprod_prev``,
+    ``sqrt_alphas_cumprod``, ``sqrt_one_minus_alphas_cumprod``, ``sqrt_recip_alphas_cumprod``,
+    ``sqrt_recipm1_alphas_cumprod``, ``posterior_variance`` (β̃),
+    ``posterior_log_variance_clipped``, ``posterior_mean_coef1``, ``posterior_mean_coef2``,
+    ``snr``.
+    """
+
+    def __init__(self, betas, *, name: str = "custom", params: dict[str, float] | None = None):
+        betas = _check_betas(betas)
+        self.name = name
+        self.params = dict(params or {})
+        from .backends import schedule_tables  # numba when available, else the reference
+
+        tables = schedule_tables(betas)
+        for key in TABLE_NAMES:
+            table = np.array(tables[key], dtype=np.float64)
+            table.flags.writeable = False
+            setattr(self, key, table)
+        self._device_cache: dict[tuple[str, str], dict[str, Any]] = {}
+
+    # -- constructors ------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, name: str, num_steps: int = 1000, **params) -> "Schedule":
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
+        num_steps = _check_num_steps(num_steps)
+        merged = _check_params(name, params)
+        return cls(_BETAS[name](num_steps, **merged), name=name, params=merged)
+
+    @classmethod
+    def linear(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        return cls.create("linear", num_steps, beta_start=beta_start, beta_end=beta_end)
+
+    @classmethod
+    def cosine(cls, num_steps: int = 1000, s: float = 0.008, min_beta: float = 0.0,
+               max_beta: float = 0.999):
+        return cls.create("cosine", num_steps, s=s, min_beta=min_beta, max_beta=max_beta)
+
+    @classmethod
+    def quadratic(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        return cls.create("quadratic", num_steps, beta_start=beta_start, beta_end=beta_end)
+
+    @classmethod
+    def sigmoid(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        return cls.create("sigmoid", num_steps, beta_start=beta_start, beta_end=beta_end)
+
+    @classmethod
+    def from_betas(cls, betas) -> "Schedule":
+        return cls(betas, name="custom")
+
+    # -- serialisation -----------------------------------------------------------------
+
+    def to_config(self) -> dict[str, Any]:
+        """JSON-able description; named schedules store their parameters, custom ones betas."""
+        if self.name in SCHEDULES:
+            return {"name": self.name, "num_steps": self.num_steps, **self.params}
+        return {"name": "custom", "betas": self.betas.tolist()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Schedule":
+        config = dict(config)
+        name = config.pop("name", None)
+        if name == "custom":
+            return cls.from_betas(config["betas"])
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {name!r} in config; allowed: {', '.join(SCHEDULES)}, custom")
+        return cls.create(name, config.pop("num_steps"), **config)
+
+    # -- properties --------------------------------------------------------------------
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.betas.shape[0])
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        return np.array_equal(self.betas, other.betas)
+
+    def __hash__(self) -> int:
+        return hash(self.betas.tobytes())
+
+    def __repr__(self) -> str:
+        if self.name in SCHEDULES:
+            args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+            return f"Schedule.{self.name}(num_steps={self.num_steps}, {args})"
+        return f"Schedule.from_betas(<{self.num_steps} betas in [{self.betas.min():.3g}, {self.betas.max():.3g}]>)"
+
+    # -- device copies -----------------------------------------------------------------
+
+    def tables(self, device=None, dtype=None) -> dict[str, Any]:
+        """Every table cast to ``dtype`` on ``device``, built once and cached.
+
+        ``device=None`` gives NumPy arrays (default dtype float64); a torch device (or its
+        string) gives torch tensors (default dtype float32). The cache makes a sampling loop
+        free of host→device copies after its first step.
+        """
+        if device is None:
+            np_dtype = np.dtype(dtype or np.float64)
+            key = ("numpy", np_dtype.name)
+            if key not in self._device_cache:
+                self._device_cache[key] = {k: getattr(self, k).astype(np_dtype) for k in TABLE_NAMES}
+            return self._device_cache[key]
+        import torch
+
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        dtype = dtype or torch.float32
+        key = (str(device), str(dtype))
+        if key not in self._device_cache:
+            self._device_cache[key] = {
+                k: torch.as_tensor(getattr(self, k), dtype=torch.float64).to(device=device, dtype=dtype)
+                for k in TABLE_NAMES
+            }
+        return self._device_cache[key]

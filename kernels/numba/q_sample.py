@@ -1,0 +1,52 @@
+"""q_sample: x_t = √ᾱ[t_b]·x0 + √(1−ᾱ[t_b])·ε in one pass, ε given or drawn in-kernel."""
+import numba
+import numpy as np
+from numba import njit
+
+from .common import CHUNK, num_chunks, philox_key
+from .philox import chunk_normals
+
+
+@njit(parallel=True, cache=True)
+def _q_sample_kernel(x0, noise, noise_given, t, sqrt_ab, sqrt_1mab, x_t, noise_out, per_sample,
+                     key0, key1, offset, n_chunks):
+    n = x0.shape[0]
+    dt = x0.dtype.type
+    for c in numba.prange(n_chunks):
+        lo = c * CHUNK
+        hi = min(n, lo + CHUNK)
+        if noise_given:
+            buf, shift = np.empty(0, dtype=np.float32), np.int64(0)
+        else:
+            buf, shift = chunk_normals(key0, key1, offset + lo, hi - lo)
+        b = lo // per_sample
+        start = lo
+        while start < hi:
+            stop = min(hi, (b + 1) * per_sample)
+            tb = t[b]
+            a = dt(sqrt_ab[tb])
+            s = dt(sqrt_1mab[tb])
+            for k in range(start, stop):
+                if noise_given:
+                    eps = noise[k]
+                else:
+                    eps = dt(buf[k - lo + shift])
+                    noise_out[k] = eps
+                x_t[k] = a * x0[k] + s * eps
+            start = stop
+            b += 1
+
+
+def q_sample(x0, t, sqrt_ab, sqrt_1mab, noise, x_t, noise_out, seed, stream, offset, per_sample):
+    """All arrays flat and contiguous; t [B] int64; tables float64 [T]; per_sample = D.
+
+    Bytes per element: 12 (read x0 and ε, write x_t; or read x0, write x_t and ε).
+    """
+    k0, k1 = philox_key(seed, stream)
+    given = noise is not None
+    if given:
+        noise_out = noise
+    else:
+        noise = noise_out
+    _q_sample_kernel(x0, noise, given, t, sqrt_ab, sqrt_1mab, x_t, noise_out, per_sample,
+                     k0, k1, np.int64(offset), num_chunks(x0.shape[0]))

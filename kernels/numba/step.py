@@ -1,0 +1,186 @@
+"""Fused reverse steps (DDPM ancestral and DDIM(η)): x̂0 → clip → update → noise, one pass.
+
+Coefficients are computed per sample in float64 from ᾱ (recomputed only when (t, t′) changes
+between consecutive samples, so a uniform step costs one evaluation per chunk), then rounded
+to the data dtype, in the same order as kernels/reference.py.
+"""
+import math
+
+import numba
+import numpy as np
+from numba import njit
+
+from .common import CHUNK, num_chunks, philox_key
+from .philox import chunk_normals
+
+PRED_EPSILON, PRED_SAMPLE, PRED_V = 0, 1, 2
+VAR_FIXED_SMALL, VAR_FIXED_LARGE = 0, 1
+_MIN_VARIANCE = 1e-20
+
+
+@njit(inline="always", cache=True)
+def _x0_coefficients(ab_t, pred):
+    """x̂0 = cx·x_t + cm·out."""
+    if pred == PRED_EPSILON:
+        return math.sqrt(1.0 / ab_t), -math.sqrt(1.0 / ab_t - 1.0)
+    if pred == PRED_V:
+        return math.sqrt(ab_t), -math.sqrt(1.0 - ab_t)
+    return 0.0, 1.0
+
+
+@njit(inline="always", cache=True)
+def _alphas(ac, tb, pb):
+    ab_t = ac[tb]
+    ab_p = ac[pb] if pb >= 0 else 1.0
+    return ab_t, ab_p
+
+
+@njit(inline="always", cache=True)
+def _x0(x, m, cx, cm, pred):
+    if pred == PRED_SAMPLE:
+        return m
+    return cx * x + cm * m
+
+
+@njit(parallel=True, cache=True)
+def _ddpm_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, var, clip, has_clip,
+                 noise, noise_given, noise_needed, key0, key1, offset, per_sample, n_chunks):
+    n = x_t.shape[0]
+    dt = x_t.dtype.type
+    for c in numba.prange(n_chunks):
+        lo = c * CHUNK
+        hi = min(n, lo + CHUNK)
+        if noise_given or not noise_needed:
+            buf, shift = np.empty(0, dtype=np.float32), np.int64(0)
+        else:
+            buf, shift = chunk_normals(key0, key1, offset + lo, hi - lo)
+        lo_clip = dt(-clip)
+        hi_clip = dt(clip)
+        b = lo // per_sample
+        start = lo
+        last_t, last_p = np.int64(-2), np.int64(-2)
+        cx = cm = c1 = c2 = sg = dt(0.0)
+        while start < hi:
+            stop = min(hi, (b + 1) * per_sample)
+            tb = t[b * t_stride]
+            pb = prev[b * p_stride]
+            if tb != last_t or pb != last_p:
+                ab_t, ab_p = _alphas(ac, tb, pb)
+                alpha_c = ab_t / ab_p
+                beta_c = 1.0 - alpha_c
+                fx, fm = _x0_coefficients(ab_t, pred)
+                if var == VAR_FIXED_SMALL:
+                    variance = max((1.0 - ab_p) / (1.0 - ab_t) * beta_c, _MIN_VARIANCE)
+                else:
+                    variance = beta_c
+                cx, cm = dt(fx), dt(fm)
+                c1 = dt(math.sqrt(ab_p) * beta_c / (1.0 - ab_t))
+                c2 = dt(math.sqrt(alpha_c) * (1.0 - ab_p) / (1.0 - ab_t))
+                sg = dt(math.sqrt(variance)) if pb >= 0 else dt(0.0)
+                last_t, last_p = tb, pb
+            for k in range(start, stop):
+                x = x_t[k]
+                x0 = _x0(x, m[k], cx, cm, pred)
+                if has_clip:
+                    x0 = min(max(x0, lo_clip), hi_clip)
+                mean = c1 * x0 + c2 * x
+                if noise_given:
+                    out[k] = mean + sg * noise[k]
+                elif noise_needed:
+                    out[k] = mean + sg * dt(buf[k - lo + shift])
+                else:
+                    out[k] = mean + sg * dt(0.0)
+            start = stop
+            b += 1
+
+
+@njit(parallel=True, cache=True)
+def _ddim_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, eta, clip, has_clip,
+                 noise, noise_given, noise_needed, key0, key1, offset, per_sample, n_chunks):
+    n = x_t.shape[0]
+    dt = x_t.dtype.type
+    for c in numba.prange(n_chunks):
+        lo = c * CHUNK
+        hi = min(n, lo + CHUNK)
+        if noise_given or not noise_needed:
+            buf, shift = np.empty(0, dtype=np.float32), np.int64(0)
+        else:
+            buf, shift = chunk_normals(key0, key1, offset + lo, hi - lo)
+        lo_clip = dt(-clip)
+        hi_clip = dt(clip)
+        b = lo // per_sample
+        start = lo
+        last_t, last_p = np.int64(-2), np.int64(-2)
+        cx = cm = sab = s1mab = sab_p = dirc = sg = dt(0.0)
+        while start < hi:
+            stop = min(hi, (b + 1) * per_sample)
+            tb = t[b * t_stride]
+            pb = prev[b * p_stride]
+            if tb != last_t or pb != last_p:
+                ab_t, ab_p = _alphas(ac, tb, pb)
+                beta_c = 1.0 - ab_t / ab_p
+                fx, fm = _x0_coefficients(ab_t, pred)
+                sigma = eta * math.sqrt((1.0 - ab_p) / (1.0 - ab_t)) * math.sqrt(beta_c)
+                if pb < 0:
+                    sigma = 0.0
+                cx, cm = dt(fx), dt(fm)
+                sab, s1mab = dt(math.sqrt(ab_t)), dt(math.sqrt(1.0 - ab_t))
+                sab_p = dt(math.sqrt(ab_p))
+                dirc = dt(math.sqrt(max(1.0 - ab_p - sigma * sigma, 0.0)))
+                sg = dt(sigma)
+                last_t, last_p = tb, pb
+            for k in range(start, stop):
+                x = x_t[k]
+                mk = m[k]
+                x0 = _x0(x, mk, cx, cm, pred)
+                if pred == PRED_EPSILON:
+                    eps = mk
+                else:
+                    eps = (x - sab * x0) / s1mab
+                if has_clip:
+                    x0 = min(max(x0, lo_clip), hi_clip)
+                y = sab_p * x0 + dirc * eps
+                if noise_given:
+                    y = y + sg * noise[k]
+                elif noise_needed:
+                    y = y + sg * dt(buf[k - lo + shift])
+                out[k] = y
+            start = stop
+            b += 1
+
+
+def _index_arrays(t, prev_t):
+    """Scalars become length-1 arrays with stride 0 (no per-step allocation of [B])."""
+    t = np.atleast_1d(np.asarray(t, dtype=np.int64))
+    prev_t = np.atleast_1d(np.asarray(prev_t, dtype=np.int64))
+    return t, int(t.shape[0] > 1), prev_t, int(prev_t.shape[0] > 1)
+
+
+def ddpm_step(x_t, model_output, out, t, prev_t, alphas_cumprod, pred, var, clip, noise,
+              seed, stream, offset, per_sample):
+    """Flat contiguous x_t, model_output, out (out may be x_t); t, prev_t int or int64 [B].
+
+    Bytes per element: 12 (read x_t and the model output, write x_prev).
+    """
+    t, ts, prev_t, ps = _index_arrays(t, prev_t)
+    k0, k1 = philox_key(seed, stream)
+    given = noise is not None
+    needed = bool((prev_t >= 0).any())
+    if not given:
+        noise = x_t[:0]
+    _ddpm_kernel(x_t, model_output, out, t, ts, prev_t, ps, alphas_cumprod, pred, var,
+                 float(clip or 0.0), clip is not None, noise, given, needed, k0, k1,
+                 np.int64(offset), per_sample, num_chunks(x_t.shape[0]))
+
+
+def ddim_step(x_t, model_output, out, t, prev_t, alphas_cumprod, pred, eta, clip, noise,
+              seed, stream, offset, per_sample):
+    """Same conventions as ddpm_step; noise is drawn only when η > 0. Bytes per element: 12."""
+    t, ts, prev_t, ps = _index_arrays(t, prev_t)
+    k0, k1 = philox_key(seed, stream)
+    given = noise is not None and eta > 0
+    needed = eta > 0 and bool((prev_t >= 0).any())
+    noise = noise if given else x_t[:0]
+    _ddim_kernel(x_t, model_output, out, t, ts, prev_t, ps, alphas_cumprod, pred, float(eta),
+                 float(clip or 0.0), clip is not None, noise, given, needed, k0, k1,
+                 np.int64(offset), per_sample, num_chunks(x_t.shape[0]))
