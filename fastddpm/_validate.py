@@ -54,7 +54,10 @@ def host_array(x, name: str, *, dtypes=HOST_DTYPES) -> np.ndarray:
         if not x.is_contiguous():
             raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
         if x.dtype not in _torch_dtypes(dtypes):
-            raise TypeError(f"{name} must be {' or '.join(d.name for d in dtypes)}, got {x.dtype}")
+            hint = ""
+            if str(x.dtype) in ("torch.float16", "torch.bfloat16"):
+                hint = " (float16 and bfloat16 run on backend='triton', with CUDA tensors)"
+            raise TypeError(f"{name} must be {' or '.join(d.name for d in dtypes)}, got {x.dtype}{hint}")
         return x.numpy()
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {type(x).__name__}")

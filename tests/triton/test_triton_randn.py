@@ -71,3 +71,10 @@ def test_randn_other_dtypes(device, dtype):
         assert_close32(out, ref)
     else:
         assert_close_low(out, ref, dtype)
+
+
+def test_randn_many_programs(device):
+    """Several programs and a ragged tail (5003 elements, offset % 4 = 3)."""
+    out = torch.empty(5003, device=device)
+    KT.randn(out, 42, 3, 7)
+    assert_close32(out, R.randn(5003, 42, 3, 7))

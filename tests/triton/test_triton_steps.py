@@ -107,3 +107,22 @@ def test_sampling_loop_matches_numba(device):
         x_cpu = fastddpm.ddpm_step(schedule, x_cpu, np.tanh(x_cpu), t, seed=seed, stream=k, backend="numba")
     assert np.abs(x_cpu).max() < 10
     np.testing.assert_allclose(to_numpy(x_gpu), x_cpu, rtol=0, atol=1e-5)
+
+
+def test_int64_index_path(device, rng, monkeypatch):
+    """The int64 element-index variant (used past 2³¹ elements) on a small tensor."""
+    import importlib
+
+    for name in ("utils", "q_sample", "randn"):  # the modules, not the functions of that name
+        module = importlib.import_module(f"fastddpm.kernels.triton.{name}")
+        monkeypatch.setattr(module, "index_bits", lambda *args: True)
+    x, m, xd, md = _inputs(rng, (1000, 2), device)
+    t = per_sample_steps(rng, 1000, T)
+    y = fastddpm.ddpm_step(SCHEDULE, xd, md, tensor(t, device, torch.int64), seed=1, stream=2, offset=7,
+                           backend="triton")
+    assert_close32(y, R.ddpm_step(AC, x, m, t, t - 1, seed=1, stream=2, offset=7))
+    x_t, eps = fastddpm.q_sample(SCHEDULE, xd, tensor(t, device, torch.int64), seed=1, offset=2**35 + 3,
+                                 backend="triton")
+    ref_xt, ref_eps = R.q_sample(AC, x, t, None, 1, 0, 2**35 + 3)
+    assert_close32(eps, ref_eps)
+    assert_close32(x_t, ref_xt)
