@@ -27,8 +27,9 @@ DATA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _DTYPE_NAMES = "float32, float16 or bfloat16"
 
 # Integer scalars that change from call to call: never specialise on their value (no
-# recompilation per seed, and 1 would otherwise become a constexpr).
-NO_SPECIALIZE = ["n", "per_sample", "seed_word", "stream_word", "ctr_lo", "ctr_hi"]
+# recompilation per seed, and 1 would otherwise become a constexpr). Names a kernel lacks are
+# ignored by triton.jit.
+NO_SPECIALIZE = ["n", "per_sample", "last_step", "seed_word", "stream_word", "ctr_lo", "ctr_hi", "T", "S"]
 
 
 # ----------------------------------------------------------------------------------------
