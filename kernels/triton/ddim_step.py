@@ -15,6 +15,10 @@ def _ddim_step_kernel(x_ptr, m_ptr, out_ptr, noise_ptr, t_ptr, p_ptr, ac_ptr, ke
                       PREV_IS_T_MINUS_1: tl.constexpr, NOISE: tl.constexpr, KEY_ON_DEVICE: tl.constexpr,
                       SHIFT: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
     k, mask, counters = tile(n, ctr_lo, ctr_hi, SHIFT, IDX64, BLOCK)
+    # Loads first: they do not depend on the coefficients, so their latency overlaps the
+    # float64 coefficient chain and the Philox rounds.
+    x = tl.load(x_ptr + k, mask=mask).to(tl.float32)
+    m = tl.load(m_ptr + k, mask=mask).to(tl.float32)
     ab_t, ab_p, p = step_alphas(t_ptr, p_ptr, ac_ptr, k, mask, per_sample, last_step,
                                 T_PER_SAMPLE, P_PER_SAMPLE, PREV_IS_T_MINUS_1)
     beta_c = 1.0 - ab_t / ab_p
@@ -23,8 +27,6 @@ def _ddim_step_kernel(x_ptr, m_ptr, out_ptr, noise_ptr, t_ptr, p_ptr, ac_ptr, ke
     sab_p = tl.sqrt(ab_p).to(tl.float32)
     dirc = tl.sqrt(tl.maximum(1.0 - ab_p - sigma * sigma, 0.0)).to(tl.float32)
 
-    x = tl.load(x_ptr + k, mask=mask).to(tl.float32)
-    m = tl.load(m_ptr + k, mask=mask).to(tl.float32)
     if PRED == 1:
         x0 = m
     else:

@@ -17,6 +17,10 @@ def _ddpm_step_kernel(x_ptr, m_ptr, out_ptr, noise_ptr, t_ptr, p_ptr, ac_ptr, ke
                       PREV_IS_T_MINUS_1: tl.constexpr, NOISE: tl.constexpr, KEY_ON_DEVICE: tl.constexpr,
                       SHIFT: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
     k, mask, counters = tile(n, ctr_lo, ctr_hi, SHIFT, IDX64, BLOCK)
+    # Loads first: they do not depend on the coefficients, so their latency overlaps the
+    # float64 coefficient chain and the Philox rounds.
+    x = tl.load(x_ptr + k, mask=mask).to(tl.float32)
+    m = tl.load(m_ptr + k, mask=mask).to(tl.float32)
     # Coefficients in float64 from ᾱ, rounded once to float32 (as the reference does); with
     # a scalar t they are computed once per program, with a per-sample t per element.
     ab_t, ab_p, p = step_alphas(t_ptr, p_ptr, ac_ptr, k, mask, per_sample, last_step,
@@ -26,8 +30,6 @@ def _ddpm_step_kernel(x_ptr, m_ptr, out_ptr, noise_ptr, t_ptr, p_ptr, ac_ptr, ke
     c1 = (tl.sqrt(ab_p) * beta_c / (1.0 - ab_t)).to(tl.float32)
     c2 = (tl.sqrt(alpha_c) * (1.0 - ab_p) / (1.0 - ab_t)).to(tl.float32)
 
-    x = tl.load(x_ptr + k, mask=mask).to(tl.float32)
-    m = tl.load(m_ptr + k, mask=mask).to(tl.float32)
     if PRED == 1:
         x0 = m
     else:

@@ -28,8 +28,10 @@ _DTYPE_NAMES = "float32, float16 or bfloat16"
 
 # Integer scalars that change from call to call: never specialise on their value (no
 # recompilation per seed, and 1 would otherwise become a constexpr). Names a kernel lacks are
-# ignored by triton.jit.
-NO_SPECIALIZE = ["n", "per_sample", "last_step", "seed_word", "stream_word", "ctr_lo", "ctr_hi", "T", "S"]
+# ignored by triton.jit. The element count n is left specialisable on purpose: knowing
+# n % 16 == 0 makes the tail mask constant over 4 lanes, which is what lets Triton emit
+# 16-byte vector loads and stores for masked accesses.
+NO_SPECIALIZE = ["per_sample", "last_step", "seed_word", "stream_word", "ctr_lo", "ctr_hi", "T", "S"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -257,7 +259,10 @@ def tile(n, ctr_lo, ctr_hi, SHIFT: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.
     rows = tl.arange(0, ROWS)
     lanes = tl.arange(0, 4)
     k = pid * BLOCK + (rows[:, None] * 4 + lanes[None, :]) - SHIFT
-    mask = (k >= 0) & (k < n)
+    if SHIFT == 0:  # the usual case (offset % 4 == 0): aligned, and no k >= 0 term in the mask
+        mask = k < n
+    else:
+        mask = (k >= 0) & (k < n)
     base = (ctr_hi.to(tl.int64) << 32) | ctr_lo.to(tl.uint32, bitcast=True).to(tl.int64)
     counters = base + pid.to(tl.int64) * ROWS + rows.to(tl.int64)[:, None]
     return k, mask, counters
