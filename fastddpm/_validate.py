@@ -28,6 +28,14 @@ def check_uint32(value, name: str) -> int:
     return int(value)
 
 
+def check_host_keys(backend: str, **keys) -> None:
+    """Seeds/streams given as tensors are read on the device: only the Triton backend does."""
+    for name, value in keys.items():
+        if backend != "triton" and is_torch_tensor(value):
+            raise TypeError(f"{name} as a tensor is accepted by backend='triton' only; "
+                            f"pass an int to backend={backend!r}")
+
+
 def check_offset(offset, numel: int) -> int:
     if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
         raise TypeError(f"offset must be a non-negative integer, got {type(offset).__name__}")

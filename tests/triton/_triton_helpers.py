@@ -1,14 +1,9 @@
 """Shared helpers of the Triton tests (imported by name: pytest puts this folder on sys.path)."""
-import warnings
-
 import numpy as np
 import pytest
 import torch
 
 from fastddpm.backends import interpreting_triton
-
-# Schedule.tables converts read-only NumPy tables (harmless: torch copies them to the device).
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = (["cpu"] if interpreting_triton() else []) + (["cuda"] if HAS_CUDA else [])

@@ -1,5 +1,7 @@
 """Fixtures of the Triton tests: the interpreter on CPU tensors (TRITON_INTERPRET=1 set before
 triton is imported, as `make test` does) and CUDA when present. Without either they skip."""
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -18,3 +20,11 @@ def device(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def pytest_collection_modifyitems(config, items):
+    # Schedule.tables hands read-only NumPy tables to torch (harmless: they are copied).
+    here = pathlib.Path(__file__).parent
+    for item in items:
+        if here in pathlib.Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"))

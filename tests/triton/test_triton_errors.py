@@ -141,3 +141,9 @@ def test_low_precision_needs_triton():
     x = torch.zeros(4, 3, dtype=torch.float16)
     with pytest.raises(TypeError, match="float16 and bfloat16 run on backend='triton'"):
         fastddpm.ddpm_step(S, x, x, 5, backend="numba")
+
+
+def test_tensor_seed_only_on_triton():
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(TypeError, match="seed as a tensor is accepted by backend='triton' only"):
+        fastddpm.ddpm_step(S, x, x, 5, seed=torch.tensor(3), backend="numba")
