@@ -148,6 +148,7 @@ class SamplingRun:
             batch_size = max(1, default_elements // self.D)
         self.batch_size = min(_check_int(batch_size, "batch_size"), self.n)
         self._graphs = {}
+        self.model_id = None  # identifies the weights in a bulk progress record (set by Pipeline)
 
     def _device(self, device):
         """None for the host path with a NumPy model; a torch.device otherwise."""
