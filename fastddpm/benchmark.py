@@ -22,7 +22,6 @@ read; absolute numbers depend on the machine (named in the table). Sections:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
