@@ -396,7 +396,7 @@ def _fmt(v):
 def format_rows(rows, info=None) -> str:
     """Tables per section, headed by the machine."""
     info = machine() if info is None else info
-    lines = [f"machine: {info.get('cpu')} | {info.get('cores')} cores | load {info.get('load_avg_1m')} | "
+    lines = [] if not info else [f"machine: {info.get('cpu')} | {info.get('cores')} cores | load {info.get('load_avg_1m')} | "
              f"GPU: {info.get('gpu') or 'none'} | torch {info.get('torch')} ({info.get('torch_threads')} threads) | "
              f"numba {info.get('numba')} ({info.get('numba_threads')} threads)"]
     for section in SECTIONS:
