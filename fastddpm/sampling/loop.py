@@ -25,7 +25,7 @@ from ..schedule import Schedule
 from .guard import all_finite, nonfinite_error
 from .models import check_output, host_model, model_device, model_kind
 from .plan import make_plan
-from .steppers import HostStepper, TorchStepper
+from .steppers import HostStepper, TorchStepper, numba_randn
 
 LOOP_BACKENDS = ("auto", "numpy", "numba", "torch", "triton")
 
@@ -197,7 +197,7 @@ class SamplingRun:
             x = np.empty((B,) + self.shape, dtype=self.dtype)
         flat = x.reshape(-1)
         if self.kernel_backend == "numba":
-            kernels("numba").randn(flat, self.seed, 0, offset)
+            numba_randn(flat, self.seed, 0, offset)
         else:
             flat[:] = kernels("numpy").randn(flat.size, self.seed, 0, offset)
         self.stepper.reset(x)
