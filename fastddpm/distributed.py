@@ -72,9 +72,15 @@ def _env_int(name: str) -> int:
         raise DistributedError(f"environment variable {name}={value!r} must be an integer (torchrun sets it)") from None
 
 
-def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The global rows [a, b) of rank ``rank``: contiguous, in rank order, sizes differing by ≤ 1."""
-    return rank * n // world_size, (rank + 1) * n // world_size
+def shard_range(n: int, rank: int, world_size: int, block: int = 1) -> tuple[int, int]:
+    """The global rows [a, b) of rank ``rank``: contiguous, in rank order, made of whole blocks.
+
+    The ceil(n/block) blocks of ``block`` rows (the last one may be short) are split as evenly as
+    possible (counts differ by ≤ 1); a rank gets no rows when there are fewer blocks than ranks.
+    """
+    blocks = -(-n // block)
+    return (min(n, rank * blocks // world_size * block),
+            min(n, (rank + 1) * blocks // world_size * block))
 
 
 @dataclasses.dataclass
@@ -94,8 +100,8 @@ class RankContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def rows(self, total: int) -> tuple[int, int]:
-        return shard_range(total, self.rank, self.world_size)
+    def rows(self, total: int, block: int = 1) -> tuple[int, int]:
+        return shard_range(total, self.rank, self.world_size, block)
 
     # -- collectives ---------------------------------------------------------------------
 
@@ -332,7 +338,8 @@ def _npy_header(path: Path):
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            shape, _, dtype = np.lib.format._read_array_header(f, version)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
             data_start = f.tell()
         if path.stat().st_size != data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
             return None
@@ -360,6 +367,7 @@ def sample_distributed(model, schedule, n, *, out, seed=0, resume=False, overwri
     Other keywords go to :func:`fastddpm.sample` (sampler, steps, spacing, eta, dtype, …).
     """
     from .sampling import sample as sample_one
+    from .sampling.bulk import paths as bulk_paths
     from .sampling.loop import _check_int
     from .sampling.models import model_kind
 
@@ -369,7 +377,7 @@ def sample_distributed(model, schedule, n, *, out, seed=0, resume=False, overwri
     n = _check_int(n, "n")
     if out is None:
         raise ValueError("out is required: distributed sampling writes a .npy file")
-    out = Path(out).absolute()
+    out = bulk_paths(out)[0].absolute()
     own_ctx = ctx is None
     ctx = init(device, timeout=timeout) if own_ctx else ctx
     try:
@@ -378,7 +386,9 @@ def sample_distributed(model, schedule, n, *, out, seed=0, resume=False, overwri
             model = model.to(ctx.device)
         elif ctx.device.type != "cpu":
             raise DistributedError("a model with array_api == 'numpy' runs on the CPU; use device 'cpu'")
-        ignored = ("batch_size", "backend", "progress", "device", "cuda_graph")
+        batch_size = _batch_size(model, n, ctx.device, sample_kwargs)
+        sample_kwargs["batch_size"] = batch_size
+        ignored = ("backend", "progress", "device", "cuda_graph")
         args = {
             "n": n, "seed": seed, "out": str(out), "resume": bool(resume), "overwrite": bool(overwrite),
             "world_size": ctx.world_size, "schedule": schedule.to_config() if hasattr(schedule, "to_config")
@@ -392,10 +402,12 @@ def sample_distributed(model, schedule, n, *, out, seed=0, resume=False, overwri
         if state == "done":
             return out
         shard_dir(out).mkdir(parents=True, exist_ok=True)  # rank 0 made it; other nodes may not share it
-        a, b = ctx.rows(n)
-        if b > a:
+        a, b = ctx.rows(n, batch_size)
+        shard = shard_path(out, ctx.rank, ctx.world_size)
+        finished = resume and _npy_header(shard) is not None and _npy_header(shard)[0][0] == b - a
+        if b > a and not finished:
             try:
-                sample_one(model, schedule, b - a, start=a, seed=seed, out=shard_path(out, ctx.rank, ctx.world_size),
+                sample_one(model, schedule, b - a, start=a, seed=seed, out=shard,
                            resume=resume, overwrite=overwrite, device=ctx.device if kind == "torch" else None,
                            progress=progress and ctx.is_main, **sample_kwargs)
             except Exception as exc:  # reported to every rank below, then re-raised here
@@ -404,7 +416,7 @@ def sample_distributed(model, schedule, n, *, out, seed=0, resume=False, overwri
         ctx.wait_all(True, timeout=finish_timeout)
         if ctx.is_main:
             try:
-                assemble(out, n, ctx.world_size, keep_shards=keep_shards)
+                assemble(out, n, ctx.world_size, batch_size, keep_shards=keep_shards)
             except Exception as exc:
                 _report_failure(ctx, f"assembling {out}: {type(exc).__name__}: {exc}", finish_timeout)
                 raise
@@ -413,6 +425,27 @@ def sample_distributed(model, schedule, n, *, out, seed=0, resume=False, overwri
     finally:
         if own_ctx:
             ctx.close()
+
+
+def _batch_size(model, n: int, device, sample_kwargs: dict) -> int:
+    """The batch size every rank uses (the loop's default when not given).
+
+    Shards are cut at multiples of it, so every rank runs exactly the batches one process would
+    run: the noise never depends on the batching, but a network's float results can depend on
+    the batch shape (BLAS/cuDNN pick kernels by size), and equal batches keep the file
+    byte-identical to one process.
+    """
+    from .sampling.loop import _check_int, default_batch_size
+
+    bs = sample_kwargs.get("batch_size")
+    if bs is None:
+        shape = sample_kwargs.get("sample_shape") or getattr(model, "sample_shape", None)
+        if shape is None:
+            raise ValueError("sample_shape is required (the shape of one sample, e.g. (2,) or (1, 28, 28)) "
+                             "unless the model has a sample_shape attribute")
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        bs = default_batch_size(int(np.prod(shape, dtype=np.int64)), device.type)
+    return min(_check_int(bs, "batch_size"), n)
 
 
 def _report_failure(ctx: RankContext, message: str, finish_timeout: float) -> None:
@@ -465,12 +498,16 @@ def _output_state(out: Path, n: int, world_size: int, *, resume: bool, overwrite
     return "run"
 
 
-def assemble(out, n: int, world_size: int, *, keep_shards: bool = False) -> Path:
-    """Concatenate the W complete shards of ``out`` in rank order into ``out`` (temp file + rename)."""
+def assemble(out, n: int, world_size: int, block: int = 1, *, keep_shards: bool = False) -> Path:
+    """Concatenate the W complete shards of ``out`` in rank order into ``out`` (temp file + rename).
+
+    ``block``: the batch size the shards were cut with (see :func:`shard_range`).
+    """
     out = Path(out)
+    bounds = [shard_range(n, r, world_size, block) for r in range(world_size)]
     parts = []
     for r in range(world_size):
-        a, b = shard_range(n, r, world_size)
+        a, b = bounds[r]
         if b == a:
             continue
         path = shard_path(out, r, world_size)

@@ -36,6 +36,12 @@ DEFAULT_CPU_BATCH_ELEMENTS = 2**14
 DEFAULT_GPU_BATCH_ELEMENTS = 2**26
 
 
+def default_batch_size(sample_elements: int, device_type: str) -> int:
+    """Samples per batch when batch_size=None: a cache-sized batch on CPU, a device-filling one on CUDA."""
+    elements = DEFAULT_GPU_BATCH_ELEMENTS if device_type == "cuda" else DEFAULT_CPU_BATCH_ELEMENTS
+    return max(1, elements // sample_elements)
+
+
 @dataclass
 class Trajectory:
     """x at chosen loop positions: ``positions`` [P] in [0, K] (0 = x_T, K = the final sample),
@@ -133,7 +139,6 @@ class SamplingRun:
             self.cuda_graph = (self.device.type == "cuda") if cuda_graph is None else bool(cuda_graph)
             if self.cuda_graph and self.device.type != "cuda":
                 raise ValueError("cuda_graph=True needs a CUDA device")
-            default_elements = DEFAULT_GPU_BATCH_ELEMENTS if self.device.type == "cuda" else DEFAULT_CPU_BATCH_ELEMENTS
         else:
             if backend == "triton":
                 raise BackendUnavailableError("backend='triton' needs a CUDA device (device='cuda' and a model on it)")
@@ -147,9 +152,8 @@ class SamplingRun:
             self.stepper = HostStepper(self.plan, schedule, self.kernel_backend, self.seed)
             self.call = host_model(model, self.kind, self.dtype)
             self.cuda_graph = False
-            default_elements = DEFAULT_CPU_BATCH_ELEMENTS
         if batch_size is None:
-            batch_size = max(1, default_elements // self.D)
+            batch_size = default_batch_size(self.D, self.device.type if self.on_torch else "cpu")
         self.batch_size = min(_check_int(batch_size, "batch_size"), self.n)
         self._graphs = {}
 
