@@ -85,8 +85,12 @@ def read_progress(out) -> dict | None:
                          f"{progress.name[:-len('.progress.json')]}.partial to start over") from exc
 
 
-def write_samples(run, out, *, resume: bool = False, overwrite: bool = False) -> str:
-    """Run ``run`` (a SamplingRun) into the .npy file ``out``; returns its path."""
+def write_samples(run, out, *, resume: bool = False, overwrite: bool = False, postprocess=None) -> str:
+    """Run ``run`` (a SamplingRun) into the .npy file ``out``; returns its path.
+
+    ``postprocess``: applied to each batch (a host array) before it is written, e.g. the
+    checkpoint's de-normalisation; it takes part in the resume check through ``run.model_id``.
+    """
     final, partial, progress = paths(out)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists (a finished run); pass overwrite=True "
@@ -116,6 +120,8 @@ def write_samples(run, out, *, resume: bool = False, overwrite: bool = False) ->
             x = run.run_batch(s0, s1, pbar=pbar)
             if not isinstance(x, np.ndarray):  # a torch tensor of the torch/CUDA path
                 x = x.detach().cpu().numpy()
+            if postprocess is not None:
+                x = postprocess(x)
             rows = np.load(partial, mmap_mode="r+")
             rows[s0:s1] = x
             rows.flush()

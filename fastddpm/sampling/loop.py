@@ -156,6 +156,7 @@ class SamplingRun:
             batch_size = default_batch_size(self.D, self.device.type if self.on_torch else "cpu")
         self.batch_size = min(_check_int(batch_size, "batch_size"), self.n)
         self._graphs = {}
+        self.model_id = None  # identifies the weights in a bulk progress record (set by Pipeline)
 
     def _device(self, device):
         """None for the host path with a NumPy model; a torch.device otherwise."""
