@@ -304,6 +304,19 @@ def _arm_test_fault(ctx: RankContext, model) -> None:
         raise DistributedError(f"{KILL_ENV} works only with torch modules")
 
 
+def add_distributed_arguments(parser, *, sampling: bool = False) -> None:
+    """The --distributed flags shared by ``fastddpm sample`` and ``fastddpm train``."""
+    group = parser.add_argument_group("distributed (start with torchrun; see docs/distributed.md)")
+    group.add_argument("--distributed", action="store_true",
+                       help="run as one rank of a torchrun job (gloo on CPU, NCCL with --device cuda: "
+                            "each rank uses cuda:LOCAL_RANK)")
+    group.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help="limit for the rendezvous and the cross-rank argument check")
+    if sampling:
+        group.add_argument("--keep-shards", action="store_true",
+                           help="keep OUT.shards/ (one .npy per rank) after assembling OUT")
+
+
 # -- sampling --------------------------------------------------------------------------------
 
 
@@ -352,65 +365,77 @@ def sample_distributed(model, schedule, n, *, out, seed=0, resume=False, overwri
                        ctx: RankContext | None = None, timeout: float = DEFAULT_TIMEOUT,
                        finish_timeout: float = DEFAULT_FINISH_TIMEOUT, keep_shards: bool = False,
                        progress: bool = True, **sample_kwargs):
-    """Draw samples 0 … n−1 of ``fastddpm.sample(model, schedule, n, seed=seed)`` over all ranks into ``out``.
+    """Write samples 0 … n−1 of ``fastddpm.sample(model, schedule, n, seed=seed)`` into ``out``, over all ranks.
 
-    Call it on every rank (under torchrun) with the same arguments; ``batch_size`` and
-    ``backend`` may differ between ranks (they do not change the samples). Rank r writes
-    ``OUT.shards/rank-r-of-W.npy`` (global rows [r·n//W, (r+1)·n//W)) with its own resume
-    record; rank 0 then assembles ``out`` [n, *sample_shape] in order (temp file + rename) and
-    removes the shards unless ``keep_shards``. Returns ``Path(out)`` on every rank once it exists.
+    Call it on every rank (under torchrun) with the same arguments. ``model`` may also be a
+    :class:`fastddpm.Pipeline` (then ``schedule=None`` and the samples are de-normalised, as
+    ``Pipeline.sample`` writes them). The ceil(n / batch_size) batches are split into W
+    contiguous runs; rank r writes its rows [a_r, b_r) to ``OUT.shards/rank-r-of-W.npy`` with
+    ``start=a_r`` and its own resume record, then rank 0 assembles ``out`` [n, *sample_shape] in
+    order (temp file + rename) and removes the shards unless ``keep_shards``. Returns
+    ``Path(out)`` on every rank, once the file exists.
 
-    resume: continue the unfinished shards of a killed run (same n, seed and number of ranks).
-    device: None/"auto" | "cpu" | "cuda" (each rank uses cuda:LOCAL_RANK); a torch model is moved there.
+    resume: continue the unfinished shards of a killed run (same n, seed, batch size, ranks).
+    device: None/"auto" | "cpu" | "cuda" (each rank uses cuda:LOCAL_RANK); the model is moved there.
     ctx: an existing :class:`RankContext` (default: :func:`init` with ``timeout``).
     finish_timeout: seconds a finished rank waits for the others (a slow or resumed shard).
-    Other keywords go to :func:`fastddpm.sample` (sampler, steps, spacing, eta, dtype, …).
+    Other keywords go to :func:`fastddpm.sample` / ``Pipeline.sample`` (sampler, steps, spacing,
+    eta, batch_size, backend, dtype, …); all but backend/progress/cuda_graph must agree across ranks.
     """
     from .sampling import sample as sample_one
     from .sampling.bulk import paths as bulk_paths
     from .sampling.loop import _check_int
     from .sampling.models import model_kind
+    from .sampling.pipeline import Pipeline
 
-    for bad in ("start", "return_trajectory"):
-        if sample_kwargs.get(bad):
-            raise ValueError(f"{bad} cannot be used with distributed sampling")
+    for bad in ("start", "return_trajectory", "device"):
+        if bad in sample_kwargs:
+            raise ValueError(f"{bad}= cannot be passed to distributed sampling")
     n = _check_int(n, "n")
     if out is None:
         raise ValueError("out is required: distributed sampling writes a .npy file")
     out = bulk_paths(out)[0].absolute()
+    pipe = model if isinstance(model, Pipeline) else None
+    if pipe is not None:
+        if schedule is not None:
+            raise ValueError("pass schedule=None with a Pipeline (its schedule comes from the checkpoint)")
+        model, schedule = pipe.model, pipe.schedule
+        sample_kwargs.setdefault("sample_shape", pipe.sample_shape)
     own_ctx = ctx is None
     ctx = init(device, timeout=timeout) if own_ctx else ctx
     try:
         kind = model_kind(model)
         if kind == "torch":
-            model = model.to(ctx.device)
+            model.to(ctx.device)
         elif ctx.device.type != "cpu":
             raise DistributedError("a model with array_api == 'numpy' runs on the CPU; use device 'cpu'")
         batch_size = _batch_size(model, n, ctx.device, sample_kwargs)
         sample_kwargs["batch_size"] = batch_size
-        ignored = ("backend", "progress", "device", "cuda_graph")
+        ignored = ("backend", "progress", "cuda_graph")
         args = {
             "n": n, "seed": seed, "out": str(out), "resume": bool(resume), "overwrite": bool(overwrite),
             "world_size": ctx.world_size, "schedule": schedule.to_config() if hasattr(schedule, "to_config")
-            else repr(schedule), "model": model_fingerprint(model),
+            else repr(schedule), "model": pipe.model_id if pipe is not None else model_fingerprint(model),
             **{k: v for k, v in sample_kwargs.items() if k not in ignored},
         }
         ctx.check_consistent("sampling", args)
         _arm_test_fault(ctx, model)
 
-        state = _prepare_output(ctx, out, n, resume=resume, overwrite=overwrite)
-        if state == "done":
+        if _prepare_output(ctx, out, n, resume=resume, overwrite=overwrite) == "done":
             return out
         shard_dir(out).mkdir(parents=True, exist_ok=True)  # rank 0 made it; other nodes may not share it
         a, b = ctx.rows(n, batch_size)
         shard = shard_path(out, ctx.rank, ctx.world_size)
-        finished = resume and _npy_header(shard) is not None and _npy_header(shard)[0][0] == b - a
-        if b > a and not finished:
+        header = _npy_header(shard) if resume else None
+        if b > a and not (header is not None and header[0][0] == b - a):
+            common = dict(start=a, seed=seed, out=shard, resume=resume, overwrite=overwrite,
+                          progress=progress and ctx.is_main, **sample_kwargs)
             try:
-                sample_one(model, schedule, b - a, start=a, seed=seed, out=shard,
-                           resume=resume, overwrite=overwrite, device=ctx.device if kind == "torch" else None,
-                           progress=progress and ctx.is_main, **sample_kwargs)
-            except Exception as exc:  # reported to every rank below, then re-raised here
+                if pipe is not None:
+                    pipe.sample(b - a, device=ctx.device, **{k: v for k, v in common.items() if k != "sample_shape"})
+                else:
+                    sample_one(model, schedule, b - a, device=ctx.device if kind == "torch" else None, **common)
+            except Exception as exc:  # every rank learns of it in wait_all; re-raised here
                 _report_failure(ctx, f"{type(exc).__name__}: {exc}", finish_timeout)
                 raise
         ctx.wait_all(True, timeout=finish_timeout)
