@@ -162,7 +162,7 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
           lr: float = DEFAULTS["lr"], ema: float | None = DEFAULTS["ema"], seed: int = 0, device="cpu",
           prediction: str = "epsilon", min_snr_gamma: float | None = None, grad_clip: float | None = 1.0,
           checkpoint_every: int | None = None, resume=False, n: int | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, distributed=False) -> TrainResult:
     """Train a diffusion network on ``dataset`` and (with ``out``) write a checkpoint there.
 
     dataset: a name of :data:`fastddpm.data.DATASETS`, a ``.npy`` path (loaded with ``n``
@@ -176,6 +176,9 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     checkpoint_every: also save to ``out`` every so many iterations (atomically).
     resume: True (resume from ``out``) or a checkpoint path: continue that run to ``iters``
       iterations in total; the result equals an uninterrupted run with the same settings.
+    distributed: True (join the torchrun job; device becomes cuda:LOCAL_RANK or cpu) or a
+      :class:`fastddpm.distributed.RankContext`: DistributedDataParallel over the ranks, each
+      taking its rows of every global batch (see fastddpm.distributed); rank 0 writes ``out``.
     """
     from . import __version__
 
@@ -200,6 +203,14 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         checkpoint_every = _check_positive_int(checkpoint_every, "checkpoint_every")
         if out is None:
             raise ValueError("checkpoint_every needs out (the checkpoint directory)")
+    ctx = None
+    if distributed:
+        from .distributed import RankContext, init
+
+        ctx = distributed if isinstance(distributed, RankContext) else init(device)
+        device = ctx.device
+        if batch_size < ctx.world_size:
+            raise ValueError(f"batch_size={batch_size} must be >= the number of ranks ({ctx.world_size})")
     device = _resolve_device(device)
     schedule = _resolve_schedule(schedule, num_steps)
 
@@ -229,6 +240,11 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         "optimizer": "Adam", "device": str(device), "torch_version": torch.__version__,
         "fastddpm_version": __version__,
     }
+    if ctx is not None:
+        train_config["world_size"] = ctx.world_size
+        ctx.check_consistent("training", {**{k: v for k, v in train_config.items() if k != "device"},
+                                          "out": None if out is None else str(Path(out).absolute()),
+                                          "resume": str(resume), "checkpoint_every": checkpoint_every})
     losses: list[float] = []
     start = 0
     if resume:
@@ -243,10 +259,19 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     n_data = data.shape[0]
     loss_buf = torch.empty(iters - start, device=device)
     params = [p for p in model.parameters()]
+    # Distributed: this rank's rows [lo, hi) of every global batch, their noise at offset lo·D.
+    lo, hi = ctx.rows(batch_size) if ctx is not None else (0, batch_size)
+    noise_offset = lo * int(np.prod(dataset.sample_shape))
+    forward = ctx.wrap(model) if ctx is not None else model
+
+    def global_losses(buf):
+        return (ctx.mean(buf.clone()) if ctx is not None else buf).tolist()
     ema_params = [p for p in ema_model.parameters()] if ema_model is not None else []
 
     def save(step: int):
-        loss_list = losses + loss_buf[: step - start].tolist()
+        loss_list = losses + global_losses(loss_buf[: step - start])
+        if ctx is not None and not ctx.is_main:
+            return Path(out)
         return ckpt.save(out, model, schedule, ema_model=ema_model, normalization=dataset.normalization,
                          prediction=prediction, model_config=model_config, train_config=train_config,
                          train_state={"step": step, "optimizer": optimizer.state_dict(), "losses": loss_list},
@@ -254,19 +279,22 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=iters, initial=start, disable=not progress, desc=f"train {dataset.name}", unit="it",
+    bar = tqdm(total=iters, initial=start, disable=not progress or (ctx is not None and not ctx.is_main), desc=f"train {dataset.name}", unit="it",
                dynamic_ncols=True)
     tic = time.perf_counter()
     for it in range(start, iters):
         idx, t_np = _batch_indices(int(seed), it, n_data, batch_size, schedule.num_steps)
+        idx, t_np = idx[lo:hi], t_np[lo:hi]
         idx = torch.from_numpy(idx).to(device)
         t = torch.from_numpy(t_np).to(device)
         x0 = data[idx]
-        x_t, noise = q_sample(schedule, x0, t, seed=int(seed), stream=TRAIN_STREAM + it)
+        x_t, noise = q_sample(schedule, x0, t, seed=int(seed), stream=TRAIN_STREAM + it, offset=noise_offset)
         target = training_target(schedule, x0, noise, t, prediction)
-        per_sample = F.mse_loss(model(x_t, t), target, reduction="none").flatten(1).mean(1)
+        per_sample = F.mse_loss(forward(x_t, t), target, reduction="none").flatten(1).mean(1)
         weights = loss_weights(schedule, t, prediction, min_snr_gamma)
         loss = (per_sample if weights is None else per_sample * weights).mean()
+        if ctx is not None:  # DDP averages over ranks; this makes it the mean over the global batch
+            loss = loss * ctx.loss_weight(batch_size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
@@ -288,7 +316,9 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         for eb, b in zip(ema_model.buffers(), model.buffers()):
             eb.copy_(b)
     path = save(iters) if out is not None else None
-    all_losses = losses + loss_buf.tolist()
+    all_losses = losses + global_losses(loss_buf)
+    if ctx is not None:
+        ctx.barrier()  # rank 0 has written the checkpoint when any rank returns
     model.eval()
     done_here = iters - start
     return TrainResult(losses=all_losses, model=model, ema_model=ema_model, checkpoint=path, schedule=schedule,
