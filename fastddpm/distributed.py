@@ -287,10 +287,17 @@ def _install_test_fault(ctx: RankContext) -> None:
 
 
 def _arm_test_fault(ctx: RankContext, model) -> None:
-    """Test hook (see KILL_ENV): SIGKILL this rank before its N-th model call."""
+    """Test hook (see KILL_ENV): SIGKILL this rank before its N-th model call.
+
+    It also makes the bulk writer record its progress after every batch (instead of every
+    0.25 s), so the rows a killed shard has recorded are known to the test.
+    """
     calls = getattr(ctx, "kill_after_calls", None)
     if calls is None:
         return
+    from .sampling import bulk
+
+    bulk.PROGRESS_EVERY_S = 0.0
     count = [0]
 
     def pre_hook(*_):
