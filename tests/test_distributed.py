@@ -111,27 +111,14 @@ def test_killed_rank_resumes_to_the_same_file(ckpt, reference, tmp_path):
     assert not (tmp_path / "x.npy.shards" / "rank-00001-of-00002.npy.progress.json").exists()
 
 
-_TRAIN = """
-import sys
-from fastddpm.train import train
-train("moons", sys.argv[1], n=256, iters=6, batch_size=15, seed=3, num_steps={T},
-      net_kwargs=dict(width=16, depth=2), progress=False, distributed=len(sys.argv) > 2)
-"""
-
-
 def test_ddp_training_matches_one_process_and_its_checkpoint_samples(tmp_path):
     from fastddpm import checkpoint
     from fastddpm.sampling.pipeline import Pipeline
 
-    script = tmp_path / "train_worker.py"
-    script.write_text(_TRAIN.format(T=T))
-    port = _free_port()
-    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(port), str(script), str(tmp_path / "ddp"), "dist"],
-                          env=_env(), capture_output=True, text=True, timeout=150)
-    _ok(dist)
-    _ok(subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=_env(), capture_output=True,
-                       text=True, timeout=120))
+    args = ["train", "--dataset", "moons", "--n", 256, "--iters", 6, "--batch-size", 15, "--seed", 3,
+            "--num-steps", T, "--width", 16, "--depth", 2, "--quiet"]
+    _ok(_torchrun([*args, "--out", tmp_path / "ddp", "--distributed", "--dist-timeout", 60]))
+    _ok(_fastddpm([*args, "--out", tmp_path / "one"]))
     ddp, one = checkpoint.load(tmp_path / "ddp", ema=False), checkpoint.load(tmp_path / "one", ema=False)
     assert ddp.config["train"]["world_size"] == 2
     # Same global batches and noise; only the float summation order of the gradient differs
