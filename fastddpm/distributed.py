@@ -11,10 +11,12 @@ own coordination (argument check, "all shards done") always runs on gloo: it mov
 of Python objects, and gloo's monitored barrier can wait hours for a slow rank with a per-call
 limit, where an NCCL collective would trip the watchdog.
 
-Sampling (:func:`sample_distributed`): rank r of W samples the contiguous global indices
-[r·n // W, (r+1)·n // W) with ``fastddpm.sample(..., start=a, out=shard)`` — the same loop and
-``.npy`` writer as one process, so sample s gets its noise at global offset s·D and the union of
-the shards is bit for bit what one process writes for the same seed. Each shard is a complete
+Sampling (:func:`sample_distributed`): the ceil(n / batch_size) batches of the request are split
+into W contiguous runs; rank r samples its global indices [a_r, b_r) with
+``fastddpm.sample(..., start=a_r, out=shard)`` — the same loop and ``.npy`` writer as one process,
+so sample s gets its noise at global offset s·D, every batch is the batch one process would run,
+and the union of the shards is bit for bit what one process writes for the same seed and batch
+size (the noise alone would not need the batch grid; a network's float results can). Each shard is a complete
 ``.npy`` with its own resume record in ``OUT.shards/``; once all ranks report success, rank 0
 copies the shards in order into a temporary file, renames it to OUT (atomic), and removes the
 shard directory. ``resume=True`` continues every unfinished shard and re-does a killed assembly.
@@ -504,9 +506,7 @@ def _prepare_output(ctx: RankContext, out: Path, n: int, *, resume: bool, overwr
 
 def _output_state(out: Path, n: int, world_size: int, *, resume: bool, overwrite: bool) -> str:
     shards = shard_dir(out)
-    if out.exists() and not shards.exists():
-        if overwrite:
-            return "run"
+    if out.exists() and not overwrite:
         if resume:
             header = _npy_header(out)
             if header is None or header[0][0] != n:

@@ -188,3 +188,24 @@ def test_shards_cover_whole_batches_in_order(n, world, block):
     assert all(a % block == 0 for a, _ in bounds)  # every shard starts on the one-process batch grid
     batches = [-(-(b - a) // block) for a, b in bounds]
     assert sum(batches) == -(-n // block) and max(batches) - min(batches) <= 1
+
+
+def test_output_state_refuses_what_it_would_clobber(tmp_path):
+    from fastddpm.distributed import _output_state
+
+    out = tmp_path / "x.npy"
+    assert _output_state(out, 5, 2, resume=False, overwrite=False) == "run"  # fresh: makes the shard dir
+    with pytest.raises(FileExistsError, match="unfinished run.*--resume"):
+        _output_state(out, 5, 2, resume=False, overwrite=False)
+    (tmp_path / "x.npy.shards" / "rank-00000-of-00003.npy.partial").write_bytes(b"")
+    with pytest.raises(ValueError, match="another number of processes"):
+        _output_state(out, 5, 2, resume=True, overwrite=False)
+    assert _output_state(out, 5, 2, resume=False, overwrite=True) == "run"
+    assert list((tmp_path / "x.npy.shards").iterdir()) == []  # overwrite cleared the old shards
+
+    np.save(out, np.zeros((5, 2), np.float32))
+    with pytest.raises(FileExistsError, match="exists; pass overwrite"):
+        _output_state(out, 5, 2, resume=False, overwrite=False)
+    assert _output_state(out, 5, 2, resume=True, overwrite=False) == "done"  # a finished run stays finished
+    with pytest.raises(FileExistsError, match="not a complete"):
+        _output_state(out, 6, 2, resume=True, overwrite=False)
