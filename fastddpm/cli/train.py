@@ -36,6 +36,8 @@ def add_parser(subparsers, parents):
     p.add_argument("--iters", type=int, default=DEFAULTS["iters"], help="optimisation steps")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="samples per step")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
+    p.add_argument("--lr-schedule", default=DEFAULTS["lr_schedule"], choices=("constant", "cosine"),
+                   help="learning rate: constant, or cosine decay to 0 over --iters")
     p.add_argument("--ema", type=float, default=DEFAULTS["ema"], help="EMA decay (0: no EMA)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation, batches and noise")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -90,9 +92,9 @@ def run(args) -> int:
     try:
         result = train(
             dataset, args.out, net=net, net_kwargs=net_kwargs, schedule=args.schedule, num_steps=args.num_steps,
-            iters=args.iters, batch_size=args.batch_size, lr=args.lr, ema=args.ema or None, seed=args.seed,
-            device=ctx.device if ctx else args.device, prediction=args.prediction,
-            min_snr_gamma=args.min_snr_gamma,
+            iters=args.iters, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+            ema=args.ema or None, seed=args.seed, device=ctx.device if ctx else args.device,
+            prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
             grad_clip=args.grad_clip or None, checkpoint_every=args.checkpoint_every, resume=args.resume,
             num_threads=args.threads or None, progress=not args.quiet, distributed=ctx or False,
         )
