@@ -71,7 +71,8 @@ def _env_int(name: str) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise DistributedError(f"environment variable {name}={value!r} must be an integer (torchrun sets it)") from None
+        raise DistributedError(
+            f"environment variable {name}={value!r} must be an integer (torchrun sets it)") from None
 
 
 def shard_range(n: int, rank: int, world_size: int, block: int = 1) -> tuple[int, int]:
@@ -551,7 +552,8 @@ def assemble(out, n: int, world_size: int, block: int = 1, *, keep_shards: bool 
     shape, dtype = parts[0].shape[1:], parts[0].dtype
     for p in parts:
         if p.shape[1:] != shape or p.dtype != dtype:
-            raise DistributedError(f"shards disagree on sample shape/dtype: {p.shape[1:]} {p.dtype} vs {shape} {dtype}")
+            raise DistributedError(
+                f"shards disagree on sample shape/dtype: {p.shape[1:]} {p.dtype} vs {shape} {dtype}")
     tmp = out.with_name(f".{out.name}.assembling")
     try:
         dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n,) + tuple(shape))
