@@ -283,10 +283,10 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     lo, hi = ctx.rows(batch_size) if ctx is not None else (0, batch_size)
     noise_offset = lo * int(np.prod(dataset.sample_shape))
     forward = ctx.wrap(model) if ctx is not None else model
+    ema_params = [p for p in ema_model.parameters()] if ema_model is not None else []
 
     def global_losses(buf):
         return (ctx.mean(buf.clone()) if ctx is not None else buf).tolist()
-    ema_params = [p for p in ema_model.parameters()] if ema_model is not None else []
 
     def save(step: int):
         loss_list = losses + global_losses(loss_buf[: step - start])
@@ -299,8 +299,9 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=iters, initial=start, disable=not progress or (ctx is not None and not ctx.is_main), desc=f"train {dataset.name}", unit="it",
-               dynamic_ncols=True)
+    quiet_rank = ctx is not None and not ctx.is_main
+    bar = tqdm(total=iters, initial=start, disable=not progress or quiet_rank, desc=f"train {dataset.name}",
+               unit="it", dynamic_ncols=True)
     tic = time.perf_counter()
     for it in range(start, iters):
         idx, t_np = _batch_indices(int(seed), it, n_data, batch_size, schedule.num_steps)
