@@ -35,9 +35,10 @@ DEFAULT_NET = {
     "vector": ("MLP", {"width": 128, "depth": 3, "activation": "silu", "time_embedding": "sinusoidal"}),
     "image": ("UNet", {"base_channels": 32, "channel_mults": (1, 2), "num_res_blocks": 1, "attention": True}),
 }
-DEFAULTS = {"iters": 10_000, "batch_size": 256, "lr": 1e-3, "ema": 0.999}
+DEFAULTS = {"iters": 4000, "batch_size": 256, "lr": 2e-3, "lr_schedule": "constant", "ema": 0.999}
+LR_SCHEDULES = ("constant", "cosine")
 # Settings that must match between a checkpoint and a run resuming from it.
-_RESUME_KEYS = ("dataset", "model", "schedule", "batch_size", "lr", "ema", "seed", "prediction",
+_RESUME_KEYS = ("dataset", "model", "schedule", "batch_size", "lr", "lr_schedule", "ema", "seed", "prediction",
                 "min_snr_gamma", "grad_clip")
 
 
@@ -65,7 +66,10 @@ def _check_positive_int(value, name):
 def _resolve_device(device) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use device='cpu'")
     if device.type not in ("cpu", "cuda"):
@@ -159,10 +163,11 @@ def _ema_update(ema_params, params, decay: float) -> None:
 
 def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, schedule="linear",
           num_steps: int | None = None, iters: int = DEFAULTS["iters"], batch_size: int = DEFAULTS["batch_size"],
-          lr: float = DEFAULTS["lr"], ema: float | None = DEFAULTS["ema"], seed: int = 0, device="cpu",
+          lr: float = DEFAULTS["lr"], lr_schedule: str = DEFAULTS["lr_schedule"],
+          ema: float | None = DEFAULTS["ema"], seed: int = 0, device="cpu",
           prediction: str = "epsilon", min_snr_gamma: float | None = None, grad_clip: float | None = 1.0,
           checkpoint_every: int | None = None, resume=False, n: int | None = None,
-          num_threads: int | None = None, progress: bool = True) -> TrainResult:
+          num_threads: int | None = None, progress: bool = True, distributed=False) -> TrainResult:
     """Train a diffusion network on ``dataset`` and (with ``out``) write a checkpoint there.
 
     dataset: a name of :data:`fastddpm.data.DATASETS`, a ``.npy`` path (loaded with ``n``
@@ -172,20 +177,26 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     schedule: a :class:`Schedule` or a schedule name with ``num_steps`` (default 1000).
     Loss: mean squared error to the ``prediction`` target (ε, x0 or v) with t uniform in
     [0, T), optionally min-SNR-γ weighted; Adam(lr), gradient-norm clipping at ``grad_clip``,
+    learning rate constant or cosine-decayed from ``lr`` to 0 over ``iters`` (``lr_schedule``),
     EMA of the weights with decay min(ema, (1+k)/(10+k)) at update k.
     checkpoint_every: also save to ``out`` every so many iterations (atomically).
     resume: True (resume from ``out``) or a checkpoint path: continue that run to ``iters``
-      iterations in total; the result equals an uninterrupted run with the same settings.
+      iterations in total (with the cosine lr schedule, the same ``iters`` as the run saved); the result equals an uninterrupted run with the same settings.
     num_threads: CPU threads for torch and Numba during this call (restored afterwards);
       None keeps the current settings. Bit-identical results need the same thread count.
+    distributed: True (join the torchrun job; device becomes cuda:LOCAL_RANK or cpu) or a
+      :class:`fastddpm.distributed.RankContext`: DistributedDataParallel over the ranks, each
+      taking its rows of every global batch (see fastddpm.distributed); rank 0 writes ``out``.
     """
     if num_threads is not None:
         num_threads = _check_positive_int(num_threads, "num_threads")
         with _threads(num_threads):
             return train(dataset, out, net=net, net_kwargs=net_kwargs, schedule=schedule, num_steps=num_steps,
-                         iters=iters, batch_size=batch_size, lr=lr, ema=ema, seed=seed, device=device,
+                         iters=iters, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, ema=ema,
+                         seed=seed, device=device,
                          prediction=prediction, min_snr_gamma=min_snr_gamma, grad_clip=grad_clip,
-                         checkpoint_every=checkpoint_every, resume=resume, n=n, progress=progress)
+                         checkpoint_every=checkpoint_every, resume=resume, n=n, progress=progress,
+                         distributed=distributed)
     from . import __version__
 
     iters = _check_positive_int(iters, "iters")
@@ -196,6 +207,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         raise ValueError(f"iters must be < 2**30, got {iters}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(map(repr, LR_SCHEDULES))}; got {lr_schedule!r}")
     if ema is not None and not (isinstance(ema, (int, float)) and 0.0 <= ema < 1.0):
         raise ValueError(f"ema must be None or a decay in [0, 1), got {ema!r}")
     ema = None if ema in (None, 0, 0.0) else float(ema)
@@ -209,6 +222,14 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         checkpoint_every = _check_positive_int(checkpoint_every, "checkpoint_every")
         if out is None:
             raise ValueError("checkpoint_every needs out (the checkpoint directory)")
+    ctx = None
+    if distributed:
+        from .distributed import RankContext, init
+
+        ctx = distributed if isinstance(distributed, RankContext) else init(device)
+        device = ctx.device
+        if batch_size < ctx.world_size:
+            raise ValueError(f"batch_size={batch_size} must be >= the number of ranks ({ctx.world_size})")
     device = _resolve_device(device)
     schedule = _resolve_schedule(schedule, num_steps)
 
@@ -232,12 +253,18 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         "dataset": dataset.to_config(),
         "model": model_config or {"class": type(model).__name__},
         "schedule": schedule.to_config(),
-        "iters": iters, "batch_size": batch_size, "lr": float(lr), "ema": ema, "seed": int(seed),
+        "iters": iters, "batch_size": batch_size, "lr": float(lr), "lr_schedule": lr_schedule, "ema": ema,
+        "seed": int(seed),
         "prediction": prediction, "min_snr_gamma": None if min_snr_gamma is None else float(min_snr_gamma),
         "grad_clip": None if grad_clip is None else float(grad_clip),
         "optimizer": "Adam", "device": str(device), "torch_version": torch.__version__,
         "fastddpm_version": __version__,
     }
+    if ctx is not None:
+        train_config["world_size"] = ctx.world_size
+        ctx.check_consistent("training", {**{k: v for k, v in train_config.items() if k != "device"},
+                                          "out": None if out is None else str(Path(out).absolute()),
+                                          "resume": str(resume), "checkpoint_every": checkpoint_every})
     losses: list[float] = []
     start = 0
     if resume:
@@ -252,10 +279,19 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     n_data = data.shape[0]
     loss_buf = torch.empty(iters - start, device=device)
     params = [p for p in model.parameters()]
+    # Distributed: this rank's rows [lo, hi) of every global batch, their noise at offset lo·D.
+    lo, hi = ctx.rows(batch_size) if ctx is not None else (0, batch_size)
+    noise_offset = lo * int(np.prod(dataset.sample_shape))
+    forward = ctx.wrap(model) if ctx is not None else model
     ema_params = [p for p in ema_model.parameters()] if ema_model is not None else []
 
+    def global_losses(buf):
+        return (ctx.mean(buf.clone()) if ctx is not None else buf).tolist()
+
     def save(step: int):
-        loss_list = losses + loss_buf[: step - start].tolist()
+        loss_list = losses + global_losses(loss_buf[: step - start])
+        if ctx is not None and not ctx.is_main:
+            return Path(out)
         return ckpt.save(out, model, schedule, ema_model=ema_model, normalization=dataset.normalization,
                          prediction=prediction, model_config=model_config, train_config=train_config,
                          train_state={"step": step, "optimizer": optimizer.state_dict(), "losses": loss_list},
@@ -263,19 +299,26 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=iters, initial=start, disable=not progress, desc=f"train {dataset.name}", unit="it",
-               dynamic_ncols=True)
+    quiet_rank = ctx is not None and not ctx.is_main
+    bar = tqdm(total=iters, initial=start, disable=not progress or quiet_rank, desc=f"train {dataset.name}",
+               unit="it", dynamic_ncols=True)
     tic = time.perf_counter()
     for it in range(start, iters):
         idx, t_np = _batch_indices(int(seed), it, n_data, batch_size, schedule.num_steps)
+        idx, t_np = idx[lo:hi], t_np[lo:hi]
         idx = torch.from_numpy(idx).to(device)
         t = torch.from_numpy(t_np).to(device)
         x0 = data[idx]
-        x_t, noise = q_sample(schedule, x0, t, seed=int(seed), stream=TRAIN_STREAM + it)
+        x_t, noise = q_sample(schedule, x0, t, seed=int(seed), stream=TRAIN_STREAM + it, offset=noise_offset)
+        if lr_schedule == "cosine":  # a pure function of it, so resume needs no scheduler state
+            for group in optimizer.param_groups:
+                group["lr"] = 0.5 * float(lr) * (1.0 + math.cos(math.pi * it / iters))
         target = training_target(schedule, x0, noise, t, prediction)
-        per_sample = F.mse_loss(model(x_t, t), target, reduction="none").flatten(1).mean(1)
+        per_sample = F.mse_loss(forward(x_t, t), target, reduction="none").flatten(1).mean(1)
         weights = loss_weights(schedule, t, prediction, min_snr_gamma)
         loss = (per_sample if weights is None else per_sample * weights).mean()
+        if ctx is not None:  # DDP averages over ranks; this makes it the mean over the global batch
+            loss = loss * ctx.loss_weight(batch_size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
@@ -297,7 +340,9 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         for eb, b in zip(ema_model.buffers(), model.buffers()):
             eb.copy_(b)
     path = save(iters) if out is not None else None
-    all_losses = losses + loss_buf.tolist()
+    all_losses = losses + global_losses(loss_buf)
+    if ctx is not None:
+        ctx.barrier()  # rank 0 has written the checkpoint when any rank returns
     model.eval()
     done_here = iters - start
     return TrainResult(losses=all_losses, model=model, ema_model=ema_model, checkpoint=path, schedule=schedule,
@@ -327,7 +372,8 @@ class _threads:
 
 def _restore(path: Path, train_config, model, ema_model, optimizer, device) -> tuple[int, list[float]]:
     saved = ckpt.read_config(path).get("train") or {}
-    diff = [k for k in _RESUME_KEYS if saved.get(k) != json_roundtrip(train_config[k])]
+    keys = _RESUME_KEYS + (("iters",) if train_config["lr_schedule"] == "cosine" else ())  # lr(it) uses iters
+    diff = [k for k in keys if saved.get(k) != json_roundtrip(train_config[k])]
     if diff:
         detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {train_config[k]!r}" for k in diff)
         raise ValueError(f"cannot resume from {path}: settings differ ({detail})")

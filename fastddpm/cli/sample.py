@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from ..distributed import add_distributed_arguments
 from ..sampling.loop import LOOP_BACKENDS
 from ..sampling.plan import SAMPLERS
 from ..sampling.timesteps import SPACINGS
@@ -41,6 +42,7 @@ def add_parser(subparsers, parents):
     p.add_argument("--resume", action="store_true", help="continue an interrupted run writing the same --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    add_distributed_arguments(p, sampling=True)
     return p
 
 
@@ -48,11 +50,25 @@ def run(args) -> int:
     from .. import checkpoint as ckpt_mod
     from ..sampling.pipeline import Pipeline
 
-    pipe = Pipeline(ckpt_mod.load(args.checkpoint, device=args.device, ema=not args.no_ema))
-    start = time.perf_counter()
-    path = pipe.sample(args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
-                       clip=args.clip, seed=args.seed, batch_size=args.batch_size, backend=args.backend,
-                       out=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if args.distributed:  # under torchrun: every rank writes a shard, rank 0 assembles --out
+        from ..distributed import init, sample_distributed
+
+        with init(args.device, timeout=args.dist_timeout) as ctx:
+            pipe = Pipeline(ckpt_mod.load(args.checkpoint, device=ctx.device, ema=not args.no_ema))
+            start = time.perf_counter()
+            path = sample_distributed(
+                pipe, None, args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
+                clip=args.clip, seed=args.seed, batch_size=args.batch_size, backend=args.backend, out=args.out,
+                resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, ctx=ctx,
+                keep_shards=args.keep_shards)
+            if args.quiet or not ctx.is_main:
+                return 0
+    else:
+        pipe = Pipeline(ckpt_mod.load(args.checkpoint, device=args.device, ema=not args.no_ema))
+        start = time.perf_counter()
+        path = pipe.sample(args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
+                           clip=args.clip, seed=args.seed, batch_size=args.batch_size, backend=args.backend,
+                           out=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if not args.quiet:
         took = time.perf_counter() - start
         print(f"wrote {args.n} samples to {path} in {took:.1f} s ({args.n / took:,.0f} samples/s)", file=sys.stderr)

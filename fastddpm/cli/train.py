@@ -36,6 +36,8 @@ def add_parser(subparsers, parents):
     p.add_argument("--iters", type=int, default=DEFAULTS["iters"], help="optimisation steps")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="samples per step")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
+    p.add_argument("--lr-schedule", default=DEFAULTS["lr_schedule"], choices=("constant", "cosine"),
+                   help="learning rate: constant, or cosine decay to 0 over --iters")
     p.add_argument("--ema", type=float, default=DEFAULTS["ema"], help="EMA decay (0: no EMA)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation, batches and noise")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -49,6 +51,9 @@ def add_parser(subparsers, parents):
                    help="also save to --out every so many iterations")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out up to --iters iterations (same settings)")
+    from ..distributed import add_distributed_arguments
+
+    add_distributed_arguments(p)
     return p
 
 
@@ -79,13 +84,25 @@ def run(args) -> int:
             net_kwargs["base_channels"] = args.width
         if args.depth is not None:
             net_kwargs["num_res_blocks"] = args.depth
-    result = train(
-        dataset, args.out, net=net, net_kwargs=net_kwargs, schedule=args.schedule, num_steps=args.num_steps,
-        iters=args.iters, batch_size=args.batch_size, lr=args.lr, ema=args.ema or None, seed=args.seed,
-        device=args.device, prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
-        grad_clip=args.grad_clip or None, checkpoint_every=args.checkpoint_every, resume=args.resume,
-        num_threads=args.threads or None, progress=not args.quiet,
-    )
+    ctx = None
+    if args.distributed:  # under torchrun: DDP, every rank takes its rows of each batch; rank 0 saves
+        from ..distributed import init
+
+        ctx = init(args.device, timeout=args.dist_timeout)
+    try:
+        result = train(
+            dataset, args.out, net=net, net_kwargs=net_kwargs, schedule=args.schedule, num_steps=args.num_steps,
+            iters=args.iters, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+            ema=args.ema or None, seed=args.seed, device=ctx.device if ctx else args.device,
+            prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
+            grad_clip=args.grad_clip or None, checkpoint_every=args.checkpoint_every, resume=args.resume,
+            num_threads=args.threads or None, progress=not args.quiet, distributed=ctx or False,
+        )
+    finally:
+        if ctx is not None:
+            ctx.close()
+    if ctx is not None and not ctx.is_main:
+        return 0
     if not args.quiet:
         tail = result.losses[-min(len(result.losses), 200):]
         print(json.dumps({"checkpoint": str(result.checkpoint), "iters": len(result.losses),

@@ -38,6 +38,7 @@ def run_settings(run) -> dict:
     return {
         "version": PROGRESS_VERSION,
         "n": run.n,
+        "start": run.start,
         "sample_shape": list(run.shape),
         "dtype": run.dtype.name,
         "sampler": plan.sampler,

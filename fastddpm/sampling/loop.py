@@ -37,6 +37,12 @@ DEFAULT_CPU_BATCH_ELEMENTS = 2**13
 DEFAULT_GPU_BATCH_ELEMENTS = 2**26
 
 
+def default_batch_size(sample_elements: int, device_type: str) -> int:
+    """Samples per batch when batch_size=None: a cache-sized batch on CPU, a device-filling one on CUDA."""
+    elements = DEFAULT_GPU_BATCH_ELEMENTS if device_type == "cuda" else DEFAULT_CPU_BATCH_ELEMENTS
+    return max(1, elements // sample_elements)
+
+
 @dataclass
 class Trajectory:
     """x at chosen loop positions: ``positions`` [P] in [0, K] (0 = x_T, K = the final sample),
@@ -89,10 +95,14 @@ class SamplingRun:
 
     def __init__(self, model, schedule, n, *, sampler, steps, spacing, eta, prediction, variance, clip,
                  seed, batch_size, device, backend, dtype, progress, check_finite, sample_shape,
-                 cuda_graph):
+                 cuda_graph, start=0):
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a fastddpm.Schedule, got {type(schedule).__name__}")
         self.n = _check_int(n, "n")
+        # Global index of this run's first sample: sample s of the run is sample start + s of the
+        # whole request (its noise sits at global offset (start + s)·D), so shards of one request
+        # run as separate runs (fastddpm.distributed).
+        self.start = _check_int(start, "start", 0)
         self.kind = model_kind(model)
         if backend not in LOOP_BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, LOOP_BACKENDS))}; got {backend!r}")
@@ -130,7 +140,6 @@ class SamplingRun:
             self.cuda_graph = (self.device.type == "cuda") if cuda_graph is None else bool(cuda_graph)
             if self.cuda_graph and self.device.type != "cuda":
                 raise ValueError("cuda_graph=True needs a CUDA device")
-            default_elements = DEFAULT_GPU_BATCH_ELEMENTS if self.device.type == "cuda" else DEFAULT_CPU_BATCH_ELEMENTS
         else:
             if backend == "triton":
                 raise BackendUnavailableError("backend='triton' needs a CUDA device (device='cuda' and a model on it)")
@@ -144,9 +153,8 @@ class SamplingRun:
             self.stepper = HostStepper(self.plan, schedule, self.kernel_backend, self.seed)
             self.call = host_model(model, self.kind, self.dtype, self.plan.t.tolist())
             self.cuda_graph = False
-            default_elements = DEFAULT_CPU_BATCH_ELEMENTS
         if batch_size is None:
-            batch_size = max(1, default_elements // self.D)
+            batch_size = default_batch_size(self.D, self.device.type if self.on_torch else "cpu")
         self.batch_size = min(_check_int(batch_size, "batch_size"), self.n)
         self._graphs = {}
         self.model_id = None  # identifies the weights in a bulk progress record (set by Pipeline)
@@ -190,7 +198,7 @@ class SamplingRun:
 
     def _host_batch(self, s0, s1, x, traj, pbar):
         plan, K = self.plan, self.plan.num_steps
-        B, offset = s1 - s0, s0 * self.D
+        B, offset = s1 - s0, (self.start + s0) * self.D
         if x is None:
             x = np.empty((B,) + self.shape, dtype=self.dtype)
         flat = x.reshape(-1)
@@ -209,7 +217,7 @@ class SamplingRun:
                 if m.shape != x.shape:
                     check_output(m, x, k, ts[k], K)
                 if self.check_finite and not all_finite(m):
-                    raise nonfinite_error(k, ts[k], K, s0, s1 - 1)
+                    raise nonfinite_error(k, ts[k], K, self.start + s0, self.start + s1 - 1)
                 self.stepper.step(k, x, m, x, offset)
                 record(k + 1, x)
                 if pbar is not None:
@@ -222,7 +230,7 @@ class SamplingRun:
         from ..ops import randn
 
         plan, K, st = self.plan, self.plan.num_steps, self.stepper
-        B, offset = s1 - s0, s0 * self.D
+        B, offset = s1 - s0, (self.start + s0) * self.D
         # Graphs replay on fixed buffers: full batches run in the captured graph, a smaller last
         # batch runs eagerly.
         graph = self._graph(B) if self.cuda_graph and B == self.batch_size else None
@@ -271,7 +279,7 @@ class SamplingRun:
             if self.check_finite:
                 first = int(bad)  # one sync per batch, after the loop
                 if first >= 0:
-                    raise nonfinite_error(first, ts[first], K, s0, s1 - 1)
+                    raise nonfinite_error(first, ts[first], K, self.start + s0, self.start + s1 - 1)
             if graph is not None:
                 if out is None:
                     return x.clone()
@@ -353,7 +361,8 @@ def _inference_mode():
 def sample(model, schedule, n, *, sampler="ddpm", steps=None, spacing="leading", eta=0.0,
            prediction="epsilon", variance="fixed_small", clip=None, seed=0, batch_size=None, device=None,
            backend="auto", dtype=np.float32, return_trajectory=False, trajectory_steps=None, progress=True,
-           out=None, resume=False, overwrite=False, check_finite=True, sample_shape=None, cuda_graph=None):
+           out=None, resume=False, overwrite=False, check_finite=True, sample_shape=None, cuda_graph=None,
+           start=0):
     """Draw ``n`` samples [n, *sample_shape] from ``model`` with one of the samplers.
 
     model: torch nn.Module ``model(x [B, …], t int64 [B])`` or an object with
@@ -369,11 +378,14 @@ def sample(model, schedule, n, *, sampler="ddpm", steps=None, spacing="leading",
     default 11 evenly spaced, or "all").
     check_finite: stop with an error naming the step if the model returns NaN/inf.
     cuda_graph: capture network + update per step in a CUDA graph (default on for CUDA).
+    start: the global index of the first sample: the result is samples start … start+n−1 of the
+    request with this seed (a shard of a larger run; see fastddpm.distributed).
     """
     run = SamplingRun(model, schedule, n, sampler=sampler, steps=steps, spacing=spacing, eta=eta,
                       prediction=prediction, variance=variance, clip=clip, seed=seed, batch_size=batch_size,
                       device=device, backend=backend, dtype=dtype, progress=progress,
-                      check_finite=check_finite, sample_shape=sample_shape, cuda_graph=cuda_graph)
+                      check_finite=check_finite, sample_shape=sample_shape, cuda_graph=cuda_graph,
+                      start=start)
     if out is not None:
         if return_trajectory:
             raise ValueError("return_trajectory=True cannot be combined with out= (trajectories stay in memory)")

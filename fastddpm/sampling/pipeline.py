@@ -53,7 +53,7 @@ class Pipeline:
                 raise TypeError(f"{key} comes from the checkpoint; it cannot be passed to Pipeline.sample")
         defaults = dict(sampler="ddpm", steps=None, spacing="leading", eta=0.0, variance="fixed_small", clip=None,
                         seed=0, batch_size=None, device=None, backend="auto", dtype="float32", progress=True,
-                        check_finite=True, cuda_graph=None)
+                        check_finite=True, cuda_graph=None, start=0)
         unknown = set(kwargs) - set(defaults)
         if unknown:
             raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; allowed: {sorted(defaults)}")
