@@ -53,7 +53,7 @@ def test_numba_matches_numpy_reference(schedule, model, settings):
 
 def test_parallel_kernels_match_serial(schedule, model):
     """Batches above PARALLEL_MIN_ELEMENTS take the parallel kernels; same samples."""
-    from fastddpm.sampling.steppers import PARALLEL_MIN_ELEMENTS
+    from fastddpm.kernels.numba.common import PARALLEL_MIN_ELEMENTS
 
     n = PARALLEL_MIN_ELEMENTS // 3 + 5
     for settings in SETTINGS[1:]:
@@ -84,7 +84,7 @@ _THREAD_SCRIPT = textwrap.dedent("""
     s = fastddpm.Schedule.linear(50)
     m = GaussianEps(s, [1.0, 0.0], [0.5, 2.0])
     assert numba.get_num_threads() == int(sys.argv[1])
-    x = sample(m, s, 20000, sampler=sys.argv[2], steps=10, seed=9, progress=False)  # 40000 elements: parallel
+    x = sample(m, s, 40000, sampler=sys.argv[2], steps=10, seed=9, batch_size=40000, progress=False)  # 80000 elements ≥ PARALLEL_MIN_ELEMENTS: parallel kernels
     print(hashlib.sha256(x.tobytes()).hexdigest())
 """)
 

@@ -28,43 +28,11 @@ def dpmpp2m_update_reference(x_t, model_output, x0_prev, cx, cm, a, b, c, predic
     return dt(a) * x_t + dt(b) * x0 + dt(c) * x0_prev, x0
 
 
-# Below this many elements per step the Numba steps run serially: an OpenMP launch on two busy
-# cores cost 5–12 ms here (vs 2.5 µs for the serial kernel at n = 2; measured while loaded).
-PARALLEL_MIN_ELEMENTS = 2**15
-
-
-def _serial_twin(kernel):
-    """The serial compile of a parallel Numba kernel (prange runs as range), cached to disk under
-    its own name (``<name>_serial``) so that it never shares the parallel kernel's cache entry."""
-    import types
-
-    import numba
-
-    twin = _SERIAL.get(kernel)
-    if twin is None:
-        f = kernel.py_func
-        copy = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial", f.__defaults__, f.__closure__)
-        copy.__qualname__ = f.__qualname__ + "_serial"
-        copy.__module__ = f.__module__
-        twin = _SERIAL[kernel] = numba.njit(cache=True)(copy)
-    return twin
-
-
-_SERIAL = {}
-
-
 def numba_randn(flat: np.ndarray, seed: int, stream: int, offset: int) -> None:
-    """fastddpm.kernels.numba.randn, serial for small arrays (see PARALLEL_MIN_ELEMENTS)."""
-    import importlib
+    """fastddpm.kernels.numba.randn without the public op's per-call checks."""
+    from ..kernels.numba import randn
 
-    from ..kernels.numba.common import num_chunks, philox_key
-
-    # The package re-exports the function ``randn`` under the module's name.
-    kernel = importlib.import_module("fastddpm.kernels.numba.randn")._randn_kernel
-    if flat.size < PARALLEL_MIN_ELEMENTS:
-        kernel = _serial_twin(kernel)
-    k0, k1 = philox_key(seed, stream)
-    kernel(flat, k0, k1, np.int64(offset), num_chunks(flat.shape[0]))
+    randn(flat, seed, stream, offset)
 
 
 class HostStepper:
@@ -118,16 +86,15 @@ class HostStepper:
         p = self.plan
         if self.backend == "numba":
             size = x.size
-            parallel = size >= PARALLEL_MIN_ELEMENTS
             if p.sampler == "dpmpp2m":
                 cx, cm, a, b, c = self.coef[k]
                 self._dpm(x.reshape(-1), m.reshape(-1), out.reshape(-1), self.x0_prev.reshape(-1),
-                          cx, cm, a, b, c, self._pred, p.clip, parallel=parallel)
+                          cx, cm, a, b, c, self._pred, p.clip)
                 return
-            kernel = self._kernel if parallel else _serial_twin(self._kernel)
             k0, k1 = self._keys[k]
             xf = x.reshape(-1)
-            kernel(xf, m.reshape(-1), out.reshape(-1), self._t_arr[k], 0, self._p_arr[k], 0, self.ac,
+            # The kernels' launcher picks the serial compile below PARALLEL_MIN_ELEMENTS.
+            self._kernel(size, xf, m.reshape(-1), out.reshape(-1), self._t_arr[k], 0, self._p_arr[k], 0, self.ac,
                    self._pred, self._mode, self._clip, self._has_clip, xf[:0], False, self._needs_noise[k],
                    k0, k1, np.int64(offset), size // x.shape[0], (size + self._chunk - 1) // self._chunk)
             return

@@ -3,10 +3,12 @@
 One pass, 20 bytes per element in float32 (read x_t, the model output and x̂0_prev; write x′
 and x̂0). The per-step scalars come from fastddpm.sampling.plan (float64, rounded to the data
 dtype here); the NumPy oracle is fastddpm.sampling.steppers.dpmpp2m_update_reference.
-A serial twin serves small batches, where a parallel launch costs more than the work.
+Small batches run the serial compile (see kernels.numba.common.kernel).
 """
 import numba
 from numba import njit
+
+from .common import kernel
 
 PRED_SAMPLE = 1  # index of "sample" in kernels.reference.PREDICTIONS
 
@@ -19,24 +21,15 @@ def _element(x, mk, x0p, cx, cm, a, b, c, pred_sample, lo_clip, hi_clip, has_cli
     return a * x + b * x0 + c * x0p, x0
 
 
-@njit(parallel=True, cache=True)
-def _dpmpp2m_parallel(x_t, m, out, x0_prev, cx, cm, a, b, c, pred_sample, clip, has_clip):
+@kernel
+def _dpmpp2m_kernel(x_t, m, out, x0_prev, cx, cm, a, b, c, pred_sample, clip, has_clip):
     dt = x_t.dtype.type
     cx, cm, a, b, c, lo, hi = dt(cx), dt(cm), dt(a), dt(b), dt(c), dt(-clip), dt(clip)
     for i in numba.prange(x_t.shape[0]):
         out[i], x0_prev[i] = _element(x_t[i], m[i], x0_prev[i], cx, cm, a, b, c, pred_sample, lo, hi, has_clip)
 
 
-@njit(cache=True)
-def _dpmpp2m_serial(x_t, m, out, x0_prev, cx, cm, a, b, c, pred_sample, clip, has_clip):
-    dt = x_t.dtype.type
-    cx, cm, a, b, c, lo, hi = dt(cx), dt(cm), dt(a), dt(b), dt(c), dt(-clip), dt(clip)
-    for i in range(x_t.shape[0]):
-        out[i], x0_prev[i] = _element(x_t[i], m[i], x0_prev[i], cx, cm, a, b, c, pred_sample, lo, hi, has_clip)
-
-
-def dpmpp2m_update(x_t, model_output, out, x0_prev, cx, cm, a, b, c, pred, clip, parallel=True):
+def dpmpp2m_update(x_t, model_output, out, x0_prev, cx, cm, a, b, c, pred, clip):
     """Flat contiguous arrays of one dtype (out may be x_t); pred is the PREDICTIONS index."""
-    kernel = _dpmpp2m_parallel if parallel else _dpmpp2m_serial
-    kernel(x_t, model_output, out, x0_prev, float(cx), float(cm), float(a), float(b), float(c),
-           pred == PRED_SAMPLE, float(clip or 0.0), clip is not None)
+    _dpmpp2m_kernel(x_t.shape[0], x_t, model_output, out, x0_prev, float(cx), float(cm), float(a),
+                    float(b), float(c), pred == PRED_SAMPLE, float(clip or 0.0), clip is not None)
