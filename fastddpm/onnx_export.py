@@ -153,6 +153,9 @@ def _trace(module, sample_shape, opset: int, dynamic_batch: bool, dynamo: bool):
             # The TorchScript exporter is deprecated upstream but is the one that needs no onnxscript.
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
             warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
+            # GroupNorm's batch-size sanity check is traced as a constant; harmless for export.
+            warnings.filterwarnings("ignore", message=r"Converting a tensor to a Python boolean",
+                                    module=r"torch\.nn\.functional")
             if dynamo:
                 program = torch.onnx.export(
                     module, (x, t), None, dynamo=True, opset_version=opset, input_names=list(INPUT_NAMES),
