@@ -6,6 +6,8 @@ as the torch path up to the float32 rounding of the network.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..schedule import Schedule
 from .metadata import check_prediction, check_sample_shape
 from .model import OnnxModel
@@ -57,19 +59,51 @@ class OnnxSampler:
         return f"OnnxSampler({self.model.path!r}, providers={self.providers}, schedule={self.schedule!r})"
 
     def sample(self, n: int, *, denormalize: bool = True, **kwargs):
-        """``n`` samples [n, *sample_shape] as a float32 NumPy array.
+        """``n`` samples [n, *sample_shape] as a float32 NumPy array in data space.
 
-        Keyword arguments are :func:`fastddpm.sample`'s (seed, sampler, steps, batch_size, …);
-        ``denormalize=False`` returns model space instead of data space.
+        Keyword arguments are :func:`fastddpm.sample`'s (seed, sampler, steps, spacing, eta,
+        batch_size, backend, out, resume, progress, …); prediction and sample_shape default to
+        the file's. ``denormalize=False`` returns model space. With ``out=`` (a .npy path) the
+        samples are written in model space and the path is returned; de-normalise them with
+        ``sampler.normalization.denormalize``.
+
+        On onnxruntime's CUDA provider with torch and Triton importable, x_t stays on the GPU
+        (IO binding, Triton update; see fastddpm.runtime.cuda); otherwise the network runs in
+        the session and the update in the Numba kernels on the host.
         """
         from ..sampling import sample
 
         kwargs.setdefault("prediction", self.prediction)
         kwargs.setdefault("sample_shape", self.sample_shape)
-        x = sample(self.model, self.schedule, n, **kwargs)
+        model = self.model
+        if kwargs.get("backend", "auto") in ("auto", "triton") and kwargs.get("device") in (None, "cuda"):
+            cuda_model = self._cuda_model()
+            if cuda_model is not None:
+                model = cuda_model
+                kwargs["device"] = str(next(iter(cuda_model.buffers())).device)
+                kwargs["cuda_graph"] = False  # an onnxruntime run cannot be captured in a torch CUDA graph
+        x = sample(model, self.schedule, n, **kwargs)
+        if kwargs.get("out") is not None:
+            return x
+        if isinstance(x, tuple):  # return_trajectory=True
+            x, trajectory = x
+            return self._finish(x, denormalize), trajectory
+        return self._finish(x, denormalize)
+
+    def _finish(self, x, denormalize: bool):
+        if not isinstance(x, np.ndarray):  # a CUDA tensor from the IO-binding path
+            x = x.cpu().numpy()
         if denormalize and self.normalization is not None:
             x = self.normalization.denormalize(x)
         return x
+
+    def _cuda_model(self):
+        """The IO-binding torch module when the CUDA path can run here, else None (cached)."""
+        if not hasattr(self, "_cuda"):
+            from .cuda import cuda_iobinding_available, torch_module
+
+            self._cuda = torch_module(self.model) if cuda_iobinding_available(self.model) else None
+        return self._cuda
 
 
 def _normalization(config):
