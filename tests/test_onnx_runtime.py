@@ -147,7 +147,10 @@ def test_sampler_without_metadata_needs_a_schedule(tmp_path):
     with pytest.raises(TypeError, match="schedule must be a fastddpm.Schedule"):
         OnnxSampler(path, schedule="linear")
     sampler = OnnxSampler(path, schedule=fastddpm.Schedule.linear(50))
-    assert sampler.prediction == "epsilon" and sampler.normalization is None
+    assert sampler.prediction == "epsilon"
+    from fastddpm.data import Normalization
+
+    assert sampler.normalization == Normalization.identity(1)  # nothing stored: no rescaling
 
 
 def test_metadata_roundtrip_is_plain_json(tmp_path):

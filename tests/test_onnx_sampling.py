@@ -120,6 +120,10 @@ CHILD = textwrap.dedent("""
 
     x = OnnxSampler(sys.argv[1]).sample(64, seed=5, steps=50, progress=False)
     np.save(sys.argv[2], x)
+    # the command line too: `fastddpm sample model.onnx` (every subcommand module gets imported)
+    from fastddpm.cli import main
+    assert main(["sample", sys.argv[1], "--n", "64", "--seed", "5", "--steps", "50",
+                 "--out", sys.argv[2] + ".cli.npy", "--quiet"]) == 0
     assert "torch" not in sys.modules
     print("ok", x.shape)
 """)
@@ -141,6 +145,7 @@ def test_samples_in_a_process_where_torch_cannot_be_imported(butterfly, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     want = fastddpm.sample(ckpt.model, ckpt.schedule, 64, seed=5, steps=50, progress=False)
     np.testing.assert_allclose(ckpt.normalization.normalize(np.load(out)), want, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(np.load(str(out) + ".cli.npy"), np.load(out))
 
 
 def test_runtime_never_imports_torch_even_when_installed(butterfly, tmp_path):
@@ -148,3 +153,37 @@ def test_runtime_never_imports_torch_even_when_installed(butterfly, tmp_path):
     _, path = butterfly
     proc = _run_child(tmp_path, [path, tmp_path / "y.npy", "free"], block_torch=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_pipeline_auto_engine_uses_a_cached_onnx_export(butterfly, tmp_path, monkeypatch):
+    ckpt, _ = butterfly
+    monkeypatch.setenv("FASTDDPM_CACHE", str(tmp_path / "cache"))
+    pipe = fastddpm.Pipeline(ckpt)
+    kw = dict(seed=2, steps=100, progress=False)
+    torch_x = pipe.sample(50, engine="torch", **kw)
+    assert not (tmp_path / "cache").exists()  # engine="torch" exports nothing
+    auto_x = pipe.sample(50, **kw)
+    cached = list((tmp_path / "cache" / "onnx").glob("MLP-*.onnx"))
+    assert len(cached) == 1 and isinstance(pipe._onnx_engine, fastddpm.runtime.OnnxModel)
+    np.testing.assert_allclose(auto_x, torch_x, rtol=0, atol=1e-4 * ckpt.normalization.std.max())
+    stamp = cached[0].stat().st_mtime_ns
+    np.testing.assert_array_equal(pipe.sample(50, engine="onnx", **kw), auto_x)
+    assert cached[0].stat().st_mtime_ns == stamp  # reused, not re-exported
+    # other weights → another file (the cache key includes the weights)
+    with torch.no_grad():
+        pipe.model.out.bias.add_(0.5)
+    try:
+        pipe.sample(5, **kw)
+    finally:
+        with torch.no_grad():
+            pipe.model.out.bias.sub_(0.5)
+    assert len(list((tmp_path / "cache" / "onnx").glob("MLP-*.onnx"))) == 2
+    # float64 sampling stays on torch under auto, and is refused by engine="onnx"
+    from fastddpm.onnx_export import engine_model
+
+    assert engine_model(pipe, "auto", dtype="float64") is None
+    assert engine_model(pipe, "auto", backend="torch") is None
+    with pytest.raises(ValueError, match="engine='onnx' samples in float32 on the CPU"):
+        pipe.sample(5, dtype="float64", engine="onnx", **kw)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        pipe.sample(5, engine="tensorrt", **kw)
