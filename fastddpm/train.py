@@ -162,7 +162,7 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
           lr: float = DEFAULTS["lr"], ema: float | None = DEFAULTS["ema"], seed: int = 0, device="cpu",
           prediction: str = "epsilon", min_snr_gamma: float | None = None, grad_clip: float | None = 1.0,
           checkpoint_every: int | None = None, resume=False, n: int | None = None,
-          progress: bool = True) -> TrainResult:
+          num_threads: int | None = None, progress: bool = True) -> TrainResult:
     """Train a diffusion network on ``dataset`` and (with ``out``) write a checkpoint there.
 
     dataset: a name of :data:`fastddpm.data.DATASETS`, a ``.npy`` path (loaded with ``n``
@@ -176,7 +176,16 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     checkpoint_every: also save to ``out`` every so many iterations (atomically).
     resume: True (resume from ``out``) or a checkpoint path: continue that run to ``iters``
       iterations in total; the result equals an uninterrupted run with the same settings.
+    num_threads: CPU threads for torch and Numba during this call (restored afterwards);
+      None keeps the current settings. Bit-identical results need the same thread count.
     """
+    if num_threads is not None:
+        num_threads = _check_positive_int(num_threads, "num_threads")
+        with _threads(num_threads):
+            return train(dataset, out, net=net, net_kwargs=net_kwargs, schedule=schedule, num_steps=num_steps,
+                         iters=iters, batch_size=batch_size, lr=lr, ema=ema, seed=seed, device=device,
+                         prediction=prediction, min_snr_gamma=min_snr_gamma, grad_clip=grad_clip,
+                         checkpoint_every=checkpoint_every, resume=resume, n=n, progress=progress)
     from . import __version__
 
     iters = _check_positive_int(iters, "iters")
@@ -294,6 +303,26 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     return TrainResult(losses=all_losses, model=model, ema_model=ema_model, checkpoint=path, schedule=schedule,
                        dataset=dataset, train_config=train_config, seconds=seconds,
                        samples_per_s=done_here * batch_size / seconds if seconds > 0 else float("nan"))
+
+
+class _threads:
+    """Temporarily run torch's intra-op pool and Numba's pool with n threads."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        import numba
+
+        self.saved = (torch.get_num_threads(), numba.get_num_threads())
+        torch.set_num_threads(self.n)
+        numba.set_num_threads(min(self.n, numba.config.NUMBA_NUM_THREADS))
+
+    def __exit__(self, *exc):
+        import numba
+
+        torch.set_num_threads(self.saved[0])
+        numba.set_num_threads(self.saved[1])
 
 
 def _restore(path: Path, train_config, model, ema_model, optimizer, device) -> tuple[int, list[float]]:

@@ -141,7 +141,7 @@ class SamplingRun:
                     raise BackendUnavailableError(f"backend='numba' is not installed ({exc}); pip install numba "
                                                   "or use backend='numpy'") from exc
             self.stepper = HostStepper(self.plan, schedule, self.kernel_backend, self.seed)
-            self.call = host_model(model, self.kind, self.dtype)
+            self.call = host_model(model, self.kind, self.dtype, self.plan.t.tolist())
             self.cuda_graph = False
             default_elements = DEFAULT_CPU_BATCH_ELEMENTS
         if batch_size is None:
