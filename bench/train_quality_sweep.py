@@ -30,9 +30,10 @@ if __name__ == "__main__":
     width = int(sys.argv[4]) if len(sys.argv) > 4 else 128
     depth = int(sys.argv[5]) if len(sys.argv) > 5 else 3
     dataset = sys.argv[6] if len(sys.argv) > 6 else "butterfly"
+    lr_schedule = sys.argv[7] if len(sys.argv) > 7 else "cosine"
     torch.set_num_threads(1)
     tic = time.perf_counter()
-    r = train(dataset, iters=iters, batch_size=batch, lr=lr, net_kwargs={"width": width, "depth": depth},
+    r = train(dataset, iters=iters, batch_size=batch, lr=lr, lr_schedule=lr_schedule, net_kwargs={"width": width, "depth": depth},
               progress=False, num_threads=1)
     t_train = time.perf_counter() - tic
     tic = time.perf_counter()
@@ -40,7 +41,7 @@ if __name__ == "__main__":
     t_sample = time.perf_counter() - tic
     ev = evaluate(r.dataset.normalization.denormalize(x.numpy()), dataset)
     print(json.dumps({"iters": iters, "batch": batch, "lr": lr, "width": width, "depth": depth,
-                      "dataset": dataset, "train_s": round(t_train, 1), "sample_s": round(t_sample, 1),
+                      "dataset": dataset, "lr_schedule": lr_schedule, "train_s": round(t_train, 1), "sample_s": round(t_sample, 1),
                       "sps": round(r.samples_per_s), "sw_ratio": round(ev["sw_ratio"], 3),
                       "mean": ev["mean"], "std": ev["std"], "ref_mean": ev["ref_mean"], "ref_std": ev["ref_std"],
                       "final_loss": float(np.mean(r.losses[-200:]))}))

@@ -27,15 +27,19 @@ def add_parser(subparsers, parents):
     p.add_argument("--net", default="auto", choices=("auto", "MLP", "UNet"),
                    help="network: auto = MLP for vector data, UNet for images")
     p.add_argument("--width", type=int, default=None,
-                   help="MLP hidden width (default 128) / UNet base channels (default 32)")
+                   help="MLP hidden width (default 128) / UNet base channels (default 16)")
     p.add_argument("--depth", type=int, default=None,
                    help="MLP hidden layers (default 3) / UNet residual blocks per level (default 1)")
     p.add_argument("--activation", default=None, help="MLP activation (relu, silu, gelu, tanh, ...; default silu)")
     p.add_argument("--time-embedding", default=None, choices=("sinusoidal", "learned"),
                    help="MLP time embedding (default sinusoidal)")
-    p.add_argument("--iters", type=int, default=DEFAULTS["iters"], help="optimisation steps")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="samples per step")
+    p.add_argument("--iters", type=int, default=None,
+                   help="optimisation steps (default: 4000 for vector data, 3000 for images)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="samples per step (default: 256 for vector data, 64 for images)")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
+    p.add_argument("--lr-schedule", default=DEFAULTS["lr_schedule"], choices=("constant", "cosine"),
+                   help="learning rate: constant, or cosine decay to 0 over --iters")
     p.add_argument("--ema", type=float, default=DEFAULTS["ema"], help="EMA decay (0: no EMA)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation, batches and noise")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -81,7 +85,7 @@ def run(args) -> int:
             net_kwargs["num_res_blocks"] = args.depth
     result = train(
         dataset, args.out, net=net, net_kwargs=net_kwargs, schedule=args.schedule, num_steps=args.num_steps,
-        iters=args.iters, batch_size=args.batch_size, lr=args.lr, ema=args.ema or None, seed=args.seed,
+        iters=args.iters, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, ema=args.ema or None, seed=args.seed,
         device=args.device, prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
         grad_clip=args.grad_clip or None, checkpoint_every=args.checkpoint_every, resume=args.resume,
         num_threads=args.threads or None, progress=not args.quiet,
