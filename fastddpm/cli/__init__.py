@@ -39,10 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", action="store_true", help="no progress bars or chatter")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _subcommands():
-        module = importlib.import_module(f"{__name__}.{name}")
-        p = module.add_parser(sub, parents=[common])
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+            p = module.add_parser(sub, parents=[common])
+        except ImportError as exc:
+            # A subcommand whose dependencies are missing (e.g. `train` without torch) must not
+            # take the others down: `fastddpm sample model.onnx` works where torch is absent.
+            # prefix_chars="\0": every argument, options included, lands in `rest`.
+            p = sub.add_parser(name, help=f"(unavailable: {exc})", add_help=False, prefix_chars="\0")
+            p.add_argument("rest", nargs="*")
+            p.set_defaults(_run=_unavailable(name, exc), debug=False, quiet=False)
+            continue
         p.set_defaults(_run=module.run)
     return parser
+
+
+def _unavailable(name: str, exc: ImportError):
+    def run(args):
+        raise UserError(f"this command needs a package that is not installed ({exc}); "
+                        "pip install 'fastddpm[all]' or the missing package")
+    return run
 
 
 def main(argv=None) -> int:
