@@ -74,7 +74,7 @@ def ckpt(tmp_path_factory):
 def reference(ckpt):
     """The single-process file for seed 7, n = N."""
     out = ckpt.parent / "single.npy"
-    _ok(_fastddpm(["sample", ckpt, "--n", N, "--batch-size", BATCH, "--seed", 7, "--out", out, "--quiet", "--engine", "torch"]))
+    _ok(_fastddpm(["sample", ckpt, "--n", N, "--batch-size", BATCH, "--seed", 7, "--out", out, "--quiet"]))
     return out.read_bytes()
 
 

@@ -46,7 +46,7 @@ def add_parser(subparsers, parents):
     add_distributed_arguments(p, sampling=True)
     p.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
                    help="network runtime for a checkpoint: auto = onnxruntime on the CPU when installed "
-                        "(a cached export; faster, see docs/onnx.md), else torch; --distributed uses torch")
+                        "(a cached export; faster, see docs/onnx.md), else torch")
     return p
 
 
@@ -63,7 +63,6 @@ def run(args) -> int:
 
         kwargs["engine"] = args.engine
     if args.distributed:  # under torchrun: every rank writes a shard, rank 0 assembles --out
-        # Distributed runs use the torch network on every rank (--engine is not consulted).
         from ..distributed import init, sample_distributed
 
         with init(args.device, timeout=args.dist_timeout) as ctx:
@@ -74,7 +73,7 @@ def run(args) -> int:
                 pipe, None, args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
                 clip=args.clip, seed=args.seed, batch_size=args.batch_size, backend=args.backend, out=args.out,
                 resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, ctx=ctx,
-                keep_shards=args.keep_shards)
+                keep_shards=args.keep_shards, **kwargs)
             if args.quiet or not ctx.is_main:
                 return 0
     else:

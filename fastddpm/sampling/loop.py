@@ -162,7 +162,7 @@ class SamplingRun:
     def _device(self, device):
         """None for the host path with a NumPy model; a torch.device otherwise."""
         if self.kind == "numpy":
-            if device not in (None, "cpu"):
+            if device is not None and str(device) != "cpu":
                 raise ValueError(f"an array_api='numpy' model runs on the CPU; got device={device!r}")
             return None
         import torch
