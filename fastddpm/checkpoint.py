@@ -1,0 +1,370 @@
+"""Checkpoints: a directory with ``config.json`` and safetensors weights, written atomically.
+
+Layout::
+
+    config.json            format, fastddpm version, model class + kwargs, schedule, data
+                           normalisation, prediction type, sample shape, training settings,
+                           and the SHA-256 and size of every other file
+    model.safetensors      the trained weights
+    ema.safetensors        the EMA weights (optional)
+    optimizer.safetensors  Adam state tensors (optional, for resume)
+    train_state.json       step, losses, optimizer hyper-parameters (optional, for resume)
+
+Loading never unpickles: weights come from safetensors, everything else from JSON. A file that
+is missing, truncated, corrupt or changed after writing (checksum), or a config that names an
+unknown model class, raises :class:`CheckpointError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import Normalization
+from .schedule import Schedule
+
+FORMAT = "fastddpm-checkpoint"
+FORMAT_VERSION = 1
+PREDICTIONS = ("epsilon", "sample", "v_prediction")
+CONFIG = "config.json"
+MODEL = "model.safetensors"
+EMA = "ema.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+TRAIN_STATE = "train_state.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written or loaded; the message says which file and why."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint directory or one of its files does not exist."""
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A loaded checkpoint; ``model`` is in eval mode on the requested device."""
+
+    model: torch.nn.Module
+    schedule: Schedule
+    normalization: Normalization
+    prediction: str
+    sample_shape: tuple[int, ...]
+    config: dict[str, Any]
+    path: Path
+    weights: str  # "ema" or "model": which weights ``model`` holds
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def _model_config(model, model_config) -> dict[str, Any]:
+    from .nets import MODEL_CLASSES
+
+    if model_config is None:
+        name = type(model).__name__
+        if MODEL_CLASSES.get(name) is not type(model) or not isinstance(getattr(model, "config", None), dict):
+            raise CheckpointError(
+                f"cannot describe a {name} model: pass model_config={{'class': NAME, 'kwargs': {{...}}}} "
+                "with NAME registered in fastddpm.nets.MODEL_CLASSES")
+        model_config = {"class": name, "kwargs": model.config}
+    if not isinstance(model_config, dict) or set(model_config) != {"class", "kwargs"}:
+        raise CheckpointError(f"model_config must be {{'class': NAME, 'kwargs': {{...}}}}, got {model_config!r}")
+    if model_config["class"] not in MODEL_CLASSES:
+        raise CheckpointError(f"model class {model_config['class']!r} is not in fastddpm.nets.MODEL_CLASSES "
+                              f"({', '.join(sorted(MODEL_CLASSES))}); register it first")
+    return {"class": model_config["class"], "kwargs": _jsonable(model_config["kwargs"], "model_config kwargs")}
+
+
+def _jsonable(obj, what: str):
+    try:
+        return json.loads(json.dumps(obj, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{what} must be JSON-serialisable: {exc}") from exc
+
+
+def _state_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def _optimizer_split(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """torch optimizer state_dict → (tensors for safetensors, the JSON-able rest)."""
+    tensors, scalars = {}, {}
+    for idx, per_param in state_dict["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{idx}.{key}"] = value.detach().to("cpu").contiguous().clone()
+            else:
+                scalars[f"state.{idx}.{key}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _optimizer_join(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in list(tensors.items()) + list(rest["scalars"].items()):
+        _, idx, key = flat.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_checkpoint_dir(path: Path) -> bool:
+    try:
+        with open(path / CONFIG) as f:
+            return json.load(f).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def save(path, model: torch.nn.Module, schedule: Schedule, *, ema_model: torch.nn.Module | None = None,
+         normalization: Normalization, prediction: str = "epsilon", model_config: dict | None = None,
+         train_config: dict | None = None, train_state: dict | None = None,
+         sample_shape=None) -> Path:
+    """Write a checkpoint directory at ``path`` atomically and return its path.
+
+    The files go to a temporary sibling directory first, which then takes ``path``'s name by
+    rename; an existing checkpoint at ``path`` is replaced only after the new one is complete.
+    ``model_config`` = ``{"class": NAME, "kwargs": {...}}`` (default: from a built-in net's
+    ``config``); ``train_state`` = ``{"step": int, "optimizer": optimizer.state_dict(),
+    "losses": [float, ...], ...}`` for resume; ``sample_shape`` defaults to the model's
+    ``sample_shape`` attribute and must be given for nets without one (e.g. UNet).
+    """
+    from . import __version__
+    from .nets import build  # noqa: F401  (fail early if the nets cannot be imported)
+
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a fastddpm.Schedule, got {type(schedule).__name__}")
+    if not isinstance(normalization, Normalization):
+        raise TypeError(f"normalization must be a fastddpm.data.Normalization, got {type(normalization).__name__}")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}; got {prediction!r}")
+    if sample_shape is None:
+        sample_shape = getattr(model, "sample_shape", None)
+    if sample_shape is None:
+        raise ValueError("sample_shape must be given (the shape of one sample, e.g. (1, 8, 8))")
+    sample_shape = [int(s) for s in sample_shape]
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or _is_checkpoint_dir(path))):
+        raise FileExistsError(f"{path} exists and is not a fastddpm checkpoint; choose another path or remove it")
+    config: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fastddpm_version": __version__,
+        "model": _model_config(model, model_config),
+        "schedule": schedule.to_config(),
+        "normalization": normalization.to_config(),
+        "prediction": prediction,
+        "sample_shape": sample_shape,
+        "train": _jsonable(train_config, "train_config") if train_config is not None else None,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        from safetensors.torch import save_file
+
+        files = {MODEL: _state_tensors(model)}
+        if ema_model is not None:
+            files[EMA] = _state_tensors(ema_model)
+        json_files = {}
+        if train_state is not None:
+            state = dict(train_state)
+            optimizer = state.pop("optimizer", None)
+            if optimizer is not None:
+                tensors, rest = _optimizer_split(optimizer)
+                files[OPTIMIZER] = tensors
+                state["optimizer"] = rest
+            json_files[TRAIN_STATE] = _jsonable(state, "train_state")
+        for name, tensors in files.items():
+            save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+        for name, obj in json_files.items():
+            (tmp / name).write_text(json.dumps(obj))
+        config["files"] = {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+                           for name in [*files, *json_files]}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+        for name in [*files, *json_files, CONFIG]:
+            _fsync(tmp / name)
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Move the finished ``tmp`` to ``path``; an old checkpoint there is removed only afterwards."""
+    if not path.exists():
+        os.rename(tmp, path)
+    else:
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            os.rename(old, path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        _fsync(path.parent)
+    except OSError:  # pragma: no cover - directories cannot be fsynced on some platforms
+        pass
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def read_config(path) -> dict[str, Any]:
+    """The checked ``config.json`` of the checkpoint at ``path``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"checkpoint {path} does not exist (expected a directory with {CONFIG})")
+    cfg_path = path / CONFIG
+    if not cfg_path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint {path} has no {CONFIG}; it is not a fastddpm checkpoint "
+                                      "or was not written completely")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{cfg_path} is not valid JSON (corrupt or truncated): {exc}") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_path} is not a fastddpm checkpoint config (format {FORMAT!r} missing)")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{cfg_path} has format_version {config.get('format_version')!r}; "
+                              f"this fastddpm reads version {FORMAT_VERSION}")
+    for key in ("model", "schedule", "normalization", "prediction", "sample_shape", "files"):
+        if key not in config:
+            raise CheckpointError(f"{cfg_path} lacks the {key!r} entry")
+    if config["prediction"] not in PREDICTIONS:
+        raise CheckpointError(f"{cfg_path}: prediction {config['prediction']!r} is not one of {PREDICTIONS}")
+    if MODEL not in config["files"]:
+        raise CheckpointError(f"{cfg_path} lists no {MODEL}")
+    return config
+
+
+def _verified(path: Path, config: dict, name: str) -> Path:
+    """``path/name`` after checking that it exists with the recorded size and SHA-256."""
+    entry = config["files"].get(name)
+    if entry is None:
+        raise CheckpointError(f"{path / CONFIG} does not list {name}")
+    file = path / name
+    if not file.is_file():
+        raise CheckpointNotFoundError(f"checkpoint {path} is missing {name}")
+    size = file.stat().st_size
+    if size != entry.get("bytes"):
+        raise CheckpointError(f"{file} has {size} bytes but {entry.get('bytes')} were written "
+                              "(truncated or replaced); re-train or restore the file")
+    if _sha256(file) != entry.get("sha256"):
+        raise CheckpointError(f"{file} does not match the SHA-256 recorded in {CONFIG} "
+                              "(corrupt or modified after saving)")
+    return file
+
+
+def _read_tensors(path: Path, config: dict, name: str, device="cpu") -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = _verified(path, config, name)
+    try:
+        return load_file(str(file), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from exc
+
+
+def _build_model(config: dict, path: Path) -> torch.nn.Module:
+    from .nets import MODEL_CLASSES, build
+
+    spec = config["model"]
+    if not isinstance(spec, dict) or not isinstance(spec.get("kwargs"), dict):
+        raise CheckpointError(f"{path / CONFIG}: 'model' must be {{'class': NAME, 'kwargs': {{...}}}}")
+    name = spec.get("class")
+    if name not in MODEL_CLASSES:
+        raise CheckpointError(f"{path / CONFIG} asks for model class {name!r}, which is not one of "
+                              f"{', '.join(sorted(MODEL_CLASSES))}; register it in fastddpm.nets.MODEL_CLASSES "
+                              "before loading")
+    try:
+        return build(name, **spec["kwargs"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / CONFIG}: cannot build {name} from its kwargs: {exc}") from exc
+
+
+def load_weights(module: torch.nn.Module, path, name: str = MODEL, *, config: dict | None = None) -> None:
+    """Load ``path/name`` (checked) into ``module`` strictly (same keys, shapes and dtypes)."""
+    path = Path(path)
+    config = read_config(path) if config is None else config
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    tensors = _read_tensors(path, config, name, device)
+    own = module.state_dict()
+    missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    if missing or extra:
+        raise CheckpointError(f"{path / name} does not fit {type(module).__name__}: missing {missing[:5]}, "
+                              f"unexpected {extra[:5]}")
+    for key, value in tensors.items():
+        if value.shape != own[key].shape or value.dtype != own[key].dtype:
+            raise CheckpointError(f"{path / name}: {key} has {tuple(value.shape)} {value.dtype}, the model "
+                                  f"expects {tuple(own[key].shape)} {own[key].dtype}")
+    module.load_state_dict(tensors, strict=True)
+
+
+def load(path, *, device="cpu", ema: bool = True) -> Checkpoint:
+    """Load the checkpoint at ``path``: the model (EMA weights when ``ema`` and present) in eval mode."""
+    path = Path(path)
+    config = read_config(path)
+    try:
+        schedule = Schedule.from_config(config["schedule"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / CONFIG}: invalid schedule {config['schedule']!r}: {exc}") from exc
+    try:
+        normalization = Normalization.from_config(config["normalization"])
+    except ValueError as exc:
+        raise CheckpointError(f"{path / CONFIG}: {exc}") from exc
+    model = _build_model(config, path).to(device)
+    weights = "ema" if ema and EMA in config["files"] else "model"
+    load_weights(model, path, EMA if weights == "ema" else MODEL, config=config)
+    model.eval()
+    return Checkpoint(model=model, schedule=schedule, normalization=normalization,
+                      prediction=config["prediction"], sample_shape=tuple(config["sample_shape"]),
+                      config=config, path=path, weights=weights)
+
+
+def load_train_state(path, *, device="cpu") -> dict[str, Any]:
+    """The saved training state of a checkpoint (``step``, ``optimizer`` state_dict, ``losses``, …)."""
+    path = Path(path)
+    config = read_config(path)
+    if TRAIN_STATE not in config["files"]:
+        raise CheckpointError(f"checkpoint {path} holds no training state (saved without train_state); "
+                              "it can be sampled from but not resumed")
+    file = _verified(path, config, TRAIN_STATE)
+    try:
+        state = json.loads(file.read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{file} is not valid JSON: {exc}") from exc
+    if "optimizer" in state:
+        tensors = _read_tensors(path, config, OPTIMIZER, device)
+        state["optimizer"] = _optimizer_join(tensors, state["optimizer"])
+    return state
+
+
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointNotFoundError", "load", "load_train_state",
+           "load_weights", "read_config", "save"]

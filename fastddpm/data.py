@@ -1,0 +1,275 @@
+"""Toy and small real datasets, returned normalised with their normalisation recorded.
+
+``load_dataset(name, n, seed=…, noise=…)`` gives a :class:`Dataset` whose ``x`` is float32
+[n, …] in model space; ``dataset.normalization.denormalize(samples)`` maps model samples back
+to data space. Normalisation rules (stored in every checkpoint):
+
+- vector data [n, D] (constant, gaussian, the 2-D toys, user [n, D] files): per feature,
+  mean and standard deviation of the loaded data (float64), so model space has mean 0, std 1.
+  A feature with std < 1e-8·max(1, |mean|) (``constant``: every value 5.0) keeps scale 1 and
+  is only shifted: the model learns the point 0 and ``denormalize`` puts it back at 5.0.
+- digits: the fixed affine map of pixel values [0, 16] onto [−1, 1] (mean 8, std 8).
+- user arrays with more than two dimensions ([n, C, H, W], …): one scalar mean and std over
+  all elements (same zero-std rule).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+DATASETS = ("constant", "gaussian", "butterfly", "moons", "swissroll", "checkerboard", "8gaussians", "digits")
+
+# Default additive noise (data units) when ``noise=None``; None: the dataset takes no noise.
+DEFAULT_NOISE = {
+    "constant": None, "gaussian": None, "digits": None,
+    "butterfly": 0.0, "moons": 0.05, "swissroll": 0.25, "checkerboard": 0.0, "8gaussians": 0.1,
+}
+_ZERO_STD = 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """x_model = (x_data − mean) / std, with ``mean``/``std`` float64 arrays broadcastable to one sample."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def __post_init__(self):
+        mean = np.array(self.mean, dtype=np.float64)
+        std = np.array(self.std, dtype=np.float64)
+        if mean.shape != std.shape:
+            raise ValueError(f"normalization mean {mean.shape} and std {std.shape} must have the same shape")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()) or (std <= 0).any():
+            raise ValueError("normalization mean must be finite and std finite and > 0")
+        mean.flags.writeable = False
+        std.flags.writeable = False
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+
+    @classmethod
+    def identity(cls, ndim: int = 1) -> "Normalization":
+        return cls(np.zeros((1,) * ndim), np.ones((1,) * ndim))
+
+    @classmethod
+    def fit(cls, x: np.ndarray, *, per_feature: bool | None = None) -> "Normalization":
+        """Mean/std of ``x`` [n, …]: per feature for [n, D], one scalar otherwise (see module doc)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim < 2 or x.shape[0] == 0:
+            raise ValueError(f"data must have shape [n, ...] with n >= 1, got {x.shape}")
+        per_feature = x.ndim == 2 if per_feature is None else per_feature
+        if per_feature:
+            mean, std = x.mean(axis=0), x.std(axis=0)
+        else:
+            mean = np.full((1,) * (x.ndim - 1), x.mean())
+            std = np.full((1,) * (x.ndim - 1), x.std())
+        std = np.where(std < _ZERO_STD * np.maximum(1.0, np.abs(mean)), 1.0, std)
+        return cls(mean, std)
+
+    def normalize(self, x):
+        """Data space → model space; NumPy in gives float32 NumPy, torch in gives torch of its dtype."""
+        return self._apply(x, lambda v, m, s: (v - m) / s)
+
+    def denormalize(self, x):
+        """Model space → data space (same types as :meth:`normalize`)."""
+        return self._apply(x, lambda v, m, s: v * s + m)
+
+    def _apply(self, x, fn):
+        if type(x).__module__.startswith("torch"):
+            import torch
+
+            m = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device)
+            s = torch.as_tensor(self.std, dtype=x.dtype, device=x.device)
+            return fn(x, m, s)
+        x = np.asarray(x)
+        return fn(x.astype(np.float64), self.mean, self.std).astype(x.dtype if x.dtype.kind == "f" else np.float32)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"shape": list(self.mean.shape), "mean": self.mean.reshape(-1).tolist(),
+                "std": self.std.reshape(-1).tolist()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Normalization":
+        try:
+            shape = tuple(int(s) for s in config["shape"])
+            return cls(np.asarray(config["mean"], dtype=np.float64).reshape(shape),
+                       np.asarray(config["std"], dtype=np.float64).reshape(shape))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"invalid normalization config {config!r}: {exc}") from exc
+
+    def __eq__(self, other):
+        if not isinstance(other, Normalization):
+            return NotImplemented
+        return np.array_equal(self.mean, other.mean) and np.array_equal(self.std, other.std)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """``x``: float32 [n, …] in model space; ``raw()`` gives it back in data space."""
+
+    name: str
+    x: np.ndarray
+    normalization: Normalization
+    params: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def raw(self) -> np.ndarray:
+        return self.normalization.denormalize(self.x)
+
+    def to_config(self) -> dict[str, Any]:
+        """How to rebuild it (name, n, parameters) and its normalisation; JSON-able."""
+        return {"name": self.name, "n": len(self), "sample_shape": list(self.sample_shape),
+                **self.params, "normalization": self.normalization.to_config()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Dataset":
+        """Regenerate the dataset described by :meth:`to_config` (same data, same normalisation)."""
+        config = dict(config)
+        config.pop("sample_shape", None)
+        norm = Normalization.from_config(config.pop("normalization"))
+        data = load_dataset(config.pop("name"), config.pop("n"), **config)
+        if data.normalization != norm:
+            return Dataset(data.name, norm.normalize(data.raw()), norm, data.params)
+        return data
+
+
+# -- generators (raw data space, float64) --------------------------------------------------
+
+
+def butterfly_curve(theta):
+    """(x, y) of the butterfly curve r = e^{cos θ} − 2 cos 4θ + sin⁵(θ/12), x = r sin θ, y = r cos θ."""
+    theta = np.asarray(theta, dtype=np.float64)
+    r = np.exp(np.cos(theta)) - 2.0 * np.cos(4.0 * theta) + np.sin(theta / 12.0) ** 5
+    return np.stack([r * np.sin(theta), r * np.cos(theta)], axis=-1)
+
+
+def _butterfly(n, rng, noise):
+    return butterfly_curve(rng.uniform(0.0, 2.0 * np.pi, n)) + noise * rng.standard_normal((n, 2))
+
+
+def _moons(n, rng, noise):
+    # Two interleaved half circles (scikit-learn's make_moons geometry), random positions.
+    upper = rng.random(n) < 0.5
+    angle = rng.uniform(0.0, np.pi, n)
+    x = np.where(upper, np.cos(angle), 1.0 - np.cos(angle))
+    y = np.where(upper, np.sin(angle), 0.5 - np.sin(angle))
+    return np.stack([x, y], axis=1) + noise * rng.standard_normal((n, 2))
+
+
+def _swissroll(n, rng, noise):
+    # scikit-learn's make_swiss_roll, keeping the (x, z) plane: t ∈ 1.5π·[1, 3].
+    t = 1.5 * np.pi * (1.0 + 2.0 * rng.random(n))
+    return np.stack([t * np.cos(t), t * np.sin(t)], axis=1) + noise * rng.standard_normal((n, 2))
+
+
+def _checkerboard(n, rng, noise):
+    # FFJORD's checkerboard: 8 filled squares of a 4×4 board on [−4, 4]².
+    x1 = rng.random(n) * 4.0 - 2.0
+    x2 = rng.random(n) - rng.integers(0, 2, n) * 2.0 + np.floor(x1) % 2
+    return np.stack([x1, x2], axis=1) * 2.0 + noise * rng.standard_normal((n, 2))
+
+
+def _eight_gaussians(n, rng, noise):
+    angles = np.arange(8) * (np.pi / 4.0)
+    centers = 2.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return centers[rng.integers(0, 8, n)] + noise * rng.standard_normal((n, 2))
+
+
+_TOYS = {"butterfly": _butterfly, "moons": _moons, "swissroll": _swissroll,
+         "checkerboard": _checkerboard, "8gaussians": _eight_gaussians}
+
+
+def _digits(n):
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("the 'digits' dataset needs scikit-learn: pip install 'fastddpm[digits]'") from exc
+    images = load_digits().images  # [1797, 8, 8], integer values 0..16, bundled (no download)
+    if n is None:
+        n = images.shape[0]
+    if n > images.shape[0]:
+        raise ValueError(f"n must be <= {images.shape[0]} for 'digits' (the bundled set), got {n}")
+    return images[:n, None, :, :].astype(np.float64)
+
+
+def _check_n(n, name):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an integer >= 1 for dataset {name!r}, got {n!r}")
+    return int(n)
+
+
+def _load_npy(path: str, n):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"dataset file {path!r} does not exist (expected a .npy array [n, ...])")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"{path!r} is not a readable .npy array without pickles: {exc}") from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu" or arr.ndim < 2 or arr.shape[0] < 1:
+        raise ValueError(f"{path!r} must hold a numeric array of shape [n, ...] with n >= 1 "
+                         f"(1-D data: shape [n, 1]); got dtype {arr.dtype}, shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path!r} contains NaN or inf")
+    if n is not None:
+        n = _check_n(n, path)
+        if n > arr.shape[0]:
+            raise ValueError(f"n = {n} but {path!r} holds only {arr.shape[0]} samples")
+        arr = arr[:n]
+    return arr.astype(np.float64)
+
+
+def load_dataset(name: str, n: int | None = None, *, seed: int = 0, noise: float | None = None) -> Dataset:
+    """``n`` samples of dataset ``name`` (one of :data:`DATASETS` or a path to a ``.npy`` file).
+
+    Shapes: constant, gaussian [n, 1]; 2-D toys [n, 2]; digits [n, 1, 8, 8] (n ≤ 1797, the
+    first n; ``None``: all); ``.npy`` [n, …] (the first n rows; ``None``: all). ``seed`` fixes
+    the random draws; ``noise`` is the standard deviation of Gaussian noise added to the 2-D
+    toys in data units (``None``: :data:`DEFAULT_NOISE`).
+    """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"dataset name must be a string, got {type(name).__name__}")
+    name = os.fspath(name)
+    if name.endswith(".npy"):
+        if noise is not None:
+            raise ValueError("noise is not supported for .npy datasets")
+        raw = _load_npy(name, n)
+        return Dataset(name, Normalization.fit(raw).normalize(raw).astype(np.float32), Normalization.fit(raw))
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}, or a path to a .npy file")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if DEFAULT_NOISE[name] is None:
+        if noise not in (None, 0, 0.0):
+            raise ValueError(f"noise is not supported for dataset {name!r} (only for {', '.join(_TOYS)})")
+        noise = None
+    else:
+        noise = DEFAULT_NOISE[name] if noise is None else float(noise)
+        if not (np.isfinite(noise) and noise >= 0):
+            raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    params: dict[str, Any] = {"seed": int(seed)}
+    if noise is not None:
+        params["noise"] = noise
+    if name == "digits":
+        if n is not None:
+            n = _check_n(n, name)
+        raw = _digits(n)
+        norm = Normalization(np.full((1, 1, 1), 8.0), np.full((1, 1, 1), 8.0))
+        return Dataset(name, norm.normalize(raw).astype(np.float32), norm, params)
+    n = _check_n(n, name)
+    rng = np.random.default_rng(seed)
+    if name == "constant":
+        raw = np.full((n, 1), 5.0)
+    elif name == "gaussian":
+        raw = 3.0 + rng.standard_normal((n, 1))
+    else:
+        raw = _TOYS[name](n, rng, noise)
+    norm = Normalization.fit(raw)
+    return Dataset(name, norm.normalize(raw).astype(np.float32), norm, params)
