@@ -85,12 +85,19 @@ def data_kind(x) -> str:
         "(points), [N, H, W] or [N, C, H, W] with C in (1, 3) (images)")
 
 
-def _images(x, n: int) -> np.ndarray:
-    """First n images as [n, H, W] or [n, H, W, 3] scaled from [-1, 1] to [0, 1]."""
+def _images(x, n: int, vrange=None) -> np.ndarray:
+    """First n images as [n, H, W] or [n, H, W, 3] mapped from ``vrange`` to [0, 1].
+
+    vrange None: [-1, 1] (model space) when the batch lies within it, else its own min..max.
+    """
     x = _np(x)[:n]
     if x.ndim == 4:
         x = x[:, 0] if x.shape[1] == 1 else np.moveaxis(x, 1, -1)
-    return np.clip((x + 1.0) / 2.0, 0.0, 1.0)
+    if vrange is None:
+        lo, hi = float(np.min(x)), float(np.max(x))
+        vrange = (-1.0, 1.0) if lo >= -1.05 and hi <= 1.05 else (lo, hi if hi > lo else lo + 1.0)
+    lo, hi = vrange
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
 
 
 def _grid(images: np.ndarray, cols: int) -> np.ndarray:
@@ -133,14 +140,15 @@ def _draw(ax, x, kind, *, lims=None, color=_DATA_COLOR, bins=None, max_points=50
         ax.set_xticks([])
         ax.set_yticks([])
     else:
-        imgs = _images(x, 16 if cols is None else cols * cols)
+        imgs = _images(x, 16 if cols is None else cols * cols, lims)
         grid = _grid(imgs, cols or 4)
         ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1,
                   interpolation="nearest")
         ax.set_axis_off()
 
 
-def _panel_limits(arrays, kind):
+def _panel_limits(arrays, kind, ref: int = 0):
+    """Shared limits of all panels; images use the value range of ``arrays[ref]`` (the data)."""
     if kind == "1d":
         return _limits([_np(a) for a in arrays])
     if kind == "2d":
@@ -148,7 +156,8 @@ def _panel_limits(arrays, kind):
         ys = [_np(a)[:, 1] for a in arrays]
         (x0, x1), (y0, y1) = _limits(xs), _limits(ys)
         return (x0, x1), (y0, y1)
-    return None
+    lo, hi = float(np.min(_np(arrays[ref]))), float(np.max(_np(arrays[ref])))
+    return (-1.0, 1.0) if lo >= -1.05 and hi <= 1.05 else (lo, hi if hi > lo else lo + 1.0)
 
 
 # ------------------------------------------------------------------------------ schedules
@@ -404,7 +413,7 @@ def _panels(plt, panels, kind, title, *, color=_DATA_COLOR, normal_ref=False, da
             per_row: int = 5):
     n = len(panels)
     arrays = [a for _, a in panels]
-    lims = _panel_limits(arrays, kind)
+    lims = _panel_limits(arrays, kind, ref=-1 if data_last or color != _DATA_COLOR else 0)
     rows = -(-n // per_row)
     cols = -(-n // rows)   # balanced rows: 7 panels as 4 + 3, not 5 + 2
     size = 2.9

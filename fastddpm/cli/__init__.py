@@ -98,12 +98,26 @@ def build_parser() -> argparse.ArgumentParser:
             add_parser, run = _broken(name, exc)
         p = add_parser(sub, parents=[common])
         p.set_defaults(_run=run)
+    _tag_progs(parser)
     return parser
+
+
+def _tag_progs(parser):
+    """Record each (sub)parser's prog in its defaults, so that an unknown option is reported by
+    the command it was given to ('fastddpm plot forward: error: …'), not by 'fastddpm'."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.set_defaults(_prog=child.prog)
+                _tag_progs(child)
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.exit(2, f"{args._prog}: error: unrecognized arguments: {' '.join(extra)} "
+                       f"(see '{args._prog} --help')\n")
     debug = args.debug or os.environ.get("FASTDDPM_DEBUG") == "1"
     try:
         code = args._run(args)
