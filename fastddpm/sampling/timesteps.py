@@ -1,0 +1,100 @@
+"""Which training timesteps a sampler visits: respacing as diffusers and improved-diffusion do it.
+
+``timesteps(T, steps, spacing)`` returns the descending int64 array of the steps a sampling run
+evaluates the network at; ``step_pairs`` adds each step's target t′ (the next entry, −1 after
+the last). A respaced DDPM step t → t′ uses α_c = ᾱ_t/ᾱ_t′, β_c = 1 − α_c, which is both
+improved-diffusion's ``SpacedDiffusion`` (new betas from the kept ᾱ) and diffusers'
+``DDPMScheduler`` with ``num_inference_steps`` (``previous_timestep`` = next entry).
+
+Spacings (``convention="ddim"``, the one of DDPMScheduler / DDIMScheduler.set_timesteps):
+- ``leading``:  ``arange(steps) · (T // steps)`` reversed, plus ``steps_offset``
+  (steps = T gives T−1 … 0, the plain ancestral chain);
+- ``trailing``: ``round(arange(T, 0, −T/steps)) − 1`` (always starts at T−1);
+- ``linspace``: ``round(linspace(0, T−1, steps))`` reversed. This is improved-diffusion's
+  ``space_timesteps(T, [steps])`` (and its ``"ddimN"`` when steps divides T, up to its
+  stride) — the choice for "respace DDPM as improved-diffusion does";
+- a list/array of ints: used as given (must be strictly decreasing, within [0, T)).
+
+``convention="dpmsolver"`` follows DPMSolverMultistepScheduler.set_timesteps instead
+(``steps + 1`` points, the last dropped), which the ``dpmpp2m`` sampler uses so that it
+visits the same steps as diffusers for the same spacing.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+SPACINGS = ("leading", "trailing", "linspace")
+CONVENTIONS = ("ddim", "dpmsolver")
+
+
+def _check_steps(num_train_steps, steps) -> tuple[int, int]:
+    if isinstance(num_train_steps, bool) or not isinstance(num_train_steps, numbers.Integral) or num_train_steps < 1:
+        raise ValueError(f"num_train_steps must be an integer >= 1, got {num_train_steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise TypeError(f"steps must be an integer in [1, {num_train_steps}], got {type(steps).__name__}")
+    if not 1 <= steps <= num_train_steps:
+        raise ValueError(f"steps must lie in [1, T = {num_train_steps}] (the schedule's training steps), got {steps}")
+    return int(num_train_steps), int(steps)
+
+
+def _custom(num_train_steps: int, spacing) -> np.ndarray:
+    arr = np.asarray(spacing)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError("spacing given as a list must be a non-empty 1-D list of timesteps")
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"spacing given as a list must hold integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.min() < 0 or arr.max() >= num_train_steps:
+        raise ValueError(f"timesteps in spacing must lie in [0, {num_train_steps}), got [{arr.min()}, {arr.max()}]")
+    if np.any(np.diff(arr) >= 0):
+        raise ValueError("timesteps in spacing must be strictly decreasing (e.g. [999, 749, 499, 249])")
+    return arr
+
+
+def timesteps(num_train_steps: int, steps: int | None = None, spacing="leading", *,
+              convention: str = "ddim", steps_offset: int = 0) -> np.ndarray:
+    """The descending timesteps [K] (int64) a sampler evaluates the network at.
+
+    ``steps=None`` means T (or the list's length when ``spacing`` is a list; ``steps`` must then
+    be None or equal to it). See the module docstring for the spacings.
+    """
+    if not isinstance(spacing, str):
+        out = _custom(int(num_train_steps), spacing)
+        if steps is not None and steps != out.size:
+            raise ValueError(f"steps={steps} disagrees with the {out.size} timesteps given in spacing")
+        return out
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(map(repr, SPACINGS))} or a list of ints; got {spacing!r}")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}; got {convention!r}")
+    T, n = _check_steps(num_train_steps, num_train_steps if steps is None else steps)
+    if convention == "ddim":
+        if spacing == "linspace":
+            out = np.linspace(0, T - 1, n).round()[::-1]
+        elif spacing == "leading":
+            out = (np.arange(0, n) * (T // n)).round()[::-1] + steps_offset
+        else:
+            out = np.round(np.arange(T, 0, -T / n)) - 1
+    else:  # DPMSolverMultistepScheduler (lambda_min_clipped = -inf: last_timestep = T)
+        if spacing == "linspace":
+            out = np.linspace(0, T - 1, n + 1).round()[::-1][:-1]
+        elif spacing == "leading":
+            out = (np.arange(0, n + 1) * (T // (n + 1))).round()[::-1][:-1] + steps_offset
+        else:
+            out = np.arange(T, 0, -T / n).round() - 1
+    out = np.ascontiguousarray(out).astype(np.int64)
+    if out.min() < 0 or out.max() >= T or np.any(np.diff(out) >= 0):
+        raise ValueError(f"spacing={spacing!r} with steps={n}, steps_offset={steps_offset} gives timesteps "
+                         f"outside [0, {T}) or repeated ones: {out.tolist()[:8]}…; use fewer steps or another spacing")
+    return out
+
+
+def step_pairs(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(t, prev_t) int64 [K] each: prev_t is the next visited step, −1 after the last one."""
+    ts = np.asarray(ts, dtype=np.int64)
+    prev = np.empty_like(ts)
+    prev[:-1] = ts[1:]
+    prev[-1] = -1
+    return ts, prev
