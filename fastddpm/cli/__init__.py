@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     try:
         code = args._run(args)
     except KeyboardInterrupt:
-        print(f"fastddpm {args.command}: interrupted", file=sys.stderr)
+        print(f"{args._prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `fastddpm ... | head`
         return 0
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
         if debug:
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"fastddpm {args.command}: error: {_one_line(msg) or type(exc).__name__}",
+        print(f"{args._prog}: error: {_one_line(msg) or type(exc).__name__}",
               file=sys.stderr)
         return 2
     return int(code or 0)

@@ -80,6 +80,8 @@ def _data_args(p, required=True):
                    help="built-in dataset name (see 'fastddpm train --help')")
     g.add_argument("--data", default=None, help=".npy file of data [N, ...] (instead of --dataset)")
     g.add_argument("--n", type=int, default=5000, help="number of data points to draw")
+    g.add_argument("--space", choices=("model", "data"), default="model" if required else "data",
+                   help="model space (normalised, what the network sees) or data space")
 
 
 def _schedule_args(p):
@@ -97,7 +99,7 @@ def _load_data(args):
         return None
     from ..demo import make_data
 
-    return make_data(args.dataset, args.n, seed=12345)
+    return make_data(args.dataset, args.n, seed=12345, model_space=args.space == "model")
 
 
 def _load_npy(path):
