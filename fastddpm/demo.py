@@ -35,6 +35,7 @@ from . import plots
 from .schedule import Schedule
 
 SAMPLERS = (("ddpm", 1000), ("dpmpp2m", 20))
+FORWARD_TS = (10, 25, 50, 100, 200, 500)
 FIGURES = ("schedules", "forward", "forward_path_1d", "reverse", "reverse_paths_1d", "samples", "loss")
 # The 1-D example of the introduction: every sample is 5.0. Its schedule reaches noise
 # (ᾱ_T ≈ 4e-5), so x_T ~ N(0, 1) really is where the reverse process starts; the text's
@@ -142,12 +143,13 @@ def evaluate(samples: np.ndarray, data: np.ndarray, *, seed: int = 0) -> dict:
     return metrics.evaluate(samples, data, seed=seed)
 
 
-def _sample(model, schedule, n, sampler, steps, *, seed, sample_shape, progress, trajectory=None):
+def _sample(model, schedule, n, sampler, steps, *, seed, sample_shape, progress, trajectory=None,
+            prediction="epsilon"):
     from .sampling import sample
 
-    kw = {}
+    kw = {"prediction": prediction}
     if trajectory is not None:
-        kw = {"return_trajectory": True, "trajectory_steps": trajectory}
+        kw.update(return_trajectory=True, trajectory_steps=trajectory)
     return sample(model, schedule, n, sampler=sampler, steps=steps, seed=seed, progress=progress,
                   sample_shape=sample_shape, **kw)
 
@@ -161,21 +163,28 @@ def plot_reverse_from_checkpoint(checkpoint, out, *, n=2000, sampler="ddpm", ste
     loaded = load(checkpoint)
     model, schedule, norm = loaded.model, loaded.schedule, loaded.normalization
     shape = tuple(loaded.sample_shape)
+    from .sampling import make_plan
+
+    K = make_plan(schedule, sampler, steps).num_steps
     x, traj = _sample(model, schedule, n, sampler, steps, seed=seed, sample_shape=shape,
-                      progress=progress, trajectory=max(2, int(panels)))
+                      progress=progress, trajectory=reverse_positions(K, panels),
+                      prediction=loaded.prediction)
     written = [plots.plot_reverse(out, list(traj.x), traj.timesteps)]
     if plots.data_kind(np.asarray(x)) == "1d":
         dense = _sample(model, schedule, min(n, 500), sampler, steps, seed=seed, sample_shape=shape,
-                        progress=False, trajectory="all")[1]
+                        progress=False, trajectory="all", prediction=loaded.prediction)[1]
         paths_out = paths_out or str(Path(out).with_name(Path(out).stem + "_paths.png"))
         xs = [norm.denormalize(np.asarray(v)) for v in dense.x]
-        written.append(plots.plot_paths_1d(paths_out, xs, _labels(dense.timesteps)))
+        written.append(plots.plot_paths_1d(paths_out, xs, dense.timesteps))
     return written
 
 
-def _labels(timesteps):
-    """Trajectory labels as 'remaining t' (−1 for the final x_0 → 0 steps left)."""
-    return [max(int(t), -1) + 1 for t in timesteps]
+def reverse_positions(num_steps: int, panels: int = 6) -> list[int]:
+    """Loop positions for reverse-process panels: x_T, then ever closer to the end, where the
+    structure appears (with K steps: 0, K/2, 3K/4, …, K)."""
+    panels = max(2, int(panels))
+    remaining = [0.5 ** k for k in range(panels - 1)] + [0.0]
+    return sorted({int(round(num_steps * (1 - r))) for r in remaining})
 
 
 def run_demo(dataset: str = "butterfly", out="runs/demo", budget: str = "full", *, seed: int = 0,
@@ -217,7 +226,7 @@ def run_demo(dataset: str = "butterfly", out="runs/demo", budget: str = "full", 
         tic = time.perf_counter()
         if traj is None:
             x, traj = _sample(model, schedule, b.n_samples, sampler, steps, seed=seed, sample_shape=shape,
-                              progress=progress, trajectory=6)
+                              progress=progress, trajectory=reverse_positions(steps, 6))
         else:
             x = _sample(model, schedule, b.n_samples, sampler, steps, seed=seed, sample_shape=shape,
                         progress=progress)
@@ -252,19 +261,19 @@ def run_demo(dataset: str = "butterfly", out="runs/demo", budget: str = "full", 
     metrics["constant-5.0 ddpm-100"] = {"mean": float(cx.mean()), "std": float(cx.std()),
                                         "abs_mean_error": float(abs(cx.mean() - CONSTANT_VALUE))}
     figures["reverse_paths_1d"] = Path(plots.plot_paths_1d(
-        out / "reverse_paths_1d.png", list(ctraj.x), _labels(ctraj.timesteps), target=CONSTANT_VALUE,
+        out / "reverse_paths_1d.png", list(ctraj.x), ctraj.timesteps, target=CONSTANT_VALUE,
         title=f"Constant-5.0 model: {b.constant_samples} samples from x_T ~ N(0, 1) to x₀ "
               f"(mean {cx.mean():.4f}, std {cx.std():.4f})"))
 
     # 5. Figures and the report.
     log("[5/5] drawing figures and writing the report")
     figures["schedules"] = Path(plots.plot_schedules(out / "schedules.png", num_steps=schedule.num_steps))
-    ts = [t for t in (0, 50, 100, 200, 400, schedule.num_steps - 1) if t < schedule.num_steps]
+    ts = sorted({min(t, schedule.num_steps - 1) for t in FORWARD_TS} | {schedule.num_steps - 1})
     figures["forward"] = Path(plots.plot_forward(
         out / "forward.png", schedule, ds.x[:5000], ts, seed=seed,
         title=f"Forward process q(x_t | x₀) on {dataset} (model space), {schedule.name} schedule"))
     figures["reverse"] = Path(plots.plot_reverse(
-        out / "reverse.png", list(traj.x), _labels(traj.timesteps), data=ds.x[: b.n_samples],
+        out / "reverse.png", list(traj.x), traj.timesteps, data=ds.x[: b.n_samples],
         title=f"Reverse process, ddpm-{schedule.num_steps} (model space): x_T → x₀"))
     figures["samples"] = Path(plots.plot_samples(
         out / "samples.png", samples, fresh,

@@ -283,8 +283,9 @@ def plot_reverse(path, trajectory: Sequence, steps: Sequence[int], *, data=None,
                  title: str | None = None) -> str:
     """Panels of the reverse process: x_t at each recorded step, from x_T (left) to x_0.
 
-    trajectory: a list of batches (or an array [K, N, …]), one per entry of ``steps`` (the t
-    of each batch; −1 or 0 for the final x_0). ``data``, if given, is drawn faintly behind the
+    trajectory: a list of batches (or an array [P, N, …]), one per entry of ``steps``: the t
+    each batch is fed to the network at, −1 for the final samples (as
+    ``fastddpm.sample(..., return_trajectory=True)`` returns them in ``Trajectory.timesteps``). ``data``, if given, is drawn faintly behind the
     last panel for comparison.
     """
     plt = _plt()
@@ -294,7 +295,13 @@ def plot_reverse(path, trajectory: Sequence, steps: Sequence[int], *, data=None,
         raise ValueError(f"trajectory has {len(trajectory)} entries but steps has {len(steps)}; "
                          "give one step per recorded batch")
     kind = data_kind(trajectory[0])
-    panels = [(f"x₀ (t = {s})" if s <= 0 else f"t = {s}", x) for s, x in zip(steps, trajectory)]
+
+    def label(k, s):
+        if s < 0:
+            return "x₀ (the samples)"
+        return f"x_T, t = {s}" if k == 0 else f"t = {s}"
+
+    panels = [(label(k, s), x) for k, (s, x) in enumerate(zip(steps, trajectory))]
     if data is not None:
         panels.append(("data", _np(data)))
     _panels(plt, panels, kind, title or "Reverse process p_θ(x_{t−1} | x_t), from noise to data",
@@ -306,8 +313,8 @@ def plot_paths_1d(path, trajectory: Sequence, steps: Sequence[int], *, target: f
                   n_paths: int = 20, title: str | None = None) -> str:
     """Per-sample paths of a 1-D model from x_T to x_0 (the constant-5.0 example).
 
-    trajectory: [K, N] or [K, N, 1] values at ``steps`` (descending t, ending at the final
-    x_0). Draws ``n_paths`` individual paths, the mean ± std band of all N, and the target.
+    trajectory: [P, N] or [P, N, 1] values at ``steps`` (descending t as in
+    ``Trajectory.timesteps``, −1 for the final x_0). Draws ``n_paths`` individual paths, the mean ± std band of all N, and the target.
     """
     plt = _plt()
     traj = np.stack([_np(x).reshape(len(_np(x)), -1)[:, 0] for x in trajectory])
@@ -353,7 +360,12 @@ def plot_samples(path, samples: Mapping[str, object], data=None, *, max_points: 
     kind = data_kind(items[0][1])
     panels = ([("data", _np(data))] if data is not None else []) + items
     arrays = [a for _, a in panels]
-    lims = _panel_limits([a[:max_points] for a in arrays], kind)
+    # Axes follow the data when there is data (a stray sample far out would shrink it to a
+    # dot); samples outside are cut off, which the comparison shows anyway.
+    ref = arrays[:1] if data is not None and kind == "2d" else arrays
+    lims = _panel_limits([a[:max_points] for a in ref], kind)
+    if data is not None and kind == "2d":
+        lims = tuple((lo - 0.15 * (hi - lo), hi + 0.15 * (hi - lo)) for lo, hi in lims)
     n = len(panels)
     size = 3.6 if kind != "1d" else 3.4
     fig, axs = plt.subplots(1, n, figsize=(size * n, size + 0.6), dpi=110, squeeze=False)

@@ -33,7 +33,7 @@ def add_parser(subparsers, parents):
                         help="q(x_t | x_0) at chosen t: histograms (1-D), scatter (2-D), images")
     _data_args(f)
     _schedule_args(f)
-    f.add_argument("--t", type=_ts, default="0,50,100,200,400,999", metavar="T1,T2,...",
+    f.add_argument("--t", type=_ts, default="10,25,50,100,200,500,999", metavar="T1,T2,...",
                    help="time steps to show (clipped to T-1)")
     f.add_argument("--seed", type=int, default=0, help="noise seed")
     f.add_argument("--out", default="forward.png", help="PNG to write")

@@ -1,0 +1,320 @@
+"""Training ε-networks (or x0 / v networks) with torch, reproducibly and resumably.
+
+One iteration ``it`` (0-based) draws everything from pure functions of (seed, it): the batch
+indices and time steps from NumPy's Philox generator keyed by (seed, it), and the forward
+noise from fastddpm's counter-based generator with stream ``TRAIN_STREAM + it`` inside
+``fastddpm.q_sample`` (Numba on CPU, Triton on CUDA). So a run resumed from a checkpoint at
+iteration k makes exactly the same updates as an uninterrupted run, and a fixed seed gives
+bit-identical weights on the same machine, thread count and torch build.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .data import Dataset, load_dataset
+from .nets import MODEL_CLASSES, build
+from .ops import q_sample
+from .schedule import SCHEDULES, Schedule
+
+PREDICTIONS = ckpt.PREDICTIONS
+TRAIN_STREAM = 2**30  # noise stream of iteration it is TRAIN_STREAM + it (< 2**31 for Triton)
+DEFAULT_N = 10_000  # samples generated for a synthetic dataset given by name
+
+# Per-kind defaults: "vector" for [B, D] data (MLP), "image" for [B, C, H, W] (UNet).
+DEFAULT_NET = {
+    "vector": ("MLP", {"width": 128, "depth": 3, "activation": "silu", "time_embedding": "sinusoidal"}),
+    "image": ("UNet", {"base_channels": 32, "channel_mults": (1, 2), "num_res_blocks": 1, "attention": True}),
+}
+DEFAULTS = {"iters": 10_000, "batch_size": 256, "lr": 1e-3, "ema": 0.999}
+# Settings that must match between a checkpoint and a run resuming from it.
+_RESUME_KEYS = ("dataset", "model", "schedule", "batch_size", "lr", "ema", "seed", "prediction",
+                "min_snr_gamma", "grad_clip")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns. ``losses[i]`` is the (weighted) loss of iteration i."""
+
+    losses: list[float]
+    model: torch.nn.Module
+    ema_model: torch.nn.Module | None
+    checkpoint: Path | None
+    schedule: Schedule
+    dataset: Dataset
+    train_config: dict[str, Any]
+    seconds: float  # wall time of the iterations run by this call
+    samples_per_s: float
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _resolve_device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {str(device)!r}")
+    return device
+
+
+def _resolve_schedule(schedule, num_steps) -> Schedule:
+    if isinstance(schedule, Schedule):
+        if num_steps is not None and num_steps != schedule.num_steps:
+            raise ValueError(f"num_steps={num_steps} contradicts the given schedule's {schedule.num_steps} steps")
+        return schedule
+    if isinstance(schedule, str):
+        return Schedule.create(schedule, 1000 if num_steps is None else num_steps)
+    raise TypeError(f"schedule must be a fastddpm.Schedule or one of {', '.join(SCHEDULES)}, got {schedule!r}")
+
+
+def _resolve_net(net, net_kwargs, dataset: Dataset, num_steps: int):
+    """(model, model_config or None) for net = 'auto' | class name | nn.Module."""
+    if isinstance(net, torch.nn.Module):
+        if net_kwargs:
+            raise ValueError("net_kwargs only apply when net is a class name")
+        return net, None
+    shape = dataset.sample_shape
+    kind = "vector" if len(shape) == 1 else "image"
+    if net == "auto" or net is None:
+        net = DEFAULT_NET[kind][0]
+    if net not in MODEL_CLASSES:
+        raise ValueError(f"net must be 'auto', a torch.nn.Module or one of {', '.join(sorted(MODEL_CLASSES))}; "
+                         f"got {net!r}")
+    kwargs = dict(DEFAULT_NET[kind][1]) if net == DEFAULT_NET[kind][0] else {}
+    kwargs.update(net_kwargs or {})
+    kwargs.setdefault("num_steps", num_steps)
+    if net == "MLP":
+        if len(shape) != 1:
+            raise ValueError(f"the MLP takes vector data [n, D]; dataset {dataset.name!r} has samples of shape "
+                             f"{shape} (use net='UNet')")
+        kwargs.setdefault("dim", shape[0])
+    elif net == "UNet":
+        if len(shape) != 3:
+            raise ValueError(f"the UNet takes images [n, C, H, W]; dataset {dataset.name!r} has samples of "
+                             f"shape {shape} (use net='MLP')")
+        kwargs.setdefault("in_channels", shape[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # reseeded by train(); this only keeps the global RNG untouched
+        model = build(net, **kwargs)
+    if net == "UNet" and (shape[1] % model.downsample_factor or shape[2] % model.downsample_factor):
+        raise ValueError(f"image size {shape[1:]} must be divisible by {model.downsample_factor} "
+                         f"for channel_mults={kwargs.get('channel_mults')}")
+    return model, {"class": net, "kwargs": model.config}
+
+
+def _batch_indices(seed: int, it: int, n: int, batch_size: int, num_steps: int):
+    rng = np.random.Generator(np.random.Philox(key=[seed, it]))
+    return rng.integers(0, n, batch_size), rng.integers(0, num_steps, batch_size)
+
+
+def loss_weights(schedule: Schedule, t: torch.Tensor, prediction: str, min_snr_gamma: float | None):
+    """Min-SNR-γ weights (Hang et al. 2023) per sample, expressed for the chosen target.
+
+    With SNR_t = ᾱ_t/(1−ᾱ_t): ε-target min(SNR, γ)/SNR, x0-target min(SNR, γ),
+    v-target min(SNR, γ)/(SNR + 1). ``None`` for no weighting.
+    """
+    if min_snr_gamma is None:
+        return None
+    snr = schedule.tables(t.device)["snr"][t]
+    clipped = torch.clamp(snr, max=float(min_snr_gamma))
+    if prediction == "epsilon":
+        return clipped / snr
+    if prediction == "sample":
+        return clipped
+    return clipped / (snr + 1.0)
+
+
+def training_target(schedule: Schedule, x0, noise, t, prediction: str):
+    """The regression target for ``prediction``: ε, x0, or v = √ᾱ_t·ε − √(1−ᾱ_t)·x0."""
+    if prediction == "epsilon":
+        return noise
+    if prediction == "sample":
+        return x0
+    tables = schedule.tables(x0.device)
+    view = (-1,) + (1,) * (x0.dim() - 1)
+    return (tables["sqrt_alphas_cumprod"][t].view(view) * noise
+            - tables["sqrt_one_minus_alphas_cumprod"][t].view(view) * x0)
+
+
+@torch.no_grad()
+def _ema_update(ema_params, params, decay: float) -> None:
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+
+
+def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, schedule="linear",
+          num_steps: int | None = None, iters: int = DEFAULTS["iters"], batch_size: int = DEFAULTS["batch_size"],
+          lr: float = DEFAULTS["lr"], ema: float | None = DEFAULTS["ema"], seed: int = 0, device="cpu",
+          prediction: str = "epsilon", min_snr_gamma: float | None = None, grad_clip: float | None = 1.0,
+          checkpoint_every: int | None = None, resume=False, n: int | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train a diffusion network on ``dataset`` and (with ``out``) write a checkpoint there.
+
+    dataset: a name of :data:`fastddpm.data.DATASETS`, a ``.npy`` path (loaded with ``n``
+      samples, ``seed``) or a :class:`fastddpm.data.Dataset`.
+    net: 'auto' (MLP for [n, D], UNet for [n, C, H, W]), 'MLP', 'UNet' with ``net_kwargs``, or
+      any ``nn.Module`` with ``forward(x_t, t)`` (saved only if it is a registered class).
+    schedule: a :class:`Schedule` or a schedule name with ``num_steps`` (default 1000).
+    Loss: mean squared error to the ``prediction`` target (ε, x0 or v) with t uniform in
+    [0, T), optionally min-SNR-γ weighted; Adam(lr), gradient-norm clipping at ``grad_clip``,
+    EMA of the weights with decay min(ema, (1+k)/(10+k)) at update k.
+    checkpoint_every: also save to ``out`` every so many iterations (atomically).
+    resume: True (resume from ``out``) or a checkpoint path: continue that run to ``iters``
+      iterations in total; the result equals an uninterrupted run with the same settings.
+    """
+    from . import __version__
+
+    iters = _check_positive_int(iters, "iters")
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
+        raise ValueError(f"seed must be an integer in [0, 2**31), got {seed!r}")
+    if iters >= 2**30:
+        raise ValueError(f"iters must be < 2**30, got {iters}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if ema is not None and not (isinstance(ema, (int, float)) and 0.0 <= ema < 1.0):
+        raise ValueError(f"ema must be None or a decay in [0, 1), got {ema!r}")
+    ema = None if ema in (None, 0, 0.0) else float(ema)
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}; got {prediction!r}")
+    if min_snr_gamma is not None and not (isinstance(min_snr_gamma, (int, float)) and min_snr_gamma > 0):
+        raise ValueError(f"min_snr_gamma must be None or a number > 0, got {min_snr_gamma!r}")
+    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
+        raise ValueError(f"grad_clip must be None or a number > 0, got {grad_clip!r}")
+    if checkpoint_every is not None:
+        checkpoint_every = _check_positive_int(checkpoint_every, "checkpoint_every")
+        if out is None:
+            raise ValueError("checkpoint_every needs out (the checkpoint directory)")
+    device = _resolve_device(device)
+    schedule = _resolve_schedule(schedule, num_steps)
+
+    if isinstance(dataset, Dataset):
+        if n is not None:
+            raise ValueError("n applies only when dataset is given by name")
+    else:
+        name = str(dataset)
+        dataset = load_dataset(name, n if n is not None or name in ("digits",) or name.endswith(".npy")
+                               else DEFAULT_N, seed=seed)
+    model, model_config = _resolve_net(net, net_kwargs, dataset, schedule.num_steps)
+    if model_config is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build(model_config["class"], **model_config["kwargs"])
+    model.to(device).train()
+    ema_model = copy.deepcopy(model).eval().requires_grad_(False) if ema is not None else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(lr))
+
+    train_config = {
+        "dataset": dataset.to_config(),
+        "model": model_config or {"class": type(model).__name__},
+        "schedule": schedule.to_config(),
+        "iters": iters, "batch_size": batch_size, "lr": float(lr), "ema": ema, "seed": int(seed),
+        "prediction": prediction, "min_snr_gamma": None if min_snr_gamma is None else float(min_snr_gamma),
+        "grad_clip": None if grad_clip is None else float(grad_clip),
+        "optimizer": "Adam", "device": str(device), "torch_version": torch.__version__,
+        "fastddpm_version": __version__,
+    }
+    losses: list[float] = []
+    start = 0
+    if resume:
+        resume_path = Path(out) if resume is True else Path(resume)
+        if resume is True and out is None:
+            raise ValueError("resume=True resumes from out; give out or a checkpoint path")
+        start, losses = _restore(resume_path, train_config, model, ema_model, optimizer, device)
+        if start > iters:
+            raise ValueError(f"checkpoint {resume_path} is already at iteration {start} > iters={iters}")
+
+    data = torch.as_tensor(dataset.x, device=device)
+    n_data = data.shape[0]
+    loss_buf = torch.empty(iters - start, device=device)
+    params = [p for p in model.parameters()]
+    ema_params = [p for p in ema_model.parameters()] if ema_model is not None else []
+
+    def save(step: int):
+        loss_list = losses + loss_buf[: step - start].tolist()
+        return ckpt.save(out, model, schedule, ema_model=ema_model, normalization=dataset.normalization,
+                         prediction=prediction, model_config=model_config, train_config=train_config,
+                         train_state={"step": step, "optimizer": optimizer.state_dict(), "losses": loss_list},
+                         sample_shape=dataset.sample_shape)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=iters, initial=start, disable=not progress, desc=f"train {dataset.name}", unit="it",
+               dynamic_ncols=True)
+    tic = time.perf_counter()
+    for it in range(start, iters):
+        idx, t_np = _batch_indices(int(seed), it, n_data, batch_size, schedule.num_steps)
+        idx = torch.from_numpy(idx).to(device)
+        t = torch.from_numpy(t_np).to(device)
+        x0 = data[idx]
+        x_t, noise = q_sample(schedule, x0, t, seed=int(seed), stream=TRAIN_STREAM + it)
+        target = training_target(schedule, x0, noise, t, prediction)
+        per_sample = F.mse_loss(model(x_t, t), target, reduction="none").flatten(1).mean(1)
+        weights = loss_weights(schedule, t, prediction, min_snr_gamma)
+        loss = (per_sample if weights is None else per_sample * weights).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, float(grad_clip))
+        optimizer.step()
+        if ema_model is not None:
+            _ema_update(ema_params, params, min(ema, (1.0 + it) / (10.0 + it)))
+        loss_buf[it - start] = loss.detach()
+        done = it + 1
+        if progress and (done % 50 == 0 or done == iters):
+            bar.set_postfix(loss=f"{loss_buf[max(0, done - 50 - start):done - start].mean().item():.4f}",
+                            refresh=False)
+        bar.update(1)
+        if checkpoint_every is not None and done % checkpoint_every == 0 and done < iters:
+            save(done)
+    seconds = time.perf_counter() - tic
+    bar.close()
+    if ema_model is not None:  # buffers (none in the built-in nets) follow the live model
+        for eb, b in zip(ema_model.buffers(), model.buffers()):
+            eb.copy_(b)
+    path = save(iters) if out is not None else None
+    all_losses = losses + loss_buf.tolist()
+    model.eval()
+    done_here = iters - start
+    return TrainResult(losses=all_losses, model=model, ema_model=ema_model, checkpoint=path, schedule=schedule,
+                       dataset=dataset, train_config=train_config, seconds=seconds,
+                       samples_per_s=done_here * batch_size / seconds if seconds > 0 else float("nan"))
+
+
+def _restore(path: Path, train_config, model, ema_model, optimizer, device) -> tuple[int, list[float]]:
+    saved = ckpt.read_config(path).get("train") or {}
+    diff = [k for k in _RESUME_KEYS if saved.get(k) != json_roundtrip(train_config[k])]
+    if diff:
+        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {train_config[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume from {path}: settings differ ({detail})")
+    config = ckpt.read_config(path)
+    ckpt.load_weights(model, path, ckpt.MODEL, config=config)
+    if ema_model is not None:
+        ckpt.load_weights(ema_model, path, ckpt.EMA, config=config)
+    state = ckpt.load_train_state(path, device=device)
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"]), [float(v) for v in state["losses"]]
+
+
+def json_roundtrip(obj):
+    import json
+
+    return json.loads(json.dumps(obj))
+
+
+__all__ = ["DEFAULTS", "DEFAULT_NET", "TrainResult", "loss_weights", "train", "training_target"]
