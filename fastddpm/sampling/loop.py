@@ -25,7 +25,7 @@ from ..schedule import Schedule
 from .guard import all_finite, nonfinite_error
 from .models import check_output, host_model, model_device, model_kind
 from .plan import make_plan
-from .steppers import HostStepper, TorchStepper
+from .steppers import HostStepper, TorchStepper, numba_randn
 
 LOOP_BACKENDS = ("auto", "numpy", "numba", "torch", "triton")
 
@@ -148,6 +148,7 @@ class SamplingRun:
             batch_size = max(1, default_elements // self.D)
         self.batch_size = min(_check_int(batch_size, "batch_size"), self.n)
         self._graphs = {}
+        self.model_id = None  # identifies the weights in a bulk progress record (set by Pipeline)
 
     def _device(self, device):
         """None for the host path with a NumPy model; a torch.device otherwise."""
@@ -193,7 +194,7 @@ class SamplingRun:
             x = np.empty((B,) + self.shape, dtype=self.dtype)
         flat = x.reshape(-1)
         if self.kernel_backend == "numba":
-            kernels("numba").randn(flat, self.seed, 0, offset)
+            numba_randn(flat, self.seed, 0, offset)
         else:
             flat[:] = kernels("numpy").randn(flat.size, self.seed, 0, offset)
         self.stepper.reset(x)

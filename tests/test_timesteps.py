@@ -1,0 +1,78 @@
+"""Respaced timesteps against diffusers' set_timesteps (DDPM, DDIM, DPM-Solver++) and improved-diffusion."""
+import numpy as np
+import pytest
+
+from fastddpm.sampling import step_pairs, timesteps
+
+diffusers = pytest.importorskip("diffusers")
+
+CASES = [(1000, 1), (1000, 10), (1000, 20), (1000, 50), (1000, 250), (1000, 999), (1000, 1000),
+         (100, 7), (100, 33), (50, 3), (10, 10), (1, 1)]
+
+
+@pytest.mark.parametrize("T,steps", CASES)
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("cls", ["DDPMScheduler", "DDIMScheduler"])
+def test_matches_diffusers_ddpm_ddim(T, steps, spacing, cls):
+    sched = getattr(diffusers, cls)(num_train_timesteps=T, timestep_spacing=spacing)
+    sched.set_timesteps(steps)
+    np.testing.assert_array_equal(timesteps(T, steps, spacing), sched.timesteps.numpy())
+
+
+@pytest.mark.parametrize("T,steps", [c for c in CASES if c[1] < c[0]])
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_matches_diffusers_dpmsolver(T, steps, spacing):
+    sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T, timestep_spacing=spacing)
+    sched.set_timesteps(steps)
+    np.testing.assert_array_equal(timesteps(T, steps, spacing, convention="dpmsolver"), sched.timesteps.numpy())
+
+
+def test_steps_offset_as_diffusers():
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="leading", steps_offset=1)
+    sched.set_timesteps(50)
+    np.testing.assert_array_equal(timesteps(1000, 50, "leading", steps_offset=1), sched.timesteps.numpy())
+
+
+def _space_timesteps(num_timesteps, section_counts):
+    """improved-diffusion respace.space_timesteps (openai/improved-diffusion, MIT), the oracle."""
+    size_per = num_timesteps // len(section_counts)
+    extra = num_timesteps % len(section_counts)
+    start_idx = 0
+    all_steps = []
+    for i, section_count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        frac_stride = 1 if section_count <= 1 else (size - 1) / (section_count - 1)
+        cur_idx = 0.0
+        taken_steps = []
+        for _ in range(section_count):
+            taken_steps.append(start_idx + round(cur_idx))
+            cur_idx += frac_stride
+        all_steps += taken_steps
+        start_idx += size
+    return set(all_steps)
+
+
+@pytest.mark.parametrize("T,steps", [(1000, 250), (1000, 100), (1000, 50), (4000, 100), (100, 7), (1000, 1000)])
+def test_linspace_is_improved_diffusion_respacing(T, steps):
+    ours = timesteps(T, steps, "linspace")
+    assert sorted(ours.tolist()) == sorted(_space_timesteps(T, [steps]))
+
+
+def test_pairs_and_custom_list():
+    t, prev = step_pairs(timesteps(1000, None, [999, 500, 20]))
+    assert t.tolist() == [999, 500, 20] and prev.tolist() == [500, 20, -1]
+    assert timesteps(1000).tolist() == list(range(999, -1, -1))
+
+
+@pytest.mark.parametrize("bad,exc", [
+    (dict(steps=0), ValueError), (dict(steps=1001), ValueError), (dict(steps=2.5), TypeError),
+    (dict(spacing="cosine"), ValueError), (dict(spacing=[5, 5]), ValueError), (dict(spacing=[1000]), ValueError),
+    (dict(spacing=[3, 7]), ValueError), (dict(spacing=[1.5]), TypeError),
+])
+def test_bad_input(bad, exc):
+    kwargs = dict(steps=10, spacing="leading")
+    kwargs.update(bad)
+    if not isinstance(kwargs["spacing"], str):
+        kwargs["steps"] = None
+    with pytest.raises(exc, match="steps|spacing|timesteps"):
+        timesteps(1000, **kwargs)
