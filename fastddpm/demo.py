@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,11 +31,19 @@ from typing import Callable
 import numpy as np
 
 from . import plots
+from ._io import atomic_open, write_text
 from .schedule import Schedule
 
 SAMPLERS = (("ddpm", 1000), ("dpmpp2m", 20))
+METRICS = ("sliced_wasserstein", "sw_baseline", "sw_ratio", "precision", "recall")
 FORWARD_TS = (10, 25, 50, 100, 200, 500)
 FIGURES = ("schedules", "forward", "forward_path_1d", "reverse", "reverse_paths_1d", "samples", "loss")
+FIGURE_TITLES = {
+    "schedules": "Noise schedules compared", "forward": "Forward process",
+    "forward_path_1d": "Forward process of x₀ = 5.0", "reverse": "Reverse process",
+    "reverse_paths_1d": "Reverse paths of the constant-5.0 model", "samples": "Samples vs data",
+    "loss": "Training loss",
+}
 # The 1-D example of the introduction: every sample is 5.0. Its schedule reaches noise
 # (ᾱ_T ≈ 4e-5), so x_T ~ N(0, 1) really is where the reverse process starts; the text's
 # T = 50, β_T = 0.01 ends at ᾱ_T = 0.78 and never forgets x_0.
@@ -68,29 +75,13 @@ class DemoResult:
     figures: dict[str, Path]
     samples: dict[str, Path]
     checkpoint: Path
-    metrics: dict
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    metrics: dict       # per sampler: sliced_wasserstein, sw_baseline, sw_ratio, precision, recall
+    constant: dict      # the constant-5.0 model's samples: mean, std, abs_mean_error
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def make_data(name: str, n: int, *, seed: int, model_space: bool = False) -> np.ndarray:
@@ -136,46 +127,36 @@ def read_losses(source) -> dict:
     return {"step": list(range(1, len(losses) + 1)), "loss": [float(v) for v in losses]}
 
 
-def evaluate(samples: np.ndarray, data: np.ndarray, *, seed: int = 0) -> dict:
-    """The metrics of fastddpm.metrics for samples against data (both in data space)."""
+def evaluate(samples: np.ndarray, dataset: str, *, n_ref: int, seed: int = 0) -> dict:
+    """Scalar metrics of :func:`fastddpm.metrics.evaluate` (samples in data space vs fresh data)."""
     from . import metrics
 
-    return metrics.evaluate(samples, data, seed=seed)
+    m = metrics.evaluate(samples, dataset, n_ref=n_ref, seed=seed)
+    return {k: float(m[k]) for k in METRICS}
 
 
-def _sample(model, schedule, n, sampler, steps, *, seed, sample_shape, progress, trajectory=None,
-            prediction="epsilon"):
-    from .sampling import sample
-
-    kw = {"prediction": prediction}
-    if trajectory is not None:
-        kw.update(return_trajectory=True, trajectory_steps=trajectory)
-    return sample(model, schedule, n, sampler=sampler, steps=steps, seed=seed, progress=progress,
-                  sample_shape=sample_shape, **kw)
+def _sample(pipe, n, sampler, steps, *, seed, progress, trajectory=None):
+    """Samples in data space from a Pipeline (and the trajectory, also in data space)."""
+    kw = {} if trajectory is None else {"return_trajectory": True, "trajectory_steps": trajectory}
+    return pipe.sample(n, sampler=sampler, steps=steps, seed=seed, progress=progress, **kw)
 
 
 def plot_reverse_from_checkpoint(checkpoint, out, *, n=2000, sampler="ddpm", steps=None, panels=6,
                                  seed=0, paths_out=None, progress=True) -> list[str]:
     """Sample ``n`` points from a checkpoint with a trajectory and draw the reverse process
     (and, for a 1-D model, the per-sample paths). Returns the written paths."""
-    from .checkpoint import load
+    from .sampling import Pipeline, make_plan
 
-    loaded = load(checkpoint)
-    model, schedule, norm = loaded.model, loaded.schedule, loaded.normalization
-    shape = tuple(loaded.sample_shape)
-    from .sampling import make_plan
-
-    K = make_plan(schedule, sampler, steps).num_steps
-    x, traj = _sample(model, schedule, n, sampler, steps, seed=seed, sample_shape=shape,
-                      progress=progress, trajectory=reverse_positions(K, panels),
-                      prediction=loaded.prediction)
-    written = [plots.plot_reverse(out, list(traj.x), traj.timesteps)]
+    pipe = Pipeline.from_checkpoint(checkpoint)
+    K = make_plan(pipe.schedule, sampler, steps).num_steps
+    x, traj = _sample(pipe, n, sampler, steps, seed=seed, progress=progress,
+                      trajectory=reverse_positions(K, panels))
+    written = [plots.plot_reverse(out, list(traj.x), traj.timesteps,
+                                  title=f"Reverse process, {sampler}-{K}: x_T → x₀")]
     if plots.data_kind(np.asarray(x)) == "1d":
-        dense = _sample(model, schedule, min(n, 500), sampler, steps, seed=seed, sample_shape=shape,
-                        progress=False, trajectory="all", prediction=loaded.prediction)[1]
+        dense = _sample(pipe, min(n, 500), sampler, steps, seed=seed, progress=False, trajectory="all")[1]
         paths_out = paths_out or str(Path(out).with_name(Path(out).stem + "_paths.png"))
-        xs = [norm.denormalize(np.asarray(v)) for v in dense.x]
-        written.append(plots.plot_paths_1d(paths_out, xs, dense.timesteps))
+        written.append(plots.plot_paths_1d(paths_out, list(dense.x), dense.timesteps))
     return written
 
 
@@ -191,75 +172,68 @@ def run_demo(dataset: str = "butterfly", out="runs/demo", budget: str = "full", 
              device: str = "cpu", progress: bool = True, log: Callable[[str], None] | None = None
              ) -> DemoResult:
     """Train, sample (ddpm-1000 and dpmpp2m-20), evaluate, draw and report; see the module doc."""
+    from .data import DATASETS
+    from .sampling import Pipeline
+    from .train import train
+
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")
-    from .data import DATASETS
-
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+    if dataset not in DATASETS or dataset == "digits":
+        raise ValueError(f"dataset must be one of {', '.join(d for d in DATASETS if d != 'digits')}; "
+                         f"got {dataset!r}")
     b = BUDGETS[budget]
     log = log or (lambda msg: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from .train import train
-
     timings: dict[str, float] = {}
     figures: dict[str, Path] = {}
 
-    # 1. Train the default model.
+    # 1. Train the default model (the defaults of `fastddpm train`).
     log(f"[1/5] training the default model on {dataset} ({budget} budget)")
     kw = {} if b.iters is None else {"iters": b.iters}
     tic = time.perf_counter()
     res = train(dataset, out / "model", seed=seed, device=device, progress=progress, **kw)
     timings["train_s"] = time.perf_counter() - tic
-    model = res.ema_model if res.ema_model is not None else res.model
-    schedule, ds = res.schedule, res.dataset
-    shape = tuple(ds.sample_shape)
     figures["loss"] = Path(plots.plot_loss(out / "loss.png", res.losses,
                                            title=f"Training loss, {dataset} ({len(res.losses):,} iterations)"))
+    pipe = Pipeline.from_checkpoint(res.checkpoint, device=device)   # what a user loads: EMA weights
 
-    # 2. Sample with both samplers; keep a trajectory of the ddpm run for the reverse figure.
+    # 2. Sample with both samplers, in data space; keep a trajectory of the ddpm run.
     log(f"[2/5] sampling {b.n_samples:,} points with " + " and ".join(f"{s}-{k}" for s, k in SAMPLERS))
     samples, sample_files, traj = {}, {}, None
     for sampler, steps in SAMPLERS:
         name = f"{sampler}-{steps}"
         tic = time.perf_counter()
         if traj is None:
-            x, traj = _sample(model, schedule, b.n_samples, sampler, steps, seed=seed, sample_shape=shape,
-                              progress=progress, trajectory=reverse_positions(steps, 6))
+            x, traj = _sample(pipe, b.n_samples, sampler, steps, seed=seed, progress=progress,
+                              trajectory=reverse_positions(steps))
+            traj_name = name
         else:
-            x = _sample(model, schedule, b.n_samples, sampler, steps, seed=seed, sample_shape=shape,
-                        progress=progress)
+            x = _sample(pipe, b.n_samples, sampler, steps, seed=seed, progress=progress)
         timings[f"sample_{name}_s"] = time.perf_counter() - tic
-        samples[name] = ds.normalization.denormalize(np.asarray(x))
+        samples[name] = np.asarray(x)
         sample_files[name] = out / f"samples_{name}.npy"
         _atomic_save_npy(sample_files[name], samples[name])
 
-    # 3. Evaluate against fresh data (a seed the training set did not use), with the distance
-    #    between two fresh data sets as the floor a perfect model would reach.
+    # 3. Evaluate against fresh data (seeds training did not use); fastddpm.metrics also
+    #    measures two fresh data sets against each other: the floor a perfect model reaches.
     log(f"[3/5] evaluating against {b.n_eval:,} fresh data points")
-    fresh = make_data(dataset, b.n_eval, seed=seed + 1_000_003)
-    fresh2 = make_data(dataset, b.n_eval, seed=seed + 2_000_003)
-    metrics = {"data vs data (floor)": evaluate(fresh2, fresh, seed=seed)}
-    for name, x in samples.items():
-        metrics[name] = evaluate(x, fresh, seed=seed)
+    metrics = {name: evaluate(x, dataset, n_ref=b.n_eval, seed=seed) for name, x in samples.items()}
 
     # 4. The 1-D constant-5.0 example: forward noise paths, a tiny model, its reverse paths.
     log("[4/5] the 1-D constant-5.0 example")
-    const_sched = Schedule.create(**{k: v for k, v in CONSTANT_SCHEDULE.items()})
+    const_sched = Schedule.create(**CONSTANT_SCHEDULE)
     figures["forward_path_1d"] = Path(plots.plot_forward_path_1d(out / "forward_path_1d.png", const_sched,
                                                                  CONSTANT_VALUE, seed=seed))
-    const = _constant_dataset(b.constant_samples * 5)
     tic = time.perf_counter()
-    cres = train(const, out / "constant_model", schedule=const_sched, iters=b.constant_iters, seed=seed,
-                 device=device, progress=progress)
+    cres = train(_constant_dataset(b.constant_samples * 5), out / "constant_model", schedule=const_sched,
+                 iters=b.constant_iters, seed=seed, device=device, progress=progress)
     timings["train_constant_s"] = time.perf_counter() - tic
-    cmodel = cres.ema_model if cres.ema_model is not None else cres.model
-    cx, ctraj = _sample(cmodel, const_sched, b.constant_samples, "ddpm", None, seed=seed,
-                        sample_shape=(1,), progress=False, trajectory="all")
-    cx = np.asarray(cx).reshape(-1)
-    metrics["constant-5.0 ddpm-100"] = {"mean": float(cx.mean()), "std": float(cx.std()),
-                                        "abs_mean_error": float(abs(cx.mean() - CONSTANT_VALUE))}
+    cpipe = Pipeline.from_checkpoint(cres.checkpoint, device=device)
+    cx, ctraj = _sample(cpipe, b.constant_samples, "ddpm", None, seed=seed, progress=False, trajectory="all")
+    cx = np.asarray(cx, dtype=np.float64).reshape(-1)
+    constant = {"mean": float(cx.mean()), "std": float(cx.std()),
+                "abs_mean_error": float(abs(cx.mean() - CONSTANT_VALUE))}
     figures["reverse_paths_1d"] = Path(plots.plot_paths_1d(
         out / "reverse_paths_1d.png", list(ctraj.x), ctraj.timesteps, target=CONSTANT_VALUE,
         title=f"Constant-5.0 model: {b.constant_samples} samples from x_T ~ N(0, 1) to x₀ "
@@ -267,30 +241,34 @@ def run_demo(dataset: str = "butterfly", out="runs/demo", budget: str = "full", 
 
     # 5. Figures and the report.
     log("[5/5] drawing figures and writing the report")
+    schedule, ds = res.schedule, res.dataset
+    fresh = make_data(dataset, b.n_samples, seed=3 * 10**6 + seed)
     figures["schedules"] = Path(plots.plot_schedules(out / "schedules.png", num_steps=schedule.num_steps))
     ts = sorted({min(t, schedule.num_steps - 1) for t in FORWARD_TS} | {schedule.num_steps - 1})
     figures["forward"] = Path(plots.plot_forward(
         out / "forward.png", schedule, ds.x[:5000], ts, seed=seed,
-        title=f"Forward process q(x_t | x₀) on {dataset} (model space), {schedule.name} schedule"))
+        title=f"Forward process q(x_t | x₀) on {dataset} (normalised, as the network sees it), "
+              f"{schedule.name} schedule"))
     figures["reverse"] = Path(plots.plot_reverse(
-        out / "reverse.png", list(traj.x), traj.timesteps, data=ds.x[: b.n_samples],
-        title=f"Reverse process, ddpm-{schedule.num_steps} (model space): x_T → x₀"))
+        out / "reverse.png", list(traj.x), traj.timesteps, data=fresh,
+        title=f"Reverse process, {traj_name}: x_T → x₀"))
     figures["samples"] = Path(plots.plot_samples(
         out / "samples.png", samples, fresh,
-        title=f"{dataset}: generated samples vs fresh data ({b.n_samples:,} each, data space)"))
+        title=f"{dataset}: generated samples vs fresh data ({b.n_samples:,} each)"))
     info = {
         "dataset": dataset, "budget": budget, "seed": seed, "device": device,
         "train": {"iters": len(res.losses), "batch_size": res.train_config.get("batch_size"),
                   "model": res.train_config.get("model"), "schedule": schedule.to_config(),
                   "samples_per_s": res.samples_per_s, "final_loss": float(np.mean(res.losses[-100:]))},
-        "timings_s": timings, "metrics": metrics, "machine": machine_name(),
-        "fastddpm_version": _version(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timings_s": timings, "metrics": metrics, "constant": constant,
+        "machine": machine_name(), "fastddpm_version": _version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    _atomic_write_text(out / "metrics.json", json.dumps(info, indent=2, default=_json_default) + "\n")
+    write_text(out / "metrics.json", json.dumps(info, indent=2, default=_json_default) + "\n")
     report = out / "report.md"
-    _atomic_write_text(report, _report(info, figures, sample_files, out))
+    write_text(report, _report(info, figures, sample_files, out))
     return DemoResult(out=out, report=report, figures=figures, samples=sample_files,
-                      checkpoint=Path(res.checkpoint), metrics=metrics)
+                      checkpoint=Path(res.checkpoint), metrics=metrics, constant=constant)
 
 
 def _constant_dataset(n: int):
@@ -337,17 +315,8 @@ def machine_name() -> str:
     return name
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def _report(info: dict, figures: dict, sample_files: dict, out: Path) -> str:
-    m = info["metrics"]
-    rows = [k for k in m if not k.startswith("constant")]
-    cols = sorted({c for k in rows for c in m[k]}, key=lambda c: (c != "sliced_wasserstein", c))
-    t = info["timings_s"]
+    m, t, tr = info["metrics"], info["timings_s"], info["train"]
     lines = [
         f"# fastddpm demo: {info['dataset']}",
         "",
@@ -356,43 +325,35 @@ def _report(info: dict, figures: dict, sample_files: dict, out: Path) -> str:
         "",
         "## Training",
         "",
-        f"- {info['train']['iters']:,} iterations, batch {info['train']['batch_size']}, "
-        f"{info['train']['samples_per_s']:,.0f} samples/s, {t['train_s']:.1f} s; "
-        f"final loss (mean of the last 100) {info['train']['final_loss']:.4f}.",
-        f"- model: `{json.dumps(info['train']['model'], default=_json_default)}`",
-        f"- schedule: `{json.dumps(info['train']['schedule'], default=_json_default)}`",
-        "- checkpoint: [`model/`](model/)",
+        f"- {tr['iters']:,} iterations, batch {tr['batch_size']}, {tr['samples_per_s']:,.0f} samples/s, "
+        f"{t['train_s']:.1f} s; final loss (mean of the last 100) {tr['final_loss']:.4f}.",
+        f"- model: `{json.dumps(tr['model'], default=_json_default)}`",
+        f"- schedule: `{json.dumps(tr['schedule'], default=_json_default)}`",
+        "- checkpoint: [`model/`](model/) (sampled with its EMA weights)",
         "",
         "## Samples against fresh data",
         "",
-        "Each sampler drew the same number of samples as the fresh data set; `data vs data` is "
-        "the distance between two fresh data sets of that size, the floor a perfect model reaches.",
+        "Sliced Wasserstein distance to a fresh data set of the same size (lower is better); the "
+        "floor is the distance between two fresh data sets, what a perfect model scores, and the "
+        "ratio divides by it (1.0 is perfect). Precision / recall: k-NN coverage (fastddpm.metrics).",
         "",
-        "| | " + " | ".join(cols) + " | time (s) |",
-        "|---|" + "---:|" * (len(cols) + 1),
+        "| sampler | sliced Wasserstein | floor (data vs data) | ratio | precision | recall | time (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for k in rows:
-        secs = t.get(f"sample_{k}_s")
-        lines.append(f"| {k} | " + " | ".join(_fmt(m[k].get(c, "")) for c in cols)
-                     + f" | {'' if secs is None else f'{secs:.1f}'} |")
-    c = m.get("constant-5.0 ddpm-100")
-    if c:
-        lines += ["", "## The constant-5.0 example", "",
-                  f"A 1-D model trained on data that is always {CONSTANT_VALUE} "
-                  f"(schedule `{json.dumps(CONSTANT_SCHEDULE)}`) samples mean {c['mean']:.4f}, "
-                  f"std {c['std']:.4f} ({t.get('train_constant_s', float('nan')):.1f} s of training).",
-                  "", "[`constant_model/`](constant_model/)"]
-    lines += ["", "## Files", ""]
-    lines += [f"- samples `{k}`: [`{p.name}`]({p.name})" for k, p in sample_files.items()]
+    for k, v in m.items():
+        lines.append(f"| {k} | {v['sliced_wasserstein']:.4f} | {v['sw_baseline']:.4f} | {v['sw_ratio']:.2f} "
+                     f"| {v['precision']:.3f} | {v['recall']:.3f} | {t[f'sample_{k}_s']:.1f} |")
+    c = info["constant"]
+    lines += ["", "## The constant-5.0 example", "",
+              f"A 1-D model trained on data that is always {CONSTANT_VALUE} (schedule "
+              f"`{json.dumps(CONSTANT_SCHEDULE)}`, {t['train_constant_s']:.1f} s of training), sampled "
+              f"with ddpm-{CONSTANT_SCHEDULE['num_steps']} from x_T ~ N(0, 1): mean {c['mean']:.4f}, "
+              f"std {c['std']:.4f}. Checkpoint: [`constant_model/`](constant_model/).",
+              "", "## Files", ""]
+    lines += [f"- samples `{k}` (data space): [`{p.name}`]({p.name})" for k, p in sample_files.items()]
     lines += ["- every number above: [`metrics.json`](metrics.json)", "", "## Figures", ""]
-    titles = {
-        "schedules": "Noise schedules compared", "forward": "Forward process",
-        "forward_path_1d": "Forward process of x₀ = 5.0", "reverse": "Reverse process",
-        "reverse_paths_1d": "Reverse paths of the constant-5.0 model", "samples": "Samples vs data",
-        "loss": "Training loss",
-    }
     for key in FIGURES:
         if key in figures:
-            rel = os.path.relpath(figures[key], out)
-            lines += [f"### {titles[key]}", "", f"![{titles[key]}]({rel})", ""]
+            rel = Path(os.path.relpath(figures[key], out)).as_posix()
+            lines += [f"### {FIGURE_TITLES[key]}", "", f"![{FIGURE_TITLES[key]}]({rel})", ""]
     return "\n".join(lines).rstrip() + "\n"

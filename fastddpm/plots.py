@@ -13,7 +13,6 @@ matplotlib is the ``plots`` extra: ``pip install fastddpm[plots]``.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -45,24 +44,15 @@ def _plt():
 
 def save_figure(fig, path) -> str:
     """Write ``fig`` as PNG to ``path`` atomically and close it; returns ``str(path)``."""
+    from ._io import atomic_open
+
     plt = _plt()
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path, "wb") as f:
             fig.savefig(f, format="png", dpi=fig.get_dpi())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     finally:
         plt.close(fig)
-    return path
+    return os.fspath(path)
 
 
 def _np(x) -> np.ndarray:

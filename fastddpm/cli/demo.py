@@ -33,11 +33,13 @@ def run(args) -> int:
     tic = time.perf_counter()
     res = run_demo(args.dataset, args.out, args.budget, seed=args.seed, device=args.device,
                    progress=progress(args), log=lambda msg: say(args, msg))
-    m = res.metrics
     say(args, "")
-    for name, values in m.items():
-        say(args, f"  {name:24s} " + "  ".join(f"{k}={v:.4g}" for k, v in values.items()
-                                               if isinstance(v, float)))
+    say(args, f"  {'sampler':12s} {'sliced W':>9s} {'floor':>7s} {'ratio':>6s}  (sliced Wasserstein to fresh data;"
+              " floor = data vs data)")
+    for name, v in res.metrics.items():
+        say(args, f"  {name:12s} {v['sliced_wasserstein']:9.4f} {v['sw_baseline']:7.4f} {v['sw_ratio']:6.2f}")
+    c = res.constant
+    say(args, f"  constant-5.0 model: sample mean {c['mean']:.4f}, std {c['std']:.4f}")
     say(args, f"\ndone in {time.perf_counter() - tic:.0f} s. Everything is in {res.out}/:")
     say(args, f"  report      {res.report}")
     say(args, f"  checkpoint  {res.checkpoint}")
