@@ -35,9 +35,10 @@ DEFAULT_NET = {
     "vector": ("MLP", {"width": 128, "depth": 3, "activation": "silu", "time_embedding": "sinusoidal"}),
     "image": ("UNet", {"base_channels": 32, "channel_mults": (1, 2), "num_res_blocks": 1, "attention": True}),
 }
-DEFAULTS = {"iters": 10_000, "batch_size": 256, "lr": 1e-3, "ema": 0.999}
+DEFAULTS = {"iters": 4000, "batch_size": 256, "lr": 2e-3, "lr_schedule": "cosine", "ema": 0.999}
+LR_SCHEDULES = ("constant", "cosine")
 # Settings that must match between a checkpoint and a run resuming from it.
-_RESUME_KEYS = ("dataset", "model", "schedule", "batch_size", "lr", "ema", "seed", "prediction",
+_RESUME_KEYS = ("dataset", "model", "schedule", "batch_size", "lr", "lr_schedule", "ema", "seed", "prediction",
                 "min_snr_gamma", "grad_clip")
 
 
@@ -159,10 +160,11 @@ def _ema_update(ema_params, params, decay: float) -> None:
 
 def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, schedule="linear",
           num_steps: int | None = None, iters: int = DEFAULTS["iters"], batch_size: int = DEFAULTS["batch_size"],
-          lr: float = DEFAULTS["lr"], ema: float | None = DEFAULTS["ema"], seed: int = 0, device="cpu",
+          lr: float = DEFAULTS["lr"], lr_schedule: str = DEFAULTS["lr_schedule"],
+          ema: float | None = DEFAULTS["ema"], seed: int = 0, device="cpu",
           prediction: str = "epsilon", min_snr_gamma: float | None = None, grad_clip: float | None = 1.0,
           checkpoint_every: int | None = None, resume=False, n: int | None = None,
-          progress: bool = True) -> TrainResult:
+          num_threads: int | None = None, progress: bool = True) -> TrainResult:
     """Train a diffusion network on ``dataset`` and (with ``out``) write a checkpoint there.
 
     dataset: a name of :data:`fastddpm.data.DATASETS`, a ``.npy`` path (loaded with ``n``
@@ -172,11 +174,22 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     schedule: a :class:`Schedule` or a schedule name with ``num_steps`` (default 1000).
     Loss: mean squared error to the ``prediction`` target (ε, x0 or v) with t uniform in
     [0, T), optionally min-SNR-γ weighted; Adam(lr), gradient-norm clipping at ``grad_clip``,
+    learning rate constant or cosine-decayed from ``lr`` to 0 over ``iters`` (``lr_schedule``),
     EMA of the weights with decay min(ema, (1+k)/(10+k)) at update k.
     checkpoint_every: also save to ``out`` every so many iterations (atomically).
     resume: True (resume from ``out``) or a checkpoint path: continue that run to ``iters``
-      iterations in total; the result equals an uninterrupted run with the same settings.
+      iterations in total (with the cosine lr schedule, the same ``iters`` as the run saved); the result equals an uninterrupted run with the same settings.
+    num_threads: CPU threads for torch and Numba during this call (restored afterwards);
+      None keeps the current settings. Bit-identical results need the same thread count.
     """
+    if num_threads is not None:
+        num_threads = _check_positive_int(num_threads, "num_threads")
+        with _threads(num_threads):
+            return train(dataset, out, net=net, net_kwargs=net_kwargs, schedule=schedule, num_steps=num_steps,
+                         iters=iters, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, ema=ema,
+                         seed=seed, device=device,
+                         prediction=prediction, min_snr_gamma=min_snr_gamma, grad_clip=grad_clip,
+                         checkpoint_every=checkpoint_every, resume=resume, n=n, progress=progress)
     from . import __version__
 
     iters = _check_positive_int(iters, "iters")
@@ -187,6 +200,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         raise ValueError(f"iters must be < 2**30, got {iters}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(map(repr, LR_SCHEDULES))}; got {lr_schedule!r}")
     if ema is not None and not (isinstance(ema, (int, float)) and 0.0 <= ema < 1.0):
         raise ValueError(f"ema must be None or a decay in [0, 1), got {ema!r}")
     ema = None if ema in (None, 0, 0.0) else float(ema)
@@ -223,7 +238,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         "dataset": dataset.to_config(),
         "model": model_config or {"class": type(model).__name__},
         "schedule": schedule.to_config(),
-        "iters": iters, "batch_size": batch_size, "lr": float(lr), "ema": ema, "seed": int(seed),
+        "iters": iters, "batch_size": batch_size, "lr": float(lr), "lr_schedule": lr_schedule, "ema": ema,
+        "seed": int(seed),
         "prediction": prediction, "min_snr_gamma": None if min_snr_gamma is None else float(min_snr_gamma),
         "grad_clip": None if grad_clip is None else float(grad_clip),
         "optimizer": "Adam", "device": str(device), "torch_version": torch.__version__,
@@ -263,6 +279,9 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         t = torch.from_numpy(t_np).to(device)
         x0 = data[idx]
         x_t, noise = q_sample(schedule, x0, t, seed=int(seed), stream=TRAIN_STREAM + it)
+        if lr_schedule == "cosine":  # a pure function of it, so resume needs no scheduler state
+            for group in optimizer.param_groups:
+                group["lr"] = 0.5 * float(lr) * (1.0 + math.cos(math.pi * it / iters))
         target = training_target(schedule, x0, noise, t, prediction)
         per_sample = F.mse_loss(model(x_t, t), target, reduction="none").flatten(1).mean(1)
         weights = loss_weights(schedule, t, prediction, min_snr_gamma)
@@ -296,9 +315,30 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
                        samples_per_s=done_here * batch_size / seconds if seconds > 0 else float("nan"))
 
 
+class _threads:
+    """Temporarily run torch's intra-op pool and Numba's pool with n threads."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        import numba
+
+        self.saved = (torch.get_num_threads(), numba.get_num_threads())
+        torch.set_num_threads(self.n)
+        numba.set_num_threads(min(self.n, numba.config.NUMBA_NUM_THREADS))
+
+    def __exit__(self, *exc):
+        import numba
+
+        torch.set_num_threads(self.saved[0])
+        numba.set_num_threads(self.saved[1])
+
+
 def _restore(path: Path, train_config, model, ema_model, optimizer, device) -> tuple[int, list[float]]:
     saved = ckpt.read_config(path).get("train") or {}
-    diff = [k for k in _RESUME_KEYS if saved.get(k) != json_roundtrip(train_config[k])]
+    keys = _RESUME_KEYS + (("iters",) if train_config["lr_schedule"] == "cosine" else ())  # lr(it) uses iters
+    diff = [k for k in keys if saved.get(k) != json_roundtrip(train_config[k])]
     if diff:
         detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {train_config[k]!r}" for k in diff)
         raise ValueError(f"cannot resume from {path}: settings differ ({detail})")

@@ -14,13 +14,19 @@ def _groups(channels: int, max_groups: int) -> int:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm → SiLU → conv, + time projection, GroupNorm → SiLU → dropout → conv, + skip."""
+    """GroupNorm → SiLU → conv; GroupNorm scaled and shifted by the time embedding → SiLU →
+    dropout → conv; + skip.
+
+    The time embedding modulates *after* the second GroupNorm (improved-diffusion's
+    ``use_scale_shift_norm``): an additive bias before it would be erased whenever a group
+    holds one channel (e.g. 8 channels in 8 groups), leaving the net blind to t.
+    """
 
     def __init__(self, cin: int, cout: int, temb: int, groups: int, dropout: float):
         super().__init__()
         self.norm1 = nn.GroupNorm(_groups(cin, groups), cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.temb = nn.Linear(temb, cout)
+        self.temb = nn.Linear(temb, 2 * cout)
         self.norm2 = nn.GroupNorm(_groups(cout, groups), cout)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
@@ -28,8 +34,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x, emb):
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        scale, shift = self.temb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1.0 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 

@@ -1,0 +1,96 @@
+"""``fastddpm train``: train an ε-network on a built-in dataset or a .npy file, write a checkpoint."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers, parents):
+    from ..data import DATASETS
+    from ..schedule import SCHEDULES
+    from ..train import DEFAULTS
+
+    p = subparsers.add_parser(
+        "train", parents=parents, help="train a diffusion model and write a checkpoint directory",
+        description="Train an ε-network (MLP for vector data, U-Net for images) and write a checkpoint "
+                    "directory (config.json + safetensors) that `fastddpm sample` and `fastddpm export` read.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", required=True, metavar="NAME",
+                   help=f"one of {', '.join(DATASETS)}, or a path to a .npy array [n, ...]")
+    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write (atomically)")
+    p.add_argument("--n", type=int, default=None,
+                   help="training set size (default: 10000 for synthetic sets, all of digits / the .npy file)")
+    p.add_argument("--noise", type=float, default=None, help="noise of the 2-D toy sets (default: per dataset)")
+    p.add_argument("--schedule", default="linear", choices=SCHEDULES, help="noise schedule")
+    p.add_argument("--num-steps", type=int, default=1000, help="diffusion steps T")
+    p.add_argument("--net", default="auto", choices=("auto", "MLP", "UNet"),
+                   help="network: auto = MLP for vector data, UNet for images")
+    p.add_argument("--width", type=int, default=None,
+                   help="MLP hidden width (default 128) / UNet base channels (default 32)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="MLP hidden layers (default 3) / UNet residual blocks per level (default 1)")
+    p.add_argument("--activation", default=None, help="MLP activation (relu, silu, gelu, tanh, ...; default silu)")
+    p.add_argument("--time-embedding", default=None, choices=("sinusoidal", "learned"),
+                   help="MLP time embedding (default sinusoidal)")
+    p.add_argument("--iters", type=int, default=DEFAULTS["iters"], help="optimisation steps")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="samples per step")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
+    p.add_argument("--lr-schedule", default=DEFAULTS["lr_schedule"], choices=("constant", "cosine"),
+                   help="learning rate: constant, or cosine decay to 0 over --iters")
+    p.add_argument("--ema", type=float, default=DEFAULTS["ema"], help="EMA decay (0: no EMA)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation, batches and noise")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch and Numba (small nets run fastest on one; 0 keeps torch's default)")
+    p.add_argument("--prediction", default="epsilon", choices=("epsilon", "sample", "v_prediction"),
+                   help="what the network predicts")
+    p.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR-γ loss weighting (e.g. 5)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="ITERS",
+                   help="also save to --out every so many iterations")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out up to --iters iterations (same settings)")
+    return p
+
+
+def run(args) -> int:
+    from ..data import load_dataset
+    from ..train import train
+
+    name = args.dataset
+    n = args.n
+    if n is None and name != "digits" and not name.endswith(".npy"):
+        from ..train import DEFAULT_N
+
+        n = DEFAULT_N
+    dataset = load_dataset(name, n, seed=args.seed, noise=args.noise)
+    net = args.net
+    if net == "auto":
+        net = "MLP" if len(dataset.sample_shape) == 1 else "UNet"
+    net_kwargs = {}
+    if net == "MLP":
+        for key, value in (("width", args.width), ("depth", args.depth), ("activation", args.activation),
+                           ("time_embedding", args.time_embedding)):
+            if value is not None:
+                net_kwargs[key] = value
+    else:
+        if args.activation is not None or args.time_embedding is not None:
+            raise ValueError("--activation and --time-embedding apply to --net MLP only")
+        if args.width is not None:
+            net_kwargs["base_channels"] = args.width
+        if args.depth is not None:
+            net_kwargs["num_res_blocks"] = args.depth
+    result = train(
+        dataset, args.out, net=net, net_kwargs=net_kwargs, schedule=args.schedule, num_steps=args.num_steps,
+        iters=args.iters, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, ema=args.ema or None, seed=args.seed,
+        device=args.device, prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
+        grad_clip=args.grad_clip or None, checkpoint_every=args.checkpoint_every, resume=args.resume,
+        num_threads=args.threads or None, progress=not args.quiet,
+    )
+    if not args.quiet:
+        tail = result.losses[-min(len(result.losses), 200):]
+        print(json.dumps({"checkpoint": str(result.checkpoint), "iters": len(result.losses),
+                          "final_loss": sum(tail) / len(tail), "seconds": round(result.seconds, 1),
+                          "samples_per_s": round(result.samples_per_s, 1)}))
+    return 0
