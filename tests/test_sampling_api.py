@@ -212,3 +212,14 @@ def test_progress_bar_runs(schedule, model, capsys):
     digest = hashlib.sha256(x.tobytes()).hexdigest()
     assert digest == hashlib.sha256(sample(model, schedule, 3, steps=5, sampler="ddim",
                                            progress=False).tobytes()).hexdigest()
+
+
+def test_guard_exact_when_the_sum_overflows():
+    from fastddpm.sampling.guard import all_finite
+
+    big = np.full((4, 2), 3e38, dtype=np.float32)  # finite, but the sum overflows
+    assert all_finite(big)
+    big[2, 1] = np.nan
+    assert not all_finite(big)
+    assert not all_finite(np.array([np.inf, -np.inf], dtype=np.float32))
+    assert all_finite(np.zeros((0, 2), dtype=np.float32))

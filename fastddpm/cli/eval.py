@@ -13,7 +13,7 @@ def add_parser(subparsers, parents):
     p = subparsers.add_parser("eval", parents=parents, help="metrics of samples (.npy) against a dataset, as JSON",
                               description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("file", metavar="FILE", help="samples in data space, a .npy of shape [n, ...]")
-    p.add_argument("--dataset", required=True, help="reference dataset name (e.g. butterfly)")
+    p.add_argument("--dataset", required=True, help="reference dataset name (e.g. butterfly) or a .npy of held-out data")
     p.add_argument("--n-ref", type=int, default=None, help="reference points (default: as many as samples)")
     p.add_argument("--seed", type=int, default=0, help="seed of the reference data and the projections")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
@@ -31,11 +31,11 @@ def run(args) -> int:
     if samples.ndim < 2 or samples.shape[0] < 1:
         raise ValueError(f"{path} must hold samples of shape [n, ...] with n >= 1, got {samples.shape}")
     n_ref = samples.shape[0] if args.n_ref is None else args.n_ref
-    data = load_dataset(args.dataset, n_ref, seed=args.seed)
-    if tuple(data.sample_shape) != tuple(samples.shape[1:]):
+    probe = load_dataset(args.dataset, 2) if not args.dataset.endswith(".npy") else load_dataset(args.dataset)
+    if tuple(probe.sample_shape) != tuple(samples.shape[1:]):
         raise ValueError(f"{path} holds samples of shape {tuple(samples.shape[1:])} but dataset {args.dataset!r} "
-                         f"has shape {tuple(data.sample_shape)}")
-    metrics = evaluate(np.asarray(samples), data.raw(), seed=args.seed)
+                         f"has shape {tuple(probe.sample_shape)}")
+    metrics = evaluate(np.asarray(samples), args.dataset, n_ref=n_ref, seed=args.seed)
     text = json.dumps({"file": str(path), "dataset": args.dataset, "n": int(samples.shape[0]),
                        "n_ref": int(n_ref), **metrics}, indent=2)
     print(text)

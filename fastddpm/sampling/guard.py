@@ -1,25 +1,19 @@
-"""The NaN/inf guard: a one-pass check of the model output with no temporary array."""
+"""The NaN/inf guard: one reduction over the model output, no temporary array.
+
+A sum is finite only if every term is (NaN and ±inf propagate), so ``isfinite(sum)`` proves
+the output clean in one vectorised pass (~2 µs at n = 1); only when the sum is not finite (a
+NaN/inf, or a float overflow of huge but finite values) is the exact element check run.
+"""
 from __future__ import annotations
 
 import numpy as np
 
-try:
-    import numba
 
-    # reassoc only (no nnan): lets LLVM vectorise the sum without folding x − x to 0.
-    @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-    def _all_finite(flat):
-        # x − x is 0 for finite x and NaN for NaN/inf.
-        acc = flat.dtype.type(0.0)
-        for i in range(flat.shape[0]):
-            acc += flat[i] - flat[i]
-        return acc == 0.0
-
-    def all_finite(x: np.ndarray) -> bool:
-        return bool(_all_finite(x.reshape(-1)))
-except ImportError:  # pragma: no cover - numba is a core dependency
-    def all_finite(x: np.ndarray) -> bool:
-        return bool(np.isfinite(x).all())
+def all_finite(x: np.ndarray) -> bool:
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(x, axis=None)):
+            return True
+    return bool(np.isfinite(x).all())
 
 
 def nonfinite_error(k: int, t: int, num_steps: int, first: int, last: int) -> FloatingPointError:

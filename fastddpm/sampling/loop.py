@@ -29,9 +29,10 @@ from .steppers import HostStepper, TorchStepper, numba_randn
 
 LOOP_BACKENDS = ("auto", "numpy", "numba", "torch", "triton")
 
-# Default CPU batch: the number of elements (B·D) per batch. Chosen from bench/throughput.py
-# --batch-sweep on the 2-core EPYC (butterfly MLP, ddpm): see docs/sampling.md.
-DEFAULT_CPU_BATCH_ELEMENTS = 2**14
+# Default CPU batch: the number of elements (B·D) per batch. `bench/throughput.py --sections
+# batch` on the 2-core EPYC (butterfly MLP, loaded machine): 4096 samples (8192 elements) gave
+# 365k sample-steps/s, 8192 → 346k, 16384 → 320k, 32768 → 265k, 1024 → 319k (docs/sampling.md).
+DEFAULT_CPU_BATCH_ELEMENTS = 2**13
 # On a GPU one batch should fill the device: up to 2^26 elements (256 MiB of float32) at a time.
 DEFAULT_GPU_BATCH_ELEMENTS = 2**26
 
@@ -141,7 +142,7 @@ class SamplingRun:
                     raise BackendUnavailableError(f"backend='numba' is not installed ({exc}); pip install numba "
                                                   "or use backend='numpy'") from exc
             self.stepper = HostStepper(self.plan, schedule, self.kernel_backend, self.seed)
-            self.call = host_model(model, self.kind, self.dtype)
+            self.call = host_model(model, self.kind, self.dtype, self.plan.t.tolist())
             self.cuda_graph = False
             default_elements = DEFAULT_CPU_BATCH_ELEMENTS
         if batch_size is None:

@@ -44,8 +44,12 @@ def check_output(out, x, k: int, t: int, num_steps: int):
                          f"at step {k + 1}/{num_steps} (t={t}); it must return one value per input element")
 
 
-def host_model(model, kind: str, dtype):
-    """A function f(x [B, …] np.ndarray, t int) -> C-contiguous np.ndarray of x's dtype."""
+def host_model(model, kind: str, dtype, timesteps=()):
+    """A function f(x [B, …] np.ndarray, t int) -> C-contiguous np.ndarray of x's dtype.
+
+    Torch modules get t as a stride-0 view of one int64 (``expand``): no allocation per step,
+    and a net may compute its time path once when ``t.stride(0) == 0`` (all samples share t).
+    """
     if kind == "numpy":
         def call(x, t):
             out = model(x, np.full(x.shape[0], t, dtype=np.int64))
@@ -58,9 +62,14 @@ def host_model(model, kind: str, dtype):
 
     import torch
 
+    one = {int(t): torch.full((1,), int(t), dtype=torch.int64) for t in timesteps}
+
     def call(x, t):
         xt = torch.from_numpy(x)
-        out = model(xt, torch.full((x.shape[0],), t, dtype=torch.int64))
+        t1 = one.get(t)
+        if t1 is None:
+            t1 = one[t] = torch.full((1,), t, dtype=torch.int64)
+        out = model(xt, t1.expand(x.shape[0]))
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the model must return a torch tensor, got {type(out).__name__}")
         if out.dtype != xt.dtype:

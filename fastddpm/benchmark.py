@@ -1,0 +1,461 @@
+"""End-to-end sampling benchmark: fastddpm vs a diffusers scheduler loop vs a plain torch loop.
+
+Everything runs side by side in one process on the same network, so the ratios are what to
+read; absolute numbers depend on the machine (named in the table). Sections:
+
+- ``throughput``: n samples with ddpm-``steps`` (default 100,000 × 1000) — fastddpm.sample,
+  diffusers ``DDPMScheduler`` (``step`` with a torch generator), a plain torch loop with the
+  same update written in torch ops. Same batch size for all three.
+- ``tiny``: n = 1, µs per step (per-step overhead: network call + update).
+- ``quality``: sliced Wasserstein distance to the data for ddpm-1000, ddpm-250, ddim-50,
+  ddim-20, dpmpp2m-20, dpmpp2m-10 with wall time (needs a trained checkpoint and
+  fastddpm.metrics).
+- ``kernel``: one fused ddpm_step over 2^22 elements — fastddpm (numba) vs diffusers
+  ``DDPMScheduler.step`` vs torch eager — and the measured copy bandwidth, with GB/s and the
+  fraction of copy bandwidth (12 bytes per element: read x_t and ε̂, write x_prev).
+- ``memory``: peak RSS of ``sample(out=…)`` for n = 10^5 and 10^6 (subprocesses).
+- ``batch``: fastddpm throughput vs batch size (how the CPU default was chosen).
+
+``run(...)`` returns rows (dicts); ``format_rows`` prints them as tables; ``main`` is the CLI
+(``bench/throughput.py`` and ``fastddpm bench`` call it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SECTIONS = ("throughput", "tiny", "quality", "kernel", "memory", "batch")
+QUALITY_CONFIGS = (("ddpm", 1000), ("ddpm", 250), ("ddim", 50), ("ddim", 20), ("dpmpp2m", 20), ("dpmpp2m", 10))
+
+
+# -- machine ---------------------------------------------------------------------------------
+
+def machine() -> dict:
+    """CPU model, cores available to this process, load, GPU name, library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "python": platform.python_version(), "numpy": np.__version__}
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+        info["numba_threads"] = numba.get_num_threads()
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        info["gpu"] = None
+    try:
+        import diffusers
+
+        info["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _timed(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# -- models ----------------------------------------------------------------------------------
+
+def default_model(checkpoint=None, device="cpu"):
+    """(model, schedule, normalization) from ``checkpoint``, or the default butterfly MLP
+    (fastddpm.nets.MLP(), random weights: throughput does not depend on training)."""
+    import torch
+
+    import fastddpm
+
+    if checkpoint:
+        from .checkpoint import load
+
+        ck = load(checkpoint, device=device)
+        return ck.model, ck.schedule, ck.normalization
+    from .nets import MLP
+
+    torch.manual_seed(0)
+    return MLP().eval().to(device), fastddpm.Schedule.linear(1000), None
+
+
+def diffusers_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu"):
+    """The loop a diffusers user writes: DDPMScheduler.set_timesteps + step(generator=…)."""
+    import diffusers
+    import torch
+
+    sched = diffusers.DDPMScheduler(num_train_timesteps=schedule.num_steps, trained_betas=schedule.betas.tolist(),
+                                    variance_type="fixed_small", clip_sample=False)
+    sched.set_timesteps(steps)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    with torch.inference_mode():
+        for s0 in range(0, n, batch_size):
+            b = min(batch_size, n - s0)
+            x = torch.randn((b, *_shape(model)), generator=gen, device=device)
+            for t in sched.timesteps:
+                eps = model(x, t.expand(b).to(device))
+                x = sched.step(eps, t, x, generator=gen).prev_sample
+            out.append(x)
+    return torch.cat(out)
+
+
+def torch_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu"):
+    """A plain torch DDPM loop (respaced as fastddpm's leading spacing), torch.randn noise."""
+    import torch
+
+    from .sampling import make_plan
+
+    plan = make_plan(schedule, "ddpm", steps)
+    coef = torch.as_tensor(plan.coef, dtype=torch.float32, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    with torch.inference_mode():
+        for s0 in range(0, n, batch_size):
+            b = min(batch_size, n - s0)
+            x = torch.randn((b, *_shape(model)), generator=gen, device=device)
+            for k, t in enumerate(plan.t.tolist()):
+                eps = model(x, torch.full((b,), t, dtype=torch.int64, device=device))
+                cx, cm, c1, c2, sg = coef[k]
+                x = c1 * (cx * x + cm * eps) + c2 * x
+                if plan.prev_t[k] >= 0:
+                    x = x + sg * torch.randn(x.shape, generator=gen, device=device)
+            out.append(x)
+    return torch.cat(out)
+
+
+def _shape(model):
+    shape = getattr(model, "sample_shape", None)
+    if shape is None:
+        raise ValueError("the benchmark model needs a sample_shape attribute")
+    return tuple(shape)
+
+
+# -- sections --------------------------------------------------------------------------------
+
+def bench_throughput(model, schedule, n, steps, batch_size=None, device="cpu", methods=("fastddpm", "diffusers", "torch")):
+    from .sampling import SamplingRun, sample
+
+    if batch_size is None:
+        batch_size = SamplingRun(model, schedule, n, sampler="ddpm", steps=steps, spacing="leading", eta=0.0,
+                                 prediction="epsilon", variance="fixed_small", clip=None, seed=0, batch_size=None,
+                                 device=device, backend="auto", dtype="float32", progress=False, check_finite=True,
+                                 sample_shape=_shape(model), cuda_graph=None).batch_size
+    fns = {
+        "fastddpm": lambda: sample(model, schedule, n, steps=steps, batch_size=batch_size, device=device, progress=False),
+        "diffusers": lambda: diffusers_loop(model, schedule, n, steps, batch_size, device=device),
+        "torch": lambda: torch_loop(model, schedule, n, steps, batch_size, device=device),
+    }
+    # warm-up: JIT compiles, lazy init
+    sample(model, schedule, min(n, 64), steps=2, spacing="linspace", device=device, progress=False)
+    rows = []
+    for name in methods:
+        sec = _timed(fns[name])
+        rows.append({"section": "throughput", "name": name, "n": n, "steps": steps, "batch_size": batch_size,
+                     "seconds": sec, "samples_per_s": n / sec, "us_per_step": sec / steps * 1e6})
+    base = {r["name"]: r["seconds"] for r in rows}
+    for r in rows:
+        if "diffusers" in base:
+            r["x_vs_diffusers"] = base["diffusers"] / r["seconds"]
+    return rows
+
+
+def bench_tiny(model, schedule, steps=1000, device="cpu"):
+    """n = 1: µs per step (the per-step overhead of each loop)."""
+    rows = bench_throughput(model, schedule, 1, steps, batch_size=1, device=device)
+    for r in rows:
+        r["section"] = "tiny"
+    return rows
+
+
+def bench_quality(checkpoint, dataset="butterfly", n=20000, configs=QUALITY_CONFIGS, seed=0, device="cpu"):
+    """Sliced Wasserstein distance of samples (data space) to fresh data, per sampler config."""
+    from .data import load_dataset
+    from .metrics import sliced_wasserstein
+    from .sampling.pipeline import Pipeline
+
+    pipe = Pipeline.from_checkpoint(checkpoint, device=device)
+    ref = load_dataset(dataset, n, seed=seed + 1).raw()
+    rows = []
+    for sampler, steps in configs:
+        start = time.perf_counter()
+        x = pipe.sample(n, sampler=sampler, steps=steps, seed=seed, progress=False)
+        sec = time.perf_counter() - start
+        rows.append({"section": "quality", "name": f"{sampler}-{steps}", "n": n, "seconds": sec,
+                     "sliced_wasserstein": float(sliced_wasserstein(x, ref, seed=seed))})
+    floor = load_dataset(dataset, n, seed=seed + 2).raw()
+    rows.append({"section": "quality", "name": "data vs data (floor)", "n": n, "seconds": 0.0,
+                 "sliced_wasserstein": float(sliced_wasserstein(floor, ref, seed=seed))})
+    top = rows[0]["sliced_wasserstein"]
+    for r in rows:
+        r["vs_ddpm1000"] = r["sliced_wasserstein"] / top
+    return rows
+
+
+def bench_kernel(n=2**22, repeat=5):
+    """One fused ddpm_step over n float32 elements: fastddpm (numba) vs diffusers vs torch eager."""
+    import torch
+
+    import fastddpm
+
+    schedule = fastddpm.Schedule.linear(1000)
+    # [n/2, 2]: diffusers' step reads shape[1]
+    x = fastddpm.randn((n // 2, 2), seed=1)
+    eps = fastddpm.randn((n // 2, 2), seed=2)
+    out = np.empty_like(x)
+    t = 500
+    rows = []
+    dst = np.empty_like(x)
+    copy = _timed(lambda: np.copyto(dst, x), repeat)
+    copy_gbs = 2 * x.nbytes / copy / 1e9
+    rows.append({"section": "kernel", "name": "copy (np.copyto)", "elements": n, "seconds": copy, "GB_per_s": copy_gbs,
+                 "frac_copy_bw": 1.0})
+
+    fastddpm.ddpm_step(schedule, x, eps, t, out=out, seed=3)
+    fns = {"fastddpm.ddpm_step (numba)": lambda: fastddpm.ddpm_step(schedule, x, eps, t, out=out, seed=3)}
+    try:
+        import diffusers
+
+        sched = diffusers.DDPMScheduler(num_train_timesteps=1000, trained_betas=schedule.betas.tolist(),
+                                        clip_sample=False)
+        xt, et = torch.from_numpy(x), torch.from_numpy(eps)
+        gen = torch.Generator().manual_seed(0)
+        fns["diffusers DDPMScheduler.step"] = lambda: sched.step(et, t, xt, generator=gen)
+    except ImportError:
+        pass
+    ac = torch.as_tensor(schedule.alphas_cumprod)
+    xt, et = torch.from_numpy(x), torch.from_numpy(eps)
+    ab, ab_p = float(ac[t]), float(ac[t - 1])
+    beta = 1 - ab / ab_p
+    c_eps = beta / (1 - ab) ** 0.5
+    c_x = 1 / (1 - beta) ** 0.5
+    sigma = ((1 - ab_p) / (1 - ab) * beta) ** 0.5
+
+    def torch_eager():
+        with torch.inference_mode():
+            return (xt - c_eps * et) * c_x + sigma * torch.randn(xt.shape)
+    fns["torch eager"] = torch_eager
+    for name, fn in fns.items():
+        sec = _timed(fn, repeat)
+        gbs = 12 * n / sec / 1e9
+        rows.append({"section": "kernel", "name": name, "elements": n, "seconds": sec, "GB_per_s": gbs,
+                     "frac_copy_bw": gbs / copy_gbs, "ns_per_element": sec / n * 1e9})
+    return rows
+
+
+_RSS_SCRIPT = """
+import resource, sys, numpy as np, fastddpm
+from fastddpm.sampling import sample
+
+class Eps:  # exact ε of N(0, 0.5²) data: cheap, so the run measures the engine's memory
+    array_api = "numpy"
+    sample_shape = (2,)
+    def __init__(self, s): self.ac = s.alphas_cumprod
+    def __call__(self, x, t):
+        ab = self.ac[t][:, None]
+        return (np.sqrt(1 - ab) * x / (0.25 * ab + 1 - ab)).astype(x.dtype)
+
+s = fastddpm.Schedule.linear(1000)
+sample(Eps(s), s, int(sys.argv[1]), sampler="ddim", steps=3, out=sys.argv[2], progress=False, overwrite=True)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def bench_memory(sizes=(10**5, 10**6), workdir=None):
+    """Peak RSS (ru_maxrss) of a bulk run to disk in a fresh process, per n."""
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        for n in sizes:
+            out = os.path.join(tmp, f"s{n}.npy")
+            start = time.perf_counter()
+            res = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(n), out], capture_output=True, text=True,
+                                 timeout=1800)
+            if res.returncode != 0:
+                raise RuntimeError(f"memory benchmark failed: {res.stderr[-2000:]}")
+            rows.append({"section": "memory", "name": f"sample(out=...) n={n:,}", "n": n,
+                         "seconds": time.perf_counter() - start, "peak_rss_MiB": int(res.stdout.split()[-1]) / 1024,
+                         "file_MiB": os.path.getsize(out) / 2**20})
+    for r in rows:
+        r["rss_vs_first"] = r["peak_rss_MiB"] / rows[0]["peak_rss_MiB"]
+    return rows
+
+
+def bench_batch(model, schedule, n=32768, steps=20, sizes=(256, 1024, 4096, 8192, 16384, 32768), device="cpu"):
+    from .sampling import sample
+
+    sample(model, schedule, 64, steps=2, spacing="linspace", device=device, progress=False)
+    rows = []
+    for bs in sizes:
+        sec = _timed(lambda: sample(model, schedule, n, steps=steps, spacing="linspace", batch_size=bs,
+                                    device=device, progress=False), 2)
+        rows.append({"section": "batch", "name": f"batch_size={bs}", "batch_size": bs, "elements": bs * int(
+            np.prod(_shape(model))), "seconds": sec, "sample_steps_per_s": n * steps / sec})
+    return rows
+
+
+# -- driver ----------------------------------------------------------------------------------
+
+def run(sections=SECTIONS, *, quick=False, checkpoint=None, n=None, steps=1000, batch_size=None, device="cpu",
+        dataset="butterfly", log=None) -> list:
+    """Run the chosen sections; returns rows (dicts with ``section`` and ``name``)."""
+    rows = []
+    model = schedule = None
+
+    def say(msg):
+        if log is not None:
+            print(msg, file=log, flush=True)
+
+    for section in sections:
+        if section not in SECTIONS:
+            raise ValueError(f"unknown section {section!r}; allowed: {', '.join(SECTIONS)}")
+        if section in ("throughput", "tiny", "batch") and model is None:
+            model, schedule, _ = default_model(checkpoint, device)
+        say(f"[bench] {section} ...")
+        if section == "throughput":
+            n_s, steps_s = (n or (4096 if quick else 100_000)), (100 if quick else steps)
+            rows += bench_throughput(model, schedule, n_s, steps_s, batch_size, device)
+        elif section == "tiny":
+            rows += bench_tiny(model, schedule, 200 if quick else steps, device)
+        elif section == "quality":
+            if checkpoint is None:
+                say("[bench] quality skipped: needs --checkpoint (a trained model)")
+                continue
+            try:
+                import fastddpm.metrics  # noqa: F401
+            except ImportError:
+                say("[bench] quality skipped: fastddpm.metrics is not available")
+                continue
+            rows += bench_quality(checkpoint, dataset, 4000 if quick else 20000, device=device)
+        elif section == "kernel":
+            rows += bench_kernel(2**20 if quick else 2**22, 3 if quick else 5)
+        elif section == "memory":
+            rows += bench_memory((10**4, 10**5) if quick else (10**5, 10**6))
+        elif section == "batch":
+            rows += bench_batch(model, schedule, 8192 if quick else 32768, 5 if quick else 20, device=device)
+    return rows
+
+
+_COLUMNS = {
+    "throughput": ("name", "n", "steps", "batch_size", "seconds", "samples_per_s", "us_per_step", "x_vs_diffusers"),
+    "tiny": ("name", "steps", "seconds", "us_per_step", "x_vs_diffusers"),
+    "quality": ("name", "n", "seconds", "sliced_wasserstein", "vs_ddpm1000"),
+    "kernel": ("name", "elements", "seconds", "ns_per_element", "GB_per_s", "frac_copy_bw"),
+    "memory": ("name", "seconds", "peak_rss_MiB", "file_MiB", "rss_vs_first"),
+    "batch": ("name", "elements", "seconds", "sample_steps_per_s"),
+}
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        if v == 0 or 0.01 <= abs(v) < 1e6:
+            return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
+        return f"{v:.3g}"
+    return "" if v is None else (f"{v:,}" if isinstance(v, int) else str(v))
+
+
+def format_rows(rows, info=None) -> str:
+    """Tables per section, headed by the machine."""
+    info = machine() if info is None else info
+    lines = [f"machine: {info.get('cpu')} | {info.get('cores')} cores | load {info.get('load_avg_1m')} | "
+             f"GPU: {info.get('gpu') or 'none'} | torch {info.get('torch')} ({info.get('torch_threads')} threads) | "
+             f"numba {info.get('numba')} ({info.get('numba_threads')} threads)"]
+    for section in SECTIONS:
+        sec_rows = [r for r in rows if r["section"] == section]
+        if not sec_rows:
+            continue
+        cols = [c for c in _COLUMNS[section] if any(c in r for r in sec_rows)]
+        table = [cols] + [[_fmt(r.get(c)) for c in cols] for r in sec_rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+        lines += ["", f"## {section}"]
+        for j, row in enumerate(table):
+            lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+            if j == 0:
+                lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_rows(rows, info, path) -> None:
+    """Rows to .json (with the machine) or .csv (one line per row)."""
+    from .sampling.bulk import _write_json_atomic
+
+    path = os.fspath(path)
+    if path.endswith(".json"):
+        from pathlib import Path
+
+        _write_json_atomic(Path(path), {"machine": info, "rows": rows})
+        return
+    if not path.endswith(".csv"):
+        raise ValueError(f"output must end in .json or .csv, got {path!r}")
+    import csv
+
+    keys = ["section", "name"] + sorted({k for r in rows for k in r} - {"section", "name"})
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    os.replace(tmp, path)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--sections", default="throughput,tiny,quality,kernel,memory",
+                   help=f"comma-separated, from {','.join(SECTIONS)}")
+    p.add_argument("--quick", action="store_true", help="small sizes (minutes on 2 cores)")
+    p.add_argument("--checkpoint", default=None, help="trained checkpoint (needed for quality; default model otherwise)")
+    p.add_argument("--n", type=int, default=None, help="samples for the throughput section (default 100000)")
+    p.add_argument("--steps", type=int, default=1000, help="ddpm steps for throughput/tiny")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dataset", default="butterfly")
+    p.add_argument("--output", default=None, help="also write rows to this .json or .csv file")
+    return p
+
+
+def main(argv=None) -> int:
+    p = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                              formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    args = p.parse_args(argv)
+    return run_cli(args)
+
+
+def run_cli(args) -> int:
+    info = machine()
+    rows = run(tuple(s for s in args.sections.split(",") if s), quick=args.quick, checkpoint=args.checkpoint,
+               n=args.n, steps=args.steps, batch_size=args.batch_size, device=args.device, dataset=args.dataset,
+               log=sys.stderr)
+    print(format_rows(rows, info))
+    if args.output:
+        write_rows(rows, info, args.output)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
