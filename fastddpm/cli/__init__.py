@@ -61,18 +61,6 @@ def _subcommands():
     return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
-def _broken(name, exc):
-    """A subcommand whose module cannot be imported still shows up and explains why."""
-
-    def add_parser(sub, parents):
-        return sub.add_parser(name, parents=parents, help=f"(unavailable: {_one_line(exc)})")
-
-    def run(args):
-        raise UserError(f"'{name}' cannot run here: {_one_line(exc)}")
-
-    return add_parser, run
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -93,13 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _subcommands():
         try:
             module = importlib.import_module(f"{__name__}.{name}")
-            add_parser, run = module.add_parser, module.run
+            p = module.add_parser(sub, parents=[common])
+            p.set_defaults(_run=module.run)
         except ImportError as exc:
-            add_parser, run = _broken(name, exc)
-        p = add_parser(sub, parents=[common])
-        p.set_defaults(_run=run)
+            # A subcommand whose dependencies are missing (e.g. `train` without torch) must not
+            # take the others down: `fastddpm sample model.onnx` works where torch is absent.
+            p = sub.add_parser(name, parents=[common], help=f"(unavailable: {_one_line(exc)})")
+            p.add_argument("rest", nargs=argparse.REMAINDER, help="(ignored)")
+            p.set_defaults(_run=_unavailable(name, exc))
     _tag_progs(parser)
     return parser
+
+
+def _unavailable(name: str, exc: ImportError):
+    def run(args):
+        raise UserError(f"'{name}' needs a package that is not installed ({_one_line(exc)}); "
+                        "pip install 'fastddpm[all]' or the missing package")
+    return run
 
 
 def _tag_progs(parser):

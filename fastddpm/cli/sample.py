@@ -24,7 +24,8 @@ def _spacing(value: str):
 def add_parser(subparsers, parents):
     p = subparsers.add_parser("sample", parents=parents, help="draw samples from a checkpoint into a .npy file",
                               description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory (fastddpm train output)")
+    p.add_argument("checkpoint", metavar="CKPT",
+                   help="checkpoint directory (fastddpm train output), or an ONNX file from fastddpm export")
     p.add_argument("--n", type=int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output .npy file (data space, float32 [n, ...])")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
@@ -41,18 +42,30 @@ def add_parser(subparsers, parents):
     p.add_argument("--resume", action="store_true", help="continue an interrupted run writing the same --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
+                   help="network runtime for a checkpoint: auto = onnxruntime on the CPU when installed "
+                        "(a cached export; faster, see docs/onnx.md), else torch")
     return p
 
 
 def run(args) -> int:
-    from .. import checkpoint as ckpt_mod
-    from ..sampling.pipeline import Pipeline
+    kwargs = {}
+    if str(args.checkpoint).endswith(".onnx"):  # torch-free: onnxruntime + the fused kernels
+        from ..runtime import OnnxSampler
 
-    pipe = Pipeline(ckpt_mod.load(args.checkpoint, device=args.device, ema=not args.no_ema))
+        providers = ["CPUExecutionProvider"] if args.device == "cpu" else None
+        pipe = OnnxSampler(args.checkpoint, providers=providers)
+    else:
+        from .. import checkpoint as ckpt_mod
+        from ..sampling.pipeline import Pipeline
+
+        pipe = Pipeline(ckpt_mod.load(args.checkpoint, device=args.device, ema=not args.no_ema))
+        kwargs["engine"] = args.engine
     start = time.perf_counter()
     path = pipe.sample(args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
                        clip=args.clip, seed=args.seed, batch_size=args.batch_size, backend=args.backend,
-                       out=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+                       out=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+                       **kwargs)
     if not args.quiet:
         took = time.perf_counter() - start
         print(f"wrote {args.n} samples to {path} in {took:.1f} s ({args.n / took:,.0f} samples/s)", file=sys.stderr)

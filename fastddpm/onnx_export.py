@@ -1,0 +1,298 @@
+"""Export an ε-network to ONNX with everything needed to sample from the file alone.
+
+The graph has inputs ``x`` float32 [B, *sample_shape] and ``t`` int64 [B] and one output
+``prediction`` of x's shape; the schedule, prediction type, data normalisation, sample shape and
+fastddpm version go into ``metadata_props`` (see :mod:`fastddpm.runtime.metadata`).
+
+Exporter: torch 2.9+ defaults to the torch.export-based ("dynamo") exporter, which needs the
+``onnxscript`` package. fastddpm uses the TorchScript exporter (``dynamo=False``) unless asked
+otherwise: it needs nothing beyond torch and onnx, and handles the nets here (MLP, UNet) with a
+dynamic batch axis. Pass ``dynamo=True`` (with onnxscript installed) to use the new one.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+
+import numpy as np
+
+from . import __version__
+from .runtime.metadata import check_prediction, check_sample_shape, encode
+from .schedule import Schedule
+
+INPUT_NAMES = ("x", "t")
+OUTPUT_NAME = "prediction"
+DEFAULT_OPSET = 17  # supported by onnxruntime >= 1.14 and both torch exporters
+
+
+def _require_onnx():
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError(f"ONNX export needs the onnx package ({exc}); pip install 'fastddpm[onnx]'") from exc
+    return onnx
+
+
+def _unpack(model_or_checkpoint):
+    """(module, defaults) from a torch module or a loaded Checkpoint (duck-typed)."""
+    import torch
+
+    obj = model_or_checkpoint
+    if isinstance(obj, (str, os.PathLike)):
+        from .checkpoint import load
+
+        obj = load(obj)
+    if isinstance(obj, torch.nn.Module):
+        return obj, {"sample_shape": getattr(obj, "sample_shape", None), "model": _model_info(obj)}
+    model = getattr(obj, "model", None)
+    if isinstance(model, torch.nn.Module):
+        config = getattr(obj, "config", None) or {}
+        defaults = {
+            "schedule": getattr(obj, "schedule", None),
+            "prediction": getattr(obj, "prediction", None),
+            "normalization": getattr(obj, "normalization", None),
+            "sample_shape": getattr(obj, "sample_shape", None),
+            "model": (config.get("model") if isinstance(config, dict) else None) or _model_info(model),
+        }
+        if defaults["sample_shape"] is None:
+            defaults["sample_shape"] = getattr(model, "sample_shape", None)
+        return model, defaults
+    raise TypeError("model_or_checkpoint must be a torch.nn.Module, a fastddpm Checkpoint or a checkpoint "
+                    f"directory path, got {type(model_or_checkpoint).__name__}")
+
+
+def _model_info(module) -> dict:
+    """Class name and constructor arguments of a fastddpm net (``module.config``), for the record."""
+    info = {"class": type(module).__name__}
+    if isinstance(getattr(module, "config", None), dict):
+        info["config"] = module.config
+    return info
+
+
+def _jsonable(value):
+    """Normalisation etc. as JSON types (objects with to_config, arrays and NumPy scalars converted)."""
+    if hasattr(value, "to_config"):
+        return _jsonable(value.to_config())
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "detach"):  # a torch tensor
+        return value.detach().cpu().tolist()
+    return value
+
+
+def export_onnx(model_or_checkpoint, path, *, opset: int | None = None, dynamic_batch: bool = True,
+                sample_shape=None, schedule: Schedule | None = None, prediction: str | None = None,
+                normalization=None, dynamo: bool = False, check: bool = True) -> str:
+    """Write the ε-network to ``path`` as ONNX and return the path.
+
+    model_or_checkpoint: a torch module called as ``model(x [B, ...], t [B] int64)``, a
+    Checkpoint from :func:`fastddpm.load`, or a checkpoint directory. Keyword arguments
+    override what the checkpoint says; for a bare module ``sample_shape`` is required, and
+    without ``schedule`` the file cannot sample on its own (the runtime then asks for one).
+    ``dynamic_batch=False`` fixes B = 1 in the graph (the runtime then runs in chunks).
+    The file is checked with ``onnx.checker`` and written atomically (temp file + rename).
+    """
+    import torch
+
+    onnx = _require_onnx()
+    module, defaults = _unpack(model_or_checkpoint)
+    sample_shape = sample_shape if sample_shape is not None else defaults.get("sample_shape")
+    if sample_shape is None:
+        raise ValueError("sample_shape is required when exporting a bare module (the shape of one sample, "
+                         "e.g. (2,) or (1, 8, 8)); a Checkpoint carries it")
+    sample_shape = check_sample_shape(sample_shape)
+    schedule = schedule if schedule is not None else defaults.get("schedule")
+    if schedule is not None and not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a fastddpm.Schedule, got {type(schedule).__name__}")
+    prediction = check_prediction(prediction or defaults.get("prediction") or "epsilon")
+    if normalization is None:
+        normalization = defaults.get("normalization")
+    if opset is None:
+        opset = DEFAULT_OPSET
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 9 <= opset <= onnx.defs.onnx_opset_version():
+        raise ValueError(f"opset must be an integer in [9, {onnx.defs.onnx_opset_version()}], got {opset!r}")
+    props = encode(schedule=schedule, prediction=prediction, normalization=_jsonable(normalization),
+                   sample_shape=sample_shape, version=__version__, model=_jsonable(defaults.get("model")))
+
+    proto = _trace(module, sample_shape, opset, dynamic_batch, dynamo)
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = "fastddpm epsilon-network; sample with fastddpm.OnnxSampler or `fastddpm sample FILE`"
+    if check:
+        onnx.checker.check_model(proto, full_check=True)
+    return _write_atomic(proto.SerializeToString(), os.fspath(path))
+
+
+def _trace(module, sample_shape, opset: int, dynamic_batch: bool, dynamo: bool):
+    """The exported graph as an onnx ModelProto (no metadata yet)."""
+    import onnx
+    import torch
+
+    try:
+        param = next(module.parameters())
+        device = param.device
+    except StopIteration:
+        device = torch.device("cpu")
+    batch = 2 if dynamic_batch else 1  # 2, not 1: a traced size-1 axis can be specialised away
+    x = torch.randn((batch, *sample_shape), device=device)
+    t = torch.zeros(batch, dtype=torch.int64, device=device)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter is deprecated upstream but is the one that needs no onnxscript.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+            warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
+            # GroupNorm's batch-size sanity check is traced as a constant; harmless for export.
+            warnings.filterwarnings("ignore", message=r"Converting a tensor to a Python boolean",
+                                    module=r"torch\.nn\.functional")
+            if dynamo:
+                program = torch.onnx.export(
+                    module, (x, t), None, dynamo=True, opset_version=opset, input_names=list(INPUT_NAMES),
+                    output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: torch.export.Dim("batch")}, {0: torch.export.Dim("batch")})
+                    if dynamic_batch else None,
+                )
+                return program.model_proto
+            buffer = io.BytesIO()
+            axes = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)} if dynamic_batch else None
+            torch.onnx.export(module, (x, t), buffer, dynamo=False, opset_version=opset,
+                              input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                              dynamic_axes=axes, do_constant_folding=True)
+    finally:
+        module.train(was_training)
+    return _keep_inputs(onnx.load_from_string(buffer.getvalue()), batch if not dynamic_batch else "batch")
+
+
+def _keep_inputs(proto, batch):
+    """Re-add an input the TorchScript exporter pruned because the net ignores it (a t-free net
+    still takes ``t``, so every fastddpm file has the same signature)."""
+    import onnx
+
+    present = {i.name for i in proto.graph.input}
+    if "t" not in present:
+        proto.graph.input.append(onnx.helper.make_tensor_value_info("t", onnx.TensorProto.INT64, [batch]))
+    return proto
+
+
+def _write_atomic(data: bytes, path: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {path!r}: directory {directory!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# -- the CPU sampling default: torch checkpoints run through a cached ONNX export -------------
+#
+# bench/onnx_vs_torch.py (docs/onnx.md): on the 2-core EPYC, onnxruntime runs the butterfly MLP
+# and the digits UNet 1.25–5× faster per call than torch eager at equal thread counts, and whole
+# DDPM loops 4–11× faster on the loaded machine; so Pipeline.sample(engine="auto") on the CPU
+# exports the network once (cached by its weights) and samples through onnxruntime.
+
+ENGINES = ("auto", "torch", "onnx")
+
+
+def cache_dir() -> str:
+    """$FASTDDPM_CACHE, else $XDG_CACHE_HOME/fastddpm, else ~/.cache/fastddpm (+ /onnx)."""
+    root = os.environ.get("FASTDDPM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastddpm")
+    return os.path.join(root, "onnx")
+
+
+def _weights_key(module, sample_shape, schedule, prediction, normalization, opset) -> str:
+    """Digest of everything the exported file depends on (weights included, so no stale hits)."""
+    import hashlib
+    import json
+
+    import torch
+
+    h = hashlib.sha256()
+    h.update(json.dumps([__version__, torch.__version__, opset, type(module).__qualname__, list(sample_shape),
+                         None if schedule is None else schedule.to_config(), prediction,
+                         _jsonable(normalization), _jsonable(getattr(module, "config", None))],
+                        sort_keys=True, default=str).encode())
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def cached_export(pipeline, directory: str | None = None) -> str:
+    """Path of the ONNX export of a Pipeline's (or Checkpoint's) network, exported on first use."""
+    module, shape = pipeline.model, tuple(pipeline.sample_shape)
+    key = _weights_key(module, shape, pipeline.schedule, pipeline.prediction, pipeline.normalization,
+                       DEFAULT_OPSET)
+    directory = directory or cache_dir()
+    path = os.path.join(directory, f"{type(module).__name__}-{key}.onnx")
+    if not os.path.exists(path):
+        os.makedirs(directory, exist_ok=True)
+        export_onnx(module, path, sample_shape=shape, schedule=pipeline.schedule, prediction=pipeline.prediction,
+                    normalization=pipeline.normalization)
+    return path
+
+
+def engine_model(pipeline, engine: str = "auto", *, device=None, backend: str = "auto", dtype="float32"):
+    """The network Pipeline.sample should call: an OnnxModel of the torch net, or None (torch).
+
+    engine: "torch" → None; "onnx" → the cached export on onnxruntime's CPU provider (an error
+    if that cannot be done); "auto" → "onnx" when the sampling runs on the CPU, onnx and
+    onnxruntime are installed and the export works (a warning and torch otherwise).
+    """
+    import importlib.util
+    import sys
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}; got {engine!r}")
+    model = pipeline.model
+    torch = sys.modules.get("torch")
+    if engine == "torch" or torch is None or not isinstance(model, torch.nn.Module):
+        return None  # already a NumPy-API model (e.g. an OnnxSampler's), or torch asked for
+    on_cpu = (device is None or torch.device(device).type == "cpu") and backend in ("auto", "numba", "numpy")
+    on_cpu = on_cpu and all(p.device.type == "cpu" for p in model.parameters())
+    if not on_cpu or str(dtype).replace("torch.", "") != "float32":
+        if engine == "onnx":
+            raise ValueError("engine='onnx' samples in float32 on the CPU (onnxruntime's CPU provider with the Numba "
+                             "update); for a GPU export the net (fastddpm export) and use fastddpm.OnnxSampler with "
+                             "onnxruntime-gpu, or use engine='torch'")
+        return None
+    if engine == "auto" and (importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None):
+        return None
+    from .runtime import OnnxModel
+
+    try:
+        path = cached_export(pipeline)
+        session = getattr(pipeline, "_onnx_engine", None)
+        if session is None or session.path != path:  # one session per pipeline and weights
+            session = OnnxModel(path, ["CPUExecutionProvider"])
+            pipeline._onnx_engine = session
+        return session
+    except Exception as exc:
+        if engine == "onnx":
+            raise
+        warnings.warn(f"sampling with torch: exporting {type(model).__name__} to ONNX for the faster CPU path "
+                      f"failed ({type(exc).__name__}: {exc}); pass engine='torch' to skip the attempt",
+                      RuntimeWarning, stacklevel=3)
+        return None

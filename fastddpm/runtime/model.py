@@ -1,0 +1,199 @@
+"""OnnxModel: an exported ε-network in an onnxruntime session, callable like the torch one.
+
+No torch here (nor anything that imports it): this module runs where only NumPy, Numba and
+onnxruntime are installed.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .metadata import OnnxMetadata, decode
+
+INPUTS = {"x": "tensor(float)", "t": "tensor(int64)"}
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(
+            f"sampling from an ONNX file needs onnxruntime ({exc}); install it with "
+            "pip install 'fastddpm[onnx]' (or 'fastddpm[onnx-gpu]' for the CUDA provider)"
+        ) from exc
+    return onnxruntime
+
+
+def default_providers() -> list[str]:
+    """CUDA execution provider when this onnxruntime build has it, with CPU as fallback."""
+    available = _onnxruntime().get_available_providers()
+    return [CUDA_EP, CPU_EP] if CUDA_EP in available else [CPU_EP]
+
+
+def _check_providers(providers) -> list:
+    if providers is None:
+        return default_providers()
+    if isinstance(providers, str):
+        providers = [providers]
+    available = _onnxruntime().get_available_providers()
+    names = [p[0] if isinstance(p, tuple) else p for p in providers]
+    missing = [p for p in names if p not in available]
+    if not names or missing:
+        raise ValueError(f"providers must be a non-empty list of available onnxruntime execution providers "
+                         f"({', '.join(available)}); got {names!r}"
+                         + ("" if CUDA_EP in available or CUDA_EP not in missing
+                            else " — the CUDA provider needs pip install 'fastddpm[onnx-gpu]'"))
+    return list(providers)
+
+
+def _dim(d):
+    """A static dimension as int, a symbolic or unknown one as None."""
+    return d if isinstance(d, int) and d > 0 else None
+
+
+class OnnxModel:
+    """An ε-network exported by :func:`fastddpm.export_onnx`, run by onnxruntime.
+
+    ``model(x, t)`` with x float32 [B, *sample_shape] and t int64 [B] returns the prediction
+    as a float32 NumPy array [B, *sample_shape]; ``array_api == "numpy"`` tells
+    :func:`fastddpm.sample` so. A model exported with a fixed batch size N is run in chunks of
+    N (the last one zero-padded), so any B works.
+
+    Attributes read from the file's fastddpm metadata (``None`` when absent): ``schedule``,
+    ``prediction``, ``normalization``, ``sample_shape``; ``metadata`` holds all of them.
+    """
+
+    array_api = "numpy"
+
+    def __init__(self, path, providers=None, *, session_options=None):
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ONNX model {path!r} does not exist (export one with "
+                                    "fastddpm export CKPT --out model.onnx)")
+        ort = _onnxruntime()
+        providers = _check_providers(providers)
+        try:
+            session = ort.InferenceSession(path, sess_options=session_options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own pybind classes (InvalidProtobuf, Fail, …)
+            raise ValueError(f"{path!r} is not a loadable ONNX model: {exc}") from exc
+        self.path = path
+        self.session = session
+        self.metadata: OnnxMetadata = decode(session.get_modelmeta().custom_metadata_map or {},
+                                             source=repr(path))
+        self._check_signature()
+
+    # -- signature -----------------------------------------------------------------------
+
+    def _check_signature(self) -> None:
+        where = f"ONNX model {self.path!r}"
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if sorted(inputs) != sorted(INPUTS):
+            raise ValueError(f"{where} has inputs {sorted(inputs)}; fastddpm needs exactly "
+                             "'x' (float32 [B, ...]) and 't' (int64 [B]) — export with fastddpm.export_onnx")
+        for name, want in INPUTS.items():
+            if inputs[name].type != want:
+                raise TypeError(f"{where}: input {name!r} has type {inputs[name].type}, expected {want}")
+        x_shape, t_shape = inputs["x"].shape, inputs["t"].shape
+        if len(x_shape) < 2:
+            raise ValueError(f"{where}: input 'x' has rank {len(x_shape)} (shape {x_shape}); expected [B, ...] "
+                             "with at least one sample dimension")
+        if len(t_shape) != 1:
+            raise ValueError(f"{where}: input 't' has rank {len(t_shape)} (shape {t_shape}); expected [B]")
+        outputs = self.session.get_outputs()
+        if len(outputs) != 1:
+            raise ValueError(f"{where} has {len(outputs)} outputs; expected one (the prediction)")
+        out = outputs[0]
+        if out.type != "tensor(float)":
+            raise TypeError(f"{where}: output {out.name!r} has type {out.type}, expected tensor(float)")
+        if len(out.shape) != len(x_shape):
+            raise ValueError(f"{where}: output {out.name!r} has rank {len(out.shape)}, input 'x' rank {len(x_shape)}")
+
+        static = tuple(_dim(d) for d in x_shape[1:])
+        meta_shape = self.metadata.sample_shape
+        if meta_shape is not None:
+            if len(meta_shape) != len(static) or any(s is not None and s != m for s, m in zip(static, meta_shape)):
+                raise ValueError(f"{where}: input 'x' has shape {x_shape} but its metadata says samples "
+                                 f"of shape {list(meta_shape)}")
+            self.sample_shape = tuple(meta_shape)
+        elif all(s is not None for s in static):
+            self.sample_shape = static
+        else:
+            self.sample_shape = None  # symbolic sample axes and no metadata: any shape is passed on
+        self._x_rank = len(x_shape)
+        self.fixed_batch = _dim(x_shape[0])
+        self.output_name = out.name
+
+    # -- metadata shortcuts --------------------------------------------------------------
+
+    @property
+    def schedule(self):
+        return self.metadata.schedule
+
+    @property
+    def prediction(self):
+        return self.metadata.prediction
+
+    @property
+    def normalization(self):
+        return self.metadata.normalization
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    @property
+    def device(self) -> str:
+        """"cuda" when the network runs on the CUDA execution provider, else "cpu"."""
+        return "cuda" if self.providers and self.providers[0] == CUDA_EP else "cpu"
+
+    def __repr__(self) -> str:
+        return (f"OnnxModel({self.path!r}, providers={self.providers}, sample_shape={self.sample_shape}, "
+                f"prediction={self.prediction!r}, schedule={self.schedule!r})")
+
+    # -- call ------------------------------------------------------------------------------
+
+    def check_inputs(self, x, t) -> tuple[np.ndarray, np.ndarray]:
+        """x float32 [B, *sample_shape] C-contiguous and t int (broadcast) or int [B] → int64."""
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x must be a NumPy array (OnnxModel.array_api == 'numpy'), got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise TypeError(f"x must be float32 (the ONNX input 'x' is tensor(float)), got {x.dtype}")
+        if x.ndim != self._x_rank or (self.sample_shape is not None and x.shape[1:] != self.sample_shape):
+            want = "[B, " + (", ".join(map(str, self.sample_shape)) if self.sample_shape else "...") + "]"
+            raise ValueError(f"x must have shape {want} for this model, got {list(x.shape)}")
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        t = np.asarray(t)
+        if t.dtype == np.bool_ or not np.issubdtype(t.dtype, np.integer):
+            raise TypeError(f"t must be an integer or an integer array [B], got dtype {t.dtype}")
+        if t.ndim == 0:
+            t = np.full((x.shape[0],), t, dtype=np.int64)
+        elif t.shape != (x.shape[0],):
+            raise ValueError(f"t must have shape [B] = [{x.shape[0]}], got {list(t.shape)}")
+        return x, np.ascontiguousarray(t, dtype=np.int64)
+
+    def __call__(self, x, t) -> np.ndarray:
+        """The network's prediction for x [B, ...] at steps t [B] (float32 NumPy array)."""
+        x, t = self.check_inputs(x, t)
+        n = self.fixed_batch
+        if n is None or x.shape[0] == n:
+            return self._run(x, t)
+        out = np.empty_like(x)
+        for start in range(0, x.shape[0], n):
+            xs, ts = x[start:start + n], t[start:start + n]
+            m = xs.shape[0]
+            if m < n:  # pad the last chunk to the exported batch size
+                xs = np.concatenate([xs, np.zeros((n - m, *xs.shape[1:]), np.float32)])
+                ts = np.concatenate([ts, np.zeros(n - m, np.int64)])
+            out[start:start + m] = self._run(xs, ts)[:m]
+        return out
+
+    def _run(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        out = self.session.run([self.output_name], {"x": x, "t": t})[0]
+        if out.shape != x.shape:
+            raise ValueError(f"ONNX model {self.path!r} returned shape {list(out.shape)} for x of shape "
+                             f"{list(x.shape)}; the prediction must have the shape of x")
+        return out
