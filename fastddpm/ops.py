@@ -121,7 +121,9 @@ def q_sample(schedule: Schedule, x0, t, noise=None, *, seed: int = 0, stream: in
         return x_t, eps
     eps, eps_np = (noise, noise_np) if noise is not None else _empty_like(x0, x0_np)
     kernels("numba").q_sample(
-        x0_np.reshape(-1), np.ascontiguousarray(t_np), schedule.sqrt_alphas_cumprod,
+        # A fresh writable int64 copy: a read-only view (np.broadcast_to) would make Numba
+        # compile a second specialisation (≈ 10 s) for array t.
+        x0_np.reshape(-1), np.array(t_np, dtype=np.int64), schedule.sqrt_alphas_cumprod,
         schedule.sqrt_one_minus_alphas_cumprod, None if noise is None else noise_np.reshape(-1),
         x_t_np.reshape(-1), eps_np.reshape(-1), seed, stream, offset, per_sample,
     )

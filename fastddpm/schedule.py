@@ -74,7 +74,7 @@ def _check_betas(betas) -> np.ndarray:
     bad = ~((arr > 0.0) & (arr < 1.0))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"betas must lie in (0, 1); betas[{i}] = {arr[i]!r}")
+        raise ValueError(f"betas must lie in (0, 1); betas[{i}] = {float(arr[i])!r}")
     return arr
 
 
@@ -199,7 +199,7 @@ class Schedule:
         key = (str(device), str(dtype))
         if key not in self._device_cache:
             self._device_cache[key] = {
-                k: torch.as_tensor(getattr(self, k), dtype=torch.float64).to(device=device, dtype=dtype)
+                k: torch.tensor(getattr(self, k), dtype=torch.float64).to(device=device, dtype=dtype)
                 for k in TABLE_NAMES
             }
         return self._device_cache[key]

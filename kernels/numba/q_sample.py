@@ -7,7 +7,7 @@ from .common import CHUNK, num_chunks, philox_key
 from .philox import chunk_normals
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _q_sample_kernel(x0, noise, noise_given, t, sqrt_ab, sqrt_1mab, x_t, noise_out, per_sample,
                      key0, key1, offset, n_chunks):
     n = x0.shape[0]
@@ -26,13 +26,14 @@ def _q_sample_kernel(x0, noise, noise_given, t, sqrt_ab, sqrt_1mab, x_t, noise_o
             tb = t[b]
             a = dt(sqrt_ab[tb])
             s = dt(sqrt_1mab[tb])
-            for k in range(start, stop):
-                if noise_given:
-                    eps = noise[k]
-                else:
+            if noise_given:  # two loops, not a per-element branch: both vectorise
+                for k in range(start, stop):
+                    x_t[k] = a * x0[k] + s * noise[k]
+            else:
+                for k in range(start, stop):
                     eps = dt(buf[k - lo + shift])
                     noise_out[k] = eps
-                x_t[k] = a * x0[k] + s * eps
+                    x_t[k] = a * x0[k] + s * eps
             start = stop
             b += 1
 

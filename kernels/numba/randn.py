@@ -7,7 +7,7 @@ from .common import CHUNK, num_chunks, philox_key
 from .philox import chunk_normals
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _randn_kernel(out, key0, key1, offset, n_chunks):
     n = out.shape[0]
     for c in numba.prange(n_chunks):

@@ -18,7 +18,7 @@ VAR_FIXED_SMALL, VAR_FIXED_LARGE = 0, 1
 _MIN_VARIANCE = 1e-20
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
 def _x0_coefficients(ab_t, pred):
     """x̂0 = cx·x_t + cm·out."""
     if pred == PRED_EPSILON:
@@ -28,21 +28,39 @@ def _x0_coefficients(ab_t, pred):
     return 0.0, 1.0
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
 def _alphas(ac, tb, pb):
     ab_t = ac[tb]
     ab_p = ac[pb] if pb >= 0 else 1.0
     return ab_t, ab_p
 
 
-@njit(inline="always", cache=True)
-def _x0(x, m, cx, cm, pred):
-    if pred == PRED_SAMPLE:
-        return m
-    return cx * x + cm * m
+@njit(inline="always", cache=True, error_model="numpy")
+def _clip(x0, lo_clip, hi_clip, has_clip):
+    return min(max(x0, lo_clip), hi_clip) if has_clip else x0
 
 
-@njit(parallel=True, cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
+def _ddpm_update(x, m, z, cx, cm, c1, c2, sg, lo_clip, hi_clip, has_clip):
+    """x_prev = c1·clip(x̂0) + c2·x + σ·z with x̂0 = cx·x + cm·m (cx = 0, cm = 1 for "sample").
+
+    The zero term is exact for finite x, so every prediction type takes the same branch-free
+    path (a per-element branch on the type would keep LLVM from vectorising).
+    """
+    x0 = _clip(cx * x + cm * m, lo_clip, hi_clip, has_clip)
+    return (c1 * x0 + c2 * x) + sg * z
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _ddim_update(x, m, z, cx, cm, sab, s1mab, sab_p, dirc, sg, lo_clip, hi_clip, has_clip, is_eps):
+    """√ᾱ_p·clip(x̂0) + dir·ε̂ + σ·z; ε̂ from the unclipped x̂0 unless the output is ε."""
+    x0 = cx * x + cm * m
+    eps = m if is_eps else (x - sab * x0) / s1mab
+    x0 = _clip(x0, lo_clip, hi_clip, has_clip)
+    return (sab_p * x0 + dirc * eps) + sg * z
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
 def _ddpm_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, var, clip, has_clip,
                  noise, noise_given, noise_needed, key0, key1, offset, per_sample, n_chunks):
     n = x_t.shape[0]
@@ -78,23 +96,23 @@ def _ddpm_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, var, clip, 
                 c2 = dt(math.sqrt(alpha_c) * (1.0 - ab_p) / (1.0 - ab_t))
                 sg = dt(math.sqrt(variance)) if pb >= 0 else dt(0.0)
                 last_t, last_p = tb, pb
-            for k in range(start, stop):
-                x = x_t[k]
-                x0 = _x0(x, m[k], cx, cm, pred)
-                if has_clip:
-                    x0 = min(max(x0, lo_clip), hi_clip)
-                mean = c1 * x0 + c2 * x
-                if noise_given:
-                    out[k] = mean + sg * noise[k]
-                elif noise_needed:
-                    out[k] = mean + sg * dt(buf[k - lo + shift])
-                else:
-                    out[k] = mean + sg * dt(0.0)
+            # Three loops rather than one with a per-element branch on the noise source:
+            # each is branch-free (selects only) and vectorises.
+            if noise_given:
+                for k in range(start, stop):
+                    out[k] = _ddpm_update(x_t[k], m[k], noise[k], cx, cm, c1, c2, sg, lo_clip, hi_clip, has_clip)
+            elif noise_needed:
+                for k in range(start, stop):
+                    z = dt(buf[k - lo + shift])
+                    out[k] = _ddpm_update(x_t[k], m[k], z, cx, cm, c1, c2, sg, lo_clip, hi_clip, has_clip)
+            else:
+                for k in range(start, stop):
+                    out[k] = _ddpm_update(x_t[k], m[k], dt(0.0), cx, cm, c1, c2, sg, lo_clip, hi_clip, has_clip)
             start = stop
             b += 1
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _ddim_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, eta, clip, has_clip,
                  noise, noise_given, noise_needed, key0, key1, offset, per_sample, n_chunks):
     n = x_t.shape[0]
@@ -108,6 +126,7 @@ def _ddim_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, eta, clip, 
             buf, shift = chunk_normals(key0, key1, offset + lo, hi - lo)
         lo_clip = dt(-clip)
         hi_clip = dt(clip)
+        is_eps = pred == PRED_EPSILON
         b = lo // per_sample
         start = lo
         last_t, last_p = np.int64(-2), np.int64(-2)
@@ -129,22 +148,19 @@ def _ddim_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, eta, clip, 
                 dirc = dt(math.sqrt(max(1.0 - ab_p - sigma * sigma, 0.0)))
                 sg = dt(sigma)
                 last_t, last_p = tb, pb
-            for k in range(start, stop):
-                x = x_t[k]
-                mk = m[k]
-                x0 = _x0(x, mk, cx, cm, pred)
-                if pred == PRED_EPSILON:
-                    eps = mk
-                else:
-                    eps = (x - sab * x0) / s1mab
-                if has_clip:
-                    x0 = min(max(x0, lo_clip), hi_clip)
-                y = sab_p * x0 + dirc * eps
-                if noise_given:
-                    y = y + sg * noise[k]
-                elif noise_needed:
-                    y = y + sg * dt(buf[k - lo + shift])
-                out[k] = y
+            if noise_given:
+                for k in range(start, stop):
+                    out[k] = _ddim_update(x_t[k], m[k], noise[k], cx, cm, sab, s1mab, sab_p, dirc, sg,
+                                          lo_clip, hi_clip, has_clip, is_eps)
+            elif noise_needed:
+                for k in range(start, stop):
+                    z = dt(buf[k - lo + shift])
+                    out[k] = _ddim_update(x_t[k], m[k], z, cx, cm, sab, s1mab, sab_p, dirc, sg,
+                                          lo_clip, hi_clip, has_clip, is_eps)
+            else:
+                for k in range(start, stop):
+                    out[k] = _ddim_update(x_t[k], m[k], dt(0.0), cx, cm, sab, s1mab, sab_p, dirc, dt(0.0),
+                                          lo_clip, hi_clip, has_clip, is_eps)
             start = stop
             b += 1
 

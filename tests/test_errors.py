@@ -1,0 +1,100 @@
+"""Bad input to the core ops raises a clear exception that names the argument (type and
+message checked); nothing reaches a kernel with it."""
+import numpy as np
+import pytest
+import torch
+
+import fastddpm
+from fastddpm import BackendUnavailableError, Schedule
+
+S = Schedule.linear(10)
+X = np.zeros((2, 3), np.float32)
+M = np.zeros((2, 3), np.float32)
+
+
+def step(**kw):
+    args = dict(schedule=S, x_t=X, model_output=M, t=5)
+    args.update(kw)
+    return fastddpm.ddpm_step(args.pop("schedule"), args.pop("x_t"), args.pop("model_output"), args.pop("t"), **args)
+
+
+def ddim(**kw):
+    return fastddpm.ddim_step(S, X, M, 5, **kw)
+
+
+CASES = {
+    # timesteps
+    "t too large": (lambda: step(t=10), ValueError, r"t must lie in \[0, 10\) for this schedule \(T = 10\); got values in \[10, 10\]"),
+    "t negative": (lambda: step(t=np.array([3, -1])), ValueError, r"t must lie in \[0, 10\)"),
+    "t float": (lambda: step(t=2.0), TypeError, "t must be an integer or an integer array, got float"),
+    "t float array": (lambda: step(t=np.array([1.0, 2.0])), TypeError, "t must have an integer dtype, got float64"),
+    "t bool": (lambda: step(t=True), TypeError, "t must be an integer"),
+    "t wrong shape": (lambda: step(t=np.array([[1, 2]])), ValueError, r"t must be an integer or have shape \[B\] = \[2\], got shape \(1, 2\)"),
+    "t wrong length": (lambda: step(t=np.array([1, 2, 3])), ValueError, r"shape \[B\] = \[2\], got shape \(3,\)"),
+    "q_sample t out of range": (lambda: fastddpm.q_sample(S, X, 11), ValueError, r"t must lie in \[0, 10\)"),
+    "prev_t not below t": (lambda: step(t=4, prev_t=4), ValueError, "prev_t must be smaller than t for every sample"),
+    "prev_t below -1": (lambda: step(t=4, prev_t=-2), ValueError, r"prev_t must lie in \[-1, 10\)"),
+    # arrays
+    "shape mismatch": (lambda: step(model_output=np.zeros((2, 4), np.float32)), ValueError, r"model_output has shape \(2, 4\) but x_t has shape \(2, 3\)"),
+    "dtype mismatch": (lambda: step(model_output=M.astype(np.float64)), TypeError, "model_output has dtype float64 but x_t has dtype float32"),
+    "int data": (lambda: step(x_t=X.astype(np.int32), model_output=M.astype(np.int32)), TypeError, "x_t must be float32 or float64, got int32"),
+    "float16 data": (lambda: fastddpm.q_sample(S, X.astype(np.float16), 1), TypeError, "x0 must be float32 or float64, got float16"),
+    "list data": (lambda: step(x_t=[[0.0]]), TypeError, "x_t must be a NumPy array or a torch tensor, got list"),
+    "scalar data": (lambda: fastddpm.q_sample(S, np.array(1.0, np.float32), 1), ValueError, r"x0 must have a batch dimension \[B, ...\]"),
+    "non-contiguous numpy": (lambda: step(x_t=np.zeros((3, 2), np.float32).T), ValueError, "x_t must be C-contiguous"),
+    "non-contiguous torch": (lambda: step(x_t=torch.zeros(3, 2).T, model_output=torch.zeros(2, 3)), ValueError, r"x_t must be contiguous \(call .contiguous\(\) first\)"),
+    "noise shape": (lambda: step(noise=np.zeros((2, 2), np.float32)), ValueError, r"noise has shape \(2, 2\) but x_t has shape \(2, 3\)"),
+    "q_sample noise dtype": (lambda: fastddpm.q_sample(S, X, 1, np.zeros((2, 3))), TypeError, "noise has dtype float64 but x0 has dtype float32"),
+    "out of another type": (lambda: step(out=torch.zeros(2, 3)), TypeError, "out must be of the same type as the input"),
+    "out shape": (lambda: step(out=np.zeros((3, 2), np.float32)), ValueError, r"out has shape \(3, 2\)"),
+    "wrong device": (lambda: step(x_t=torch.zeros(2, 3, device="meta"), model_output=torch.zeros(2, 3, device="meta"), backend="numba"),
+                     ValueError, r"backend='numba' runs on the CPU but got tensors on \['meta'\]"),
+    "t on another device": (lambda: step(x_t=torch.zeros(2, 3), model_output=torch.zeros(2, 3), t=torch.tensor(3, device="meta"), backend="numpy"),
+                            ValueError, "backend='numpy' runs on the CPU but got tensors on"),
+    "NaN model output": (lambda: step(model_output=np.array([[0, np.nan, 0], [0, 0, 0]], np.float32), check_finite=True),
+                         FloatingPointError, r"model_output contains NaN or inf \(first at flat index 1\)"),
+    "inf model output (ddim)": (lambda: fastddpm.ddim_step(S, X, np.array([[0, 0, 0], [0, 0, np.inf]], np.float32), 5, check_finite=True),
+                                FloatingPointError, "first at flat index 5"),
+    # choices
+    "unknown prediction": (lambda: step(prediction="eps"), ValueError, "prediction must be one of 'epsilon', 'sample', 'v_prediction'; got 'eps'"),
+    "unknown variance": (lambda: step(variance="learned"), ValueError, "variance must be one of 'fixed_small', 'fixed_large'; got 'learned'"),
+    "unknown backend": (lambda: step(backend="cuda"), ValueError, "backend must be one of auto, numpy, numba, triton; got 'cuda'"),
+    "triton on CPU": (lambda: step(backend="triton"), BackendUnavailableError, "backend='triton' needs CUDA tensors"),
+    "not a schedule": (lambda: step(schedule="linear"), TypeError, "schedule must be a fastddpm.Schedule, got str"),
+    "clip zero": (lambda: step(clip=0.0), ValueError, "clip must be None or a finite number > 0, got 0.0"),
+    "clip nan": (lambda: step(clip=float("nan")), ValueError, "clip must be None or a finite number > 0"),
+    "eta negative": (lambda: ddim(eta=-0.1), ValueError, "eta must be a finite number >= 0, got -0.1"),
+    # noise counters
+    "seed negative": (lambda: step(seed=-1), ValueError, r"seed must lie in \[0, 2\*\*32\), got -1"),
+    "seed too large": (lambda: fastddpm.randn(3, seed=2**32), ValueError, r"seed must lie in \[0, 2\*\*32\), got 4294967296"),
+    "seed float": (lambda: fastddpm.q_sample(S, X, 1, seed=1.5), TypeError, r"seed must be an integer in \[0, 2\*\*32\), got float"),
+    "stream too large": (lambda: step(stream=2**32), ValueError, r"stream must lie in \[0, 2\*\*32\)"),
+    "stream negative": (lambda: ddim(stream=-3, eta=1.0), ValueError, r"stream must lie in \[0, 2\*\*32\), got -3"),
+    "offset negative": (lambda: step(offset=-1), ValueError, r"offset must lie in \[0, 2\*\*63 - numel\), got -1"),
+    "offset overflow": (lambda: fastddpm.randn(10, seed=0, offset=2**63 - 5), ValueError, r"offset must lie in \[0, 2\*\*63 - numel\)"),
+    "offset float": (lambda: fastddpm.q_sample(S, X, 1, offset=2.0), TypeError, "offset must be a non-negative integer, got float"),
+    # randn
+    "randn negative shape": (lambda: fastddpm.randn((2, -1), seed=0), ValueError, r"shape must have non-negative sizes, got \(2, -1\)"),
+    "randn int dtype": (lambda: fastddpm.randn(3, seed=0, dtype=np.int32), TypeError, "dtype must be float32 or float64, got int32"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_raises(case):
+    call, exc, msg = CASES[case]
+    with pytest.raises(exc, match=msg):
+        call()
+
+
+def test_check_finite_off_lets_nan_through_visibly():
+    """Without the guard a NaN stays a NaN (it is not hidden), and the guard is opt-in."""
+    m = M.copy()
+    m[0, 0] = np.nan
+    out = step(model_output=m)
+    assert np.isnan(out[0, 0]) and np.isfinite(out[1]).all()
+
+
+def test_empty_batch_is_fine():
+    empty = np.zeros((0, 3), np.float32)
+    assert fastddpm.ddpm_step(S, empty, empty, 3).shape == (0, 3)
+    assert fastddpm.q_sample(S, empty, 3)[0].shape == (0, 3)
