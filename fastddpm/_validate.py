@@ -28,6 +28,14 @@ def check_uint32(value, name: str) -> int:
     return int(value)
 
 
+def check_host_keys(backend: str, **keys) -> None:
+    """Seeds/streams given as tensors are read on the device: only the Triton backend does."""
+    for name, value in keys.items():
+        if backend != "triton" and is_torch_tensor(value):
+            raise TypeError(f"{name} as a tensor is accepted by backend='triton' only; "
+                            f"pass an int to backend={backend!r}")
+
+
 def check_offset(offset, numel: int) -> int:
     if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
         raise TypeError(f"offset must be a non-negative integer, got {type(offset).__name__}")
@@ -54,7 +62,10 @@ def host_array(x, name: str, *, dtypes=HOST_DTYPES) -> np.ndarray:
         if not x.is_contiguous():
             raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
         if x.dtype not in _torch_dtypes(dtypes):
-            raise TypeError(f"{name} must be {' or '.join(d.name for d in dtypes)}, got {x.dtype}")
+            hint = ""
+            if str(x.dtype) in ("torch.float16", "torch.bfloat16"):
+                hint = " (float16 and bfloat16 run on backend='triton', with CUDA tensors)"
+            raise TypeError(f"{name} must be {' or '.join(d.name for d in dtypes)}, got {x.dtype}{hint}")
         return x.numpy()
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {type(x).__name__}")

@@ -62,6 +62,7 @@ def randn(shape, *, seed: int, stream: int = 0, offset: int = 0, dtype=np.float3
     stream = V.check_uint32(stream, "stream")
     offset = V.check_offset(offset, numel)
     backend = resolve(backend, like)
+    V.check_host_keys(backend, seed=seed, stream=stream)
     if is_torch_tensor(like):
         import torch
 
@@ -95,6 +96,7 @@ def q_sample(schedule: Schedule, x0, t, noise=None, *, seed: int = 0, stream: in
     seed = V.check_uint32(seed, "seed")
     stream = V.check_uint32(stream, "stream")
     backend = resolve(backend, x0, noise, out, t if is_torch_tensor(t) else None)
+    V.check_host_keys(backend, seed=seed, stream=stream)
     if backend == "triton":
         return kernels("triton").q_sample(schedule, x0, t, noise, seed, stream, offset, out)
 
@@ -173,6 +175,7 @@ def ddpm_step(schedule: Schedule, x_t, model_output, t, *, prev_t=None, predicti
     stream = V.check_uint32(stream, "stream")
     backend = resolve(backend, x_t, model_output, noise, out,
                       t if is_torch_tensor(t) else None, prev_t if is_torch_tensor(prev_t) else None)
+    V.check_host_keys(backend, seed=seed, stream=stream)
     if backend == "triton":
         return kernels("triton").ddpm_step(schedule, x_t, model_output, t, prev_t, prediction, variance,
                                            clip, noise, seed, stream, offset, out, check_finite)
@@ -208,6 +211,7 @@ def ddim_step(schedule: Schedule, x_t, model_output, t, *, prev_t=None, eta: flo
     stream = V.check_uint32(stream, "stream")
     backend = resolve(backend, x_t, model_output, noise, out,
                       t if is_torch_tensor(t) else None, prev_t if is_torch_tensor(prev_t) else None)
+    V.check_host_keys(backend, seed=seed, stream=stream)
     if backend == "triton":
         return kernels("triton").ddim_step(schedule, x_t, model_output, t, prev_t, float(eta), prediction,
                                            clip, noise, seed, stream, offset, out, check_finite)
