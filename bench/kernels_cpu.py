@@ -132,7 +132,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     n = 2**args.log2n
     print(f"machine: {machine()}")
-    print(f"load average: {' '.join(f'{v:.1f}' for v in os.getloadavg())} (others' jobs slow every column alike)")
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"load average: {load} (others' jobs slow every column alike)")
     bw = copy_bandwidth(n, args.repeat)
     print(f"np.copyto bandwidth at 2^{args.log2n} float32: {bw / 1e9:.1f} GB/s\n")
     header = (f"{'op':<10} {'impl':<16} {'wall ms':>8} {'Melem/s':>9} {'GB/s':>6} {'of copy':>8} "
@@ -149,9 +150,10 @@ def main(argv=None) -> int:
             gbs = BYTES_PER_ELEMENT[op] * n / sec
             ratio = f"{times['torch'][0] / sec:8.1f}x" if "torch" in times else "       -"
             cpu_ratio = f"{times['torch'][1] / cpu:12.1f}x" if "torch" in times else "            -"
-            print(f"{op:<10} {name:<16} {sec * 1e3:8.2f} {n / sec / 1e6:9.1f} {gbs / 1e9:6.1f} {gbs / bw:8.0%} "
-                  f"{ratio:>9} {cpu * 1e3:8.2f} {cpu_ratio:>13}")
-    print("\ntorch = torch.randn / diffusers add_noise + torch.randn / diffusers DDPMScheduler.step (generator);"
+            print(f"{op:<10} {name:<16} {sec * 1e3:8.2f} {n / sec / 1e6:9.1f} {gbs / 1e9:6.1f} "
+                  f"{gbs / bw:8.0%} {ratio:>9} {cpu * 1e3:8.2f} {cpu_ratio:>13}")
+    print("\ntorch = torch.randn / diffusers add_noise + torch.randn / "
+          "diffusers DDPMScheduler.step (generator);"
           "\n'numba' writes into a preallocated out=, 'numba (new out)' allocates its result.")
     return 0
 

@@ -81,3 +81,24 @@ def test_sampling_loop_same_on_numpy_and_numba():
             x[b] = fastddpm.ddpm_step(SCHED, x[b], eps, int(t), prev_t=int(prev), seed=11, stream=k + 1,
                                       backend=b)
     np.testing.assert_allclose(x["numba"], x["numpy"], rtol=0, atol=1e-5)
+
+
+def test_serial_and_parallel_kernels_agree():
+    """Calls below PARALLEL_MIN_ELEMENTS run the serial copy of each kernel: same numbers."""
+    from fastddpm.kernels.numba.common import PARALLEL_MIN_ELEMENTS
+
+    half = PARALLEL_MIN_ELEMENTS // 2 + 3  # two samples → parallel; one sample → serial
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, half)).astype(np.float32)
+    m = rng.standard_normal((2, half)).astype(np.float32)
+    t = np.array([700, 20])
+    kw = dict(seed=8, stream=4)
+    whole = [fastddpm.randn(x.shape, seed=8, stream=4), fastddpm.q_sample(SCHED, x, t, **kw)[0],
+             fastddpm.ddpm_step(SCHED, x, m, t, **kw), fastddpm.ddim_step(SCHED, x, m, t, eta=0.3, **kw)]
+    for s in range(2):
+        one = dict(offset=s * half, **kw)
+        xs, ms, ts = x[s:s + 1], m[s:s + 1], t[s:s + 1]
+        parts = [fastddpm.randn(xs.shape, **one), fastddpm.q_sample(SCHED, xs, ts, **one)[0],
+                 fastddpm.ddpm_step(SCHED, xs, ms, ts, **one), fastddpm.ddim_step(SCHED, xs, ms, ts, eta=0.3, **one)]
+        for w, p in zip(whole, parts):
+            np.testing.assert_array_equal(w[s:s + 1], p)

@@ -1,5 +1,8 @@
 """Launch helpers shared by the Numba kernels."""
+import types
+
 import numpy as np
+from numba import njit
 
 # Elements per parallel work item: large enough to amortise the per-chunk set-up and the
 # thread hand-off, small enough (16 KiB of float32 noise) that the noise buffer stays in L1.
@@ -19,6 +22,33 @@ CHUNK = 4096
 #   inlined helpers live in philox.py; after editing only philox.py, delete
 #   kernels/numba/__pycache__/*.nb[ic] (an installed package is unaffected: an upgrade rewrites
 #   every file).
+
+
+# Below this many elements a call runs on the calling thread. Waking the OpenMP pool costs
+# little on an idle machine, but on the shared 2-core test machine every parallel launch waited
+# 20–28 ms for the other worker to get a core (randn of 10 elements: 20 ms with 2 threads,
+# 0.1 ms serial); 2¹⁶ elements take ≈ 0.3 ms on one core, so little is lost below it.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
+def kernel(fn):
+    """Compile one kernel body twice: parallel (prange over chunks) and serial.
+
+    Returns ``launch(n, *args)`` that runs the serial version below PARALLEL_MIN_ELEMENTS. The
+    serial copy gets its own qualified name so the two do not share a cache index.
+    """
+    flags = dict(cache=True, error_model="numpy")
+    parallel = njit(parallel=True, **flags)(fn)
+    serial_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
+                                   fn.__closure__)
+    serial_fn.__qualname__ = fn.__qualname__ + "_serial"
+    serial = njit(**flags)(serial_fn)
+
+    def launch(n, *args):
+        return (parallel if n >= PARALLEL_MIN_ELEMENTS else serial)(*args)
+
+    launch.parallel, launch.serial = parallel, serial
+    return launch
 
 
 def num_chunks(n: int) -> int:

@@ -1,13 +1,12 @@
 """q_sample: x_t = √ᾱ[t_b]·x0 + √(1−ᾱ[t_b])·ε in one pass, ε given or drawn in-kernel."""
 import numba
 import numpy as np
-from numba import njit
 
-from .common import CHUNK, num_chunks, philox_key
+from .common import CHUNK, kernel, num_chunks, philox_key
 from .philox import chunk_normals
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@kernel
 def _q_sample_kernel(x0, noise, noise_given, t, sqrt_ab, sqrt_1mab, x_t, noise_out, per_sample,
                      key0, key1, offset, n_chunks):
     n = x0.shape[0]
@@ -49,5 +48,6 @@ def q_sample(x0, t, sqrt_ab, sqrt_1mab, noise, x_t, noise_out, seed, stream, off
         noise_out = noise
     else:
         noise = noise_out
-    _q_sample_kernel(x0, noise, given, t, sqrt_ab, sqrt_1mab, x_t, noise_out, per_sample,
+    _q_sample_kernel(x0.shape[0],
+                     x0, noise, given, t, sqrt_ab, sqrt_1mab, x_t, noise_out, per_sample,
                      k0, k1, np.int64(offset), num_chunks(x0.shape[0]))

@@ -10,7 +10,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from .common import CHUNK, num_chunks, philox_key
+from .common import CHUNK, kernel, num_chunks, philox_key
 from .philox import chunk_normals
 
 PRED_EPSILON, PRED_SAMPLE, PRED_V = 0, 1, 2
@@ -60,7 +60,7 @@ def _ddim_update(x, m, z, cx, cm, sab, s1mab, sab_p, dirc, sg, lo_clip, hi_clip,
     return (sab_p * x0 + dirc * eps) + sg * z
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@kernel
 def _ddpm_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, var, clip, has_clip,
                  noise, noise_given, noise_needed, key0, key1, offset, per_sample, n_chunks):
     n = x_t.shape[0]
@@ -100,19 +100,21 @@ def _ddpm_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, var, clip, 
             # each is branch-free (selects only) and vectorises.
             if noise_given:
                 for k in range(start, stop):
-                    out[k] = _ddpm_update(x_t[k], m[k], noise[k], cx, cm, c1, c2, sg, lo_clip, hi_clip, has_clip)
+                    out[k] = _ddpm_update(x_t[k], m[k], noise[k], cx, cm, c1, c2, sg,
+                                          lo_clip, hi_clip, has_clip)
             elif noise_needed:
                 for k in range(start, stop):
                     z = dt(buf[k - lo + shift])
                     out[k] = _ddpm_update(x_t[k], m[k], z, cx, cm, c1, c2, sg, lo_clip, hi_clip, has_clip)
             else:
                 for k in range(start, stop):
-                    out[k] = _ddpm_update(x_t[k], m[k], dt(0.0), cx, cm, c1, c2, sg, lo_clip, hi_clip, has_clip)
+                    out[k] = _ddpm_update(x_t[k], m[k], dt(0.0), cx, cm, c1, c2, sg,
+                                          lo_clip, hi_clip, has_clip)
             start = stop
             b += 1
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@kernel
 def _ddim_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, eta, clip, has_clip,
                  noise, noise_given, noise_needed, key0, key1, offset, per_sample, n_chunks):
     n = x_t.shape[0]
@@ -184,7 +186,8 @@ def ddpm_step(x_t, model_output, out, t, prev_t, alphas_cumprod, pred, var, clip
     needed = bool((prev_t >= 0).any())
     if not given:
         noise = x_t[:0]
-    _ddpm_kernel(x_t, model_output, out, t, ts, prev_t, ps, alphas_cumprod, pred, var,
+    _ddpm_kernel(x_t.shape[0],
+                 x_t, model_output, out, t, ts, prev_t, ps, alphas_cumprod, pred, var,
                  float(clip or 0.0), clip is not None, noise, given, needed, k0, k1,
                  np.int64(offset), per_sample, num_chunks(x_t.shape[0]))
 
@@ -197,6 +200,7 @@ def ddim_step(x_t, model_output, out, t, prev_t, alphas_cumprod, pred, eta, clip
     given = noise is not None and eta > 0
     needed = eta > 0 and bool((prev_t >= 0).any())
     noise = noise if given else x_t[:0]
-    _ddim_kernel(x_t, model_output, out, t, ts, prev_t, ps, alphas_cumprod, pred, float(eta),
+    _ddim_kernel(x_t.shape[0],
+                 x_t, model_output, out, t, ts, prev_t, ps, alphas_cumprod, pred, float(eta),
                  float(clip or 0.0), clip is not None, noise, given, needed, k0, k1,
                  np.int64(offset), per_sample, num_chunks(x_t.shape[0]))
