@@ -35,7 +35,7 @@ DEFAULT_NET = {
     "vector": ("MLP", {"width": 128, "depth": 3, "activation": "silu", "time_embedding": "sinusoidal"}),
     "image": ("UNet", {"base_channels": 32, "channel_mults": (1, 2), "num_res_blocks": 1, "attention": True}),
 }
-DEFAULTS = {"iters": 4000, "batch_size": 256, "lr": 2e-3, "lr_schedule": "cosine", "ema": 0.999}
+DEFAULTS = {"iters": 4000, "batch_size": 256, "lr": 2e-3, "lr_schedule": "constant", "ema": 0.999}
 LR_SCHEDULES = ("constant", "cosine")
 # Settings that must match between a checkpoint and a run resuming from it.
 _RESUME_KEYS = ("dataset", "model", "schedule", "batch_size", "lr", "lr_schedule", "ema", "seed", "prediction",
@@ -66,7 +66,10 @@ def _check_positive_int(value, name):
 def _resolve_device(device) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use device='cpu'")
     if device.type not in ("cpu", "cuda"):
