@@ -86,9 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError as exc:
             # A subcommand whose dependencies are missing (e.g. `train` without torch) must not
             # take the others down: `fastddpm sample model.onnx` works where torch is absent.
-            p = sub.add_parser(name, parents=[common], help=f"(unavailable: {_one_line(exc)})")
-            p.add_argument("rest", nargs=argparse.REMAINDER, help="(ignored)")
-            p.set_defaults(_run=_unavailable(name, exc))
+            # prefix_chars="\0": every argument, options included, lands in `rest`.
+            p = sub.add_parser(name, help=f"(unavailable: {_one_line(exc)})", add_help=False,
+                               prefix_chars="\0")
+            p.add_argument("rest", nargs="*")
+            p.set_defaults(_run=_unavailable(name, exc), debug=False, quiet=False)
     _tag_progs(parser)
     return parser
 
