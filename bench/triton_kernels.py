@@ -171,7 +171,8 @@ def main(argv=None) -> int:
             print("--device cpu is a smoke test of this script under TRITON_INTERPRET=1; set it first.")
             return 2
         device = torch.device("cpu")
-        machine = f"CPU smoke test under the Triton interpreter ({platform.processor() or platform.machine()}); " \
+        cpu = platform.processor() or platform.machine()
+        machine = f"CPU smoke test under the Triton interpreter ({cpu}); " \
                   "timings are meaningless"
     sizes = [1 << k for k in range(args.min_log2, args.max_log2 + 1)]
 

@@ -5,7 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import NO_SPECIALIZE, grid_size, index_bits, launch_config, noise_args, normal_tile, philox_seed, tile
+from .utils import (NO_SPECIALIZE, grid_size, index_bits, launch_config, noise_args, normal_tile, philox_seed,
+                    tile)
 
 _RANDN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 

@@ -13,7 +13,9 @@ from fastddpm.schedule import TABLE_NAMES
 from .utils import NO_SPECIALIZE, check_data
 
 _ROW = {name: i for i, name in enumerate(TABLE_NAMES)}
-MAX_STEPS = 1 << 13  # one program holds the whole scan in registers; compiles in ~7 s for sm_90 at 8192 (130 s at 16384)
+# One program holds the whole scan in registers; for sm_90 it compiles in ~7 s at T = 8192
+# (130 s at 16384).
+MAX_STEPS = 1 << 13
 
 
 @triton.jit(do_not_specialize=NO_SPECIALIZE)
@@ -88,7 +90,8 @@ def respaced_betas(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> tor
     if not isinstance(timesteps, torch.Tensor) or timesteps.dtype.is_floating_point or timesteps.ndim != 1:
         raise TypeError("timesteps must be a 1-D integer tensor")
     if timesteps.device != alphas_cumprod.device:
-        raise ValueError(f"timesteps is on {timesteps.device} but alphas_cumprod is on {alphas_cumprod.device}")
+        raise ValueError(f"timesteps is on {timesteps.device} but alphas_cumprod is on "
+                         f"{alphas_cumprod.device}")
     S = timesteps.shape[0]
     if not 1 <= S <= MAX_STEPS:
         raise ValueError(f"timesteps must have 1 … {MAX_STEPS} entries, got {S}")

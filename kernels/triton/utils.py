@@ -155,7 +155,8 @@ def steps(t, name: str, batch: int, num_steps: int, device: torch.device, *,
         if t.dtype in (torch.bool,) or t.dtype.is_floating_point or t.dtype.is_complex:
             raise TypeError(f"{name} must have an integer dtype, got {t.dtype}")
         if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (batch, 1)):
-            raise ValueError(f"{name} must be an integer or have shape [B] = [{batch}], got shape {tuple(t.shape)}")
+            raise ValueError(f"{name} must be an integer or have shape [B] = [{batch}], "
+                             f"got shape {tuple(t.shape)}")
         if not t.is_contiguous():
             t = t.contiguous()
         host = None

@@ -11,7 +11,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 TARGET = GPUTarget("cuda", 90, 32)
-STEP_TYPES = dict(x_ptr="*fp32", m_ptr="*fp32", out_ptr="*fp32", noise_ptr="*fp32", t_ptr="*i64", p_ptr="*i64",
+STEP_TYPES = dict(x_ptr="*fp32", m_ptr="*fp32", out_ptr="*fp32", noise_ptr="*fp32", t_ptr="*i64",
+                  p_ptr="*i64",
                   ac_ptr="*fp64", key_ptr="*i64", n="i32", per_sample="i32", last_step="i32", seed_word="i32",
                   stream_word="i32", ctr_lo="i32", ctr_hi="i32", clip="fp32", eta="fp32")
 # What the launcher's specialisation gives for 16-byte aligned tensors and n % 16 == 0.
@@ -28,7 +29,8 @@ def compile_one(fn, types, constexprs, num_warps=8):
     src = ASTSource(fn=fn, signature=sig, attrs=attrs,
                     constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
     ptx = triton.compile(src, target=TARGET, options={"num_warps": num_warps}).asm["ptx"]
-    return {"ld_v4": len(re.findall(r"ld\.global\.v4", ptx)), "st_v4": len(re.findall(r"st\.global\.v4", ptx))}
+    return {"ld_v4": len(re.findall(r"ld\.global\.v4", ptx)),
+            "st_v4": len(re.findall(r"st\.global\.v4", ptx))}
 
 
 def main():
@@ -46,13 +48,15 @@ def main():
             step, PRED=1, T_PER_SAMPLE=True, P_PER_SAMPLE=False, NOISE=1, SHIFT=0, IDX64=False)),
         "q_sample": compile_one(_kernel("q_sample", "_q_sample_kernel"), dict(
             x0_ptr="*fp32", noise_ptr="*fp32", out_ptr="*fp32", t_ptr="*i64", sqrt_ab_ptr="*fp32",
-            sqrt_1mab_ptr="*fp32", key_ptr="*i64", n="i32", per_sample="i32", last_step="i32", seed_word="i32",
+            sqrt_1mab_ptr="*fp32", key_ptr="*i64", n="i32", per_sample="i32", last_step="i32",
+            seed_word="i32",
             stream_word="i32", ctr_lo="i32", ctr_hi="i32"), dict(
             T_PER_SAMPLE=True, NOISE_GIVEN=False, KEY_ON_DEVICE=False, SHIFT=0, IDX64=False, BLOCK=4096)),
         "randn_bf16": compile_one(_kernel("randn", "_randn_kernel"), dict(
             out_ptr="*bf16", key_ptr="*i64", n="i32", seed_word="i32", stream_word="i32", ctr_lo="i32",
             ctr_hi="i32"), dict(KEY_ON_DEVICE=True, SHIFT=1, IDX64=True, BLOCK=4096)),
-        "schedule": compile_one(sched._schedule_kernel, dict(betas_ptr="*fp64", out_ptr="*fp64", T="i32"), dict(
+        "schedule": compile_one(sched._schedule_kernel, dict(betas_ptr="*fp64", out_ptr="*fp64", T="i32"),
+                                dict(
             BLOCK=1024, **{k: sched._ROW[v] for k, v in sched._KERNEL_ROWS.items()}), num_warps=4),
         "respace": compile_one(sched._respace_kernel, dict(ac_ptr="*fp64", steps_ptr="*i64", out_ptr="*fp64",
                                                            S="i32"), dict(BLOCK=1024), num_warps=4),

@@ -64,5 +64,6 @@ def test_many_programs_with_tail():
     n = 3 * 2**20 + 5
     x = torch.randn(n, 1, device="cuda")
     y = fastddpm.ddpm_step(S, x, x, 999, seed=2, stream=3, offset=2**32 + 1)
-    ref = R.ddpm_step(S.alphas_cumprod, to_numpy(x), to_numpy(x), 999, 998, seed=2, stream=3, offset=2**32 + 1)
+    ref = R.ddpm_step(S.alphas_cumprod, to_numpy(x), to_numpy(x), 999, 998, seed=2, stream=3,
+                      offset=2**32 + 1)
     assert_close32(y, ref)

@@ -48,7 +48,8 @@ def test_float64_is_refused(device):
 
 
 def test_dtype_mismatch(device):
-    with pytest.raises(TypeError, match="model_output has dtype torch.float16 but x_t has dtype torch.float32"):
+    with pytest.raises(TypeError, match="model_output has dtype torch.float16 but x_t has dtype "
+                                        "torch.float32"):
         fastddpm.ddpm_step(S, _x(device), _x(device, dtype=torch.float16), 5, backend="triton")
     with pytest.raises(TypeError, match="noise has dtype"):
         fastddpm.q_sample(S, _x(device), 5, _x(device, dtype=torch.bfloat16), backend="triton")

@@ -103,7 +103,8 @@ def test_sampling_loop_matches_numba(device):
     x_cpu = fastddpm.randn(shape, seed=seed, stream=0, backend="numba")
     for k, t in enumerate(range(schedule.num_steps - 1, -1, -1), start=1):
         # A fixed smooth "network" so both loops see the same function of x.
-        x_gpu = fastddpm.ddpm_step(schedule, x_gpu, torch.tanh(x_gpu), t, seed=seed, stream=k, backend="triton")
+        x_gpu = fastddpm.ddpm_step(schedule, x_gpu, torch.tanh(x_gpu), t, seed=seed, stream=k,
+                                   backend="triton")
         x_cpu = fastddpm.ddpm_step(schedule, x_cpu, np.tanh(x_cpu), t, seed=seed, stream=k, backend="numba")
     assert np.abs(x_cpu).max() < 10
     np.testing.assert_allclose(to_numpy(x_gpu), x_cpu, rtol=0, atol=1e-5)
