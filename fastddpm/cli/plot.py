@@ -99,6 +99,12 @@ def _load_data(args):
         return None
     from ..demo import make_data
 
+    from ..data import load_dataset
+
+    if args.dataset == "digits":  # a fixed bundled set: take up to --n of it
+        ds = load_dataset("digits")
+        x = ds.x if args.space == "model" else ds.raw()
+        return x[: args.n]
     return make_data(args.dataset, args.n, seed=12345, model_space=args.space == "model")
 
 

@@ -40,6 +40,8 @@ def _serial_twin(kernel):
 
     import numba
 
+    if hasattr(kernel, "serial"):  # a fastddpm.kernels.numba.common.kernel launcher has both
+        return kernel.serial
     twin = _SERIAL.get(kernel)
     if twin is None:
         f = kernel.py_func
@@ -63,6 +65,8 @@ def numba_randn(flat: np.ndarray, seed: int, stream: int, offset: int) -> None:
     kernel = importlib.import_module("fastddpm.kernels.numba.randn")._randn_kernel
     if flat.size < PARALLEL_MIN_ELEMENTS:
         kernel = _serial_twin(kernel)
+    else:
+        kernel = getattr(kernel, "parallel", kernel)
     k0, k1 = philox_key(seed, stream)
     kernel(flat, k0, k1, np.int64(offset), num_chunks(flat.shape[0]))
 
@@ -124,7 +128,7 @@ class HostStepper:
                 self._dpm(x.reshape(-1), m.reshape(-1), out.reshape(-1), self.x0_prev.reshape(-1),
                           cx, cm, a, b, c, self._pred, p.clip, parallel=parallel)
                 return
-            kernel = self._kernel if parallel else _serial_twin(self._kernel)
+            kernel = getattr(self._kernel, "parallel", self._kernel) if parallel else _serial_twin(self._kernel)
             k0, k1 = self._keys[k]
             xf = x.reshape(-1)
             kernel(xf, m.reshape(-1), out.reshape(-1), self._t_arr[k], 0, self._p_arr[k], 0, self.ac,
