@@ -85,9 +85,9 @@ def _log(x):
     """Natural log of a positive normal float64, branch-free.
 
     x = 2ᵉ·m with m in [√½, √2); log m = 2·atanh(s), s = (m−1)/(m+1), |s| ≤ 0.1716, summed to
-    s²¹/21 (truncation < 1e-17 relative). Measured against np.log on 1e7 uniforms in
-    [1e-7, 1): max error 2.2e-16 relative (≈ 1 ulp) — tests/test_philox.py checks the
-    normals built on it.
+    s²¹/21 (truncation < 1e-17 relative). Measured against np.log on 1e7 float32 uniforms in
+    [1e-7, 1): max error 2 ulp (2.6e-16 relative) — tests/test_philox.py checks the normals
+    built on it.
     """
     bits = np.float64(x).view(np.uint64)
     # Biased exponent → float64 without an int64→float64 convert (AVX2 has none): put it in
@@ -164,16 +164,17 @@ def box_muller(u1, th):
 
 
 # Not inlined: compiled once with its own flags. ``contract`` lets LLVM fuse the polynomial
-# multiply-adds into FMAs (≈ 1.4× faster here); it cannot touch the float32 uniforms and
+# multiply-adds into FMAs (vfmadd in the asm); it cannot touch the float32 uniforms and
 # angles because those go through memory (the scratch array) before the float64 part, and it
 # stays out of the callers' update arithmetic, which matches the reference bit for bit.
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def fill_normals(buf, key0, key1, first_block, num_blocks):
     """buf[4·j + lane] = lane of randn4x(seed64, first_block + j) for j < num_blocks.
 
-    Two vectorised passes: Philox → (u₁, θ) pairs in a scratch array, then Box–Muller.
-    Splitting them keeps each loop within the 16 AVX2 registers (one fused loop spilled and
-    ran at 8.3 ns per normal on one core).
+    Two vectorised passes: Philox → (u₁, θ) pairs in a scratch array, then Box–Muller; the
+    scratch round trip keeps the float32 values exact (see above) and each loop smaller.
+    Measured in-cache on one Zen 3 core (CPU time): 0.8 ns (Philox) + 2.5 ns (Box–Muller) per
+    normal; the libm version of one fused loop took 23.9 ns.
     """
     zero = np.uint64(0)
     nb = num_blocks
