@@ -22,7 +22,6 @@ read; absolute numbers depend on the machine (named in the table). Sections:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -187,9 +186,21 @@ def bench_throughput(model, schedule, n, steps, batch_size=None, device="cpu", m
 
 def bench_tiny(model, schedule, steps=1000, device="cpu"):
     """n = 1: µs per step (the per-step overhead of each loop)."""
+    import torch
+
     rows = bench_throughput(model, schedule, 1, steps, batch_size=1, device=device)
+    x = torch.zeros((1, *_shape(model)), device=device)
+    ts = [torch.full((1,), t, dtype=torch.int64, device=device) for t in range(schedule.num_steps - 1, -1, -1)][:steps]
+
+    def network_only():
+        with torch.inference_mode():
+            for t in ts:
+                model(x, t)
+    sec = _timed(network_only, 2)
+    rows.append({"name": "network calls only", "n": 1, "steps": steps, "seconds": sec, "us_per_step": sec / steps * 1e6})
     for r in rows:
         r["section"] = "tiny"
+        r["engine_us_per_step"] = r["us_per_step"] - sec / steps * 1e6
     return rows
 
 
@@ -335,6 +346,8 @@ def run(sections=SECTIONS, *, quick=False, checkpoint=None, n=None, steps=1000, 
     for section in sections:
         if section not in SECTIONS:
             raise ValueError(f"unknown section {section!r}; allowed: {', '.join(SECTIONS)}")
+        if rows and log is not None:  # partial results survive a killed run
+            say(format_rows([r for r in rows if r["section"] == rows[-1]["section"]], {}))
         if section in ("throughput", "tiny", "batch") and model is None:
             model, schedule, _ = default_model(checkpoint, device)
         say(f"[bench] {section} ...")
@@ -364,7 +377,7 @@ def run(sections=SECTIONS, *, quick=False, checkpoint=None, n=None, steps=1000, 
 
 _COLUMNS = {
     "throughput": ("name", "n", "steps", "batch_size", "seconds", "samples_per_s", "us_per_step", "x_vs_diffusers"),
-    "tiny": ("name", "steps", "seconds", "us_per_step", "x_vs_diffusers"),
+    "tiny": ("name", "steps", "seconds", "us_per_step", "engine_us_per_step", "x_vs_diffusers"),
     "quality": ("name", "n", "seconds", "sliced_wasserstein", "vs_ddpm1000"),
     "kernel": ("name", "elements", "seconds", "ns_per_element", "GB_per_s", "frac_copy_bw"),
     "memory": ("name", "seconds", "peak_rss_MiB", "file_MiB", "rss_vs_first"),
@@ -383,7 +396,7 @@ def _fmt(v):
 def format_rows(rows, info=None) -> str:
     """Tables per section, headed by the machine."""
     info = machine() if info is None else info
-    lines = [f"machine: {info.get('cpu')} | {info.get('cores')} cores | load {info.get('load_avg_1m')} | "
+    lines = [] if not info else [f"machine: {info.get('cpu')} | {info.get('cores')} cores | load {info.get('load_avg_1m')} | "
              f"GPU: {info.get('gpu') or 'none'} | torch {info.get('torch')} ({info.get('torch_threads')} threads) | "
              f"numba {info.get('numba')} ({info.get('numba_threads')} threads)"]
     for section in SECTIONS:

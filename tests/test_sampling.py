@@ -145,7 +145,8 @@ def test_gaussian_target_closed_form(schedule, sampler, steps, std):
     """With the exact ε of N(mu, s²) data, samples have mean mu and std s (n = 4000)."""
     mu, s = np.array([2.0, -1.0, 0.0]), np.array(std)
     model = GaussianEps(schedule, mu, s)
-    x = sample(model, schedule, 4000, sampler=sampler, steps=steps, seed=7, progress=False).astype(np.float64)
+    x = sample(model, schedule, 4000, sampler=sampler, steps=steps, seed=7, batch_size=4000,
+               progress=False).astype(np.float64)
     # Standard errors: s/√n for the mean (≤ 0.024), ≈ s/√(2n) for the std (≤ 0.017): ~3σ bounds.
     np.testing.assert_allclose(x.mean(0), mu, atol=0.07)
     np.testing.assert_allclose(x.std(0), s, rtol=0.05, atol=0.01)
