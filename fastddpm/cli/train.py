@@ -27,14 +27,16 @@ def add_parser(subparsers, parents):
     p.add_argument("--net", default="auto", choices=("auto", "MLP", "UNet"),
                    help="network: auto = MLP for vector data, UNet for images")
     p.add_argument("--width", type=int, default=None,
-                   help="MLP hidden width (default 128) / UNet base channels (default 32)")
+                   help="MLP hidden width (default 128) / UNet base channels (default 16)")
     p.add_argument("--depth", type=int, default=None,
                    help="MLP hidden layers (default 3) / UNet residual blocks per level (default 1)")
     p.add_argument("--activation", default=None, help="MLP activation (relu, silu, gelu, tanh, ...; default silu)")
     p.add_argument("--time-embedding", default=None, choices=("sinusoidal", "learned"),
                    help="MLP time embedding (default sinusoidal)")
-    p.add_argument("--iters", type=int, default=DEFAULTS["iters"], help="optimisation steps")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="samples per step")
+    p.add_argument("--iters", type=int, default=None,
+                   help="optimisation steps (default: 4000 for vector data, 3000 for images)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="samples per step (default: 256 for vector data, 64 for images)")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
     p.add_argument("--lr-schedule", default=DEFAULTS["lr_schedule"], choices=("constant", "cosine"),
                    help="learning rate: constant, or cosine decay to 0 over --iters")
