@@ -1,24 +1,59 @@
 """The ``fastddpm`` command: one module per subcommand in this package.
 
-Each subcommand module defines ``add_parser(subparsers) -> argparse.ArgumentParser`` and
-``run(args) -> int | None``. Modules are discovered, so adding a subcommand touches no other file.
-User errors (ValueError, TypeError, FileNotFoundError, UserError, …) print one line and exit 2;
-``--debug`` shows the traceback.
+Each subcommand module defines ``add_parser(subparsers, parents) -> argparse.ArgumentParser``
+(call ``subparsers.add_parser(name, parents=parents, help=...,
+formatter_class=argparse.ArgumentDefaultsHelpFormatter)``) and ``run(args) -> int | None``.
+Modules are discovered, so adding a subcommand touches no other file; they import heavy
+packages (torch, matplotlib) inside ``run`` so that ``fastddpm --help`` stays fast.
+
+Conventions every subcommand keeps:
+- ``--help`` shows every option with its default;
+- errors are one line on stderr, ``fastddpm CMD: error: what is wrong; what to do``, exit 2;
+  ``--debug`` (or FASTDDPM_DEBUG=1) shows the traceback instead;
+- anything that takes more than a second shows a progress bar on stderr (``progress(args)``
+  says whether), and ``--quiet`` silences bars and chatter, leaving results and errors.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
 ORDER = ("train", "sample", "eval", "export", "plot", "bench", "demo")
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError,
-               KeyError, FloatingPointError, RuntimeError)
+# Exceptions that carry a message meant for the user. Anything else is a bug: traceback.
+USER_ERRORS = (ValueError, TypeError, OSError, KeyError, ImportError, FloatingPointError,
+               RuntimeError)
 
 
 class UserError(Exception):
     """An error the user can fix; printed as one line without a traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (usage stays available through --help)."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def progress(args) -> bool:
+    """Whether a subcommand should draw progress bars: not --quiet, and stderr is a terminal
+    or FASTDDPM_PROGRESS=1 (so CI logs are not flooded with bar redraws)."""
+    if getattr(args, "quiet", False):
+        return False
+    return sys.stderr.isatty() or os.environ.get("FASTDDPM_PROGRESS") == "1"
+
+
+def say(args, *msg) -> None:
+    """Chatter for the user (to stderr); silent with --quiet. Results go to stdout."""
+    if not getattr(args, "quiet", False):
+        print(*msg, file=sys.stderr, flush=True)
 
 
 def _subcommands():
@@ -27,52 +62,76 @@ def _subcommands():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fastddpm", description="Fast, reproducible DDPM training and bulk sampling.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
     from .. import __version__
 
+    parser = _Parser(
+        prog="fastddpm",
+        description="Fast, reproducible DDPM training and bulk sampling "
+                    "(Numba on CPU, Triton on GPU, ONNX Runtime without torch).",
+        epilog="Run 'fastddpm COMMAND --help' for the options of a command. "
+               "Start with 'fastddpm demo'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"fastddpm {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     common.add_argument("--quiet", action="store_true", help="no progress bars or chatter")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)
     for name in _subcommands():
         try:
             module = importlib.import_module(f"{__name__}.{name}")
             p = module.add_parser(sub, parents=[common])
+            p.set_defaults(_run=module.run)
         except ImportError as exc:
             # A subcommand whose dependencies are missing (e.g. `train` without torch) must not
             # take the others down: `fastddpm sample model.onnx` works where torch is absent.
             # prefix_chars="\0": every argument, options included, lands in `rest`.
-            p = sub.add_parser(name, help=f"(unavailable: {exc})", add_help=False, prefix_chars="\0")
+            p = sub.add_parser(name, help=f"(unavailable: {_one_line(exc)})", add_help=False,
+                               prefix_chars="\0")
             p.add_argument("rest", nargs="*")
             p.set_defaults(_run=_unavailable(name, exc), debug=False, quiet=False)
-            continue
-        p.set_defaults(_run=module.run)
+    _tag_progs(parser)
     return parser
 
 
 def _unavailable(name: str, exc: ImportError):
     def run(args):
-        raise UserError(f"this command needs a package that is not installed ({exc}); "
+        raise UserError(f"'{name}' needs a package that is not installed ({_one_line(exc)}); "
                         "pip install 'fastddpm[all]' or the missing package")
     return run
 
 
+def _tag_progs(parser):
+    """Record each (sub)parser's prog in its defaults, so that an unknown option is reported by
+    the command it was given to ('fastddpm plot forward: error: …'), not by 'fastddpm'."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.set_defaults(_prog=child.prog)
+                _tag_progs(child)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.exit(2, f"{args._prog}: error: unrecognized arguments: {' '.join(extra)} "
+                       f"(see '{args._prog} --help')\n")
+    debug = args.debug or os.environ.get("FASTDDPM_DEBUG") == "1"
     try:
         code = args._run(args)
     except KeyboardInterrupt:
-        print("fastddpm: interrupted", file=sys.stderr)
+        print(f"{args._prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fastddpm ... | head`
+        return 0
     except (UserError, *USER_ERRORS) as exc:
-        if args.debug:
+        if debug:
             raise
-        print(f"fastddpm {args.command}: error: {exc}", file=sys.stderr)
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"{args._prog}: error: {_one_line(msg) or type(exc).__name__}",
+              file=sys.stderr)
         return 2
     return int(code or 0)
 
