@@ -12,7 +12,7 @@ import torch
 
 import fastddpm
 from fastddpm.metrics import evaluate
-from fastddpm.train import train
+from fastddpm.training import train
 
 
 def ddpm_sample(model, schedule, n, shape, seed=0):

@@ -15,7 +15,7 @@ import json, resource, sys, time
 import torch
 import fastddpm
 from fastddpm.data import load_dataset
-from fastddpm.train import train
+from fastddpm.training import train
 name, iters, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ds = load_dataset(name, None if name == "digits" else 10000)
 train(ds, iters=5, progress=False, num_threads=threads)  # warm-up: Numba compile, allocator

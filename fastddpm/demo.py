@@ -174,7 +174,7 @@ def run_demo(dataset: str = "butterfly", out="runs/demo", budget: str = "full", 
     """Train, sample (ddpm-1000 and dpmpp2m-20), evaluate, draw and report; see the module doc."""
     from .data import DATASETS
     from .sampling import Pipeline
-    from .train import train
+    from .training import train
 
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")

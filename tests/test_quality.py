@@ -10,7 +10,7 @@ import torch
 import fastddpm
 from fastddpm.data import load_dataset
 from fastddpm.metrics import sliced_wasserstein
-from fastddpm.train import train
+from fastddpm.training import train
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import fastddpm
 from fastddpm.cli import main
 from fastddpm.data import load_dataset
 from fastddpm.nets import MLP
-from fastddpm.train import loss_weights, train, training_target
+from fastddpm.training import loss_weights, train, training_target
 
 SMALL = dict(net_kwargs={"width": 32, "depth": 2}, batch_size=64, progress=False, num_threads=1)
 

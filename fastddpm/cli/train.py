@@ -8,7 +8,7 @@ import json
 def add_parser(subparsers, parents):
     from ..data import DATASETS
     from ..schedule import SCHEDULES
-    from ..train import DEFAULTS
+    from ..training import DEFAULTS
 
     p = subparsers.add_parser(
         "train", parents=parents, help="train a diffusion model and write a checkpoint directory",
@@ -61,12 +61,12 @@ def add_parser(subparsers, parents):
 
 def run(args) -> int:
     from ..data import load_dataset
-    from ..train import train
+    from ..training import train
 
     name = args.dataset
     n = args.n
     if n is None and name != "digits" and not name.endswith(".npy"):
-        from ..train import DEFAULT_N
+        from ..training import DEFAULT_N
 
         n = DEFAULT_N
     dataset = load_dataset(name, n, seed=args.seed, noise=args.noise)
