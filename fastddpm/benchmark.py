@@ -167,11 +167,15 @@ def bench_throughput(model, schedule, n, steps, batch_size=None, device="cpu", m
                                  sample_shape=_shape(model), cuda_graph=None).batch_size
     fns = {
         "fastddpm": lambda: sample(model, schedule, n, steps=steps, batch_size=batch_size, device=device, progress=False),
+        "fastddpm+ort": lambda: sample(_onnx_twin(model, schedule), schedule, n, steps=steps, batch_size=batch_size,
+                                       progress=False),
         "diffusers": lambda: diffusers_loop(model, schedule, n, steps, batch_size, device=device),
         "torch": lambda: torch_loop(model, schedule, n, steps, batch_size, device=device),
     }
     # warm-up: JIT compiles, lazy init
     sample(model, schedule, min(n, 64), steps=2, spacing="linspace", device=device, progress=False)
+    if device == "cpu" and "fastddpm" in methods and _onnx_twin(model, schedule) is not None:
+        methods = ("fastddpm", "fastddpm+ort") + tuple(m for m in methods if m != "fastddpm")
     rows = []
     for name in methods:
         sec = _timed(fns[name])
@@ -182,6 +186,28 @@ def bench_throughput(model, schedule, n, steps, batch_size=None, device="cpu", m
         if "diffusers" in base:
             r["x_vs_diffusers"] = base["diffusers"] / r["seconds"]
     return rows
+
+
+_ONNX_TWINS: dict = {}
+
+
+def _onnx_twin(model, schedule):
+    """The same network exported to ONNX and run in onnxruntime (the CPU default of Pipeline), or None
+    when onnx/onnxruntime are not installed. Exported once per model per process."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        return None
+    if id(model) not in _ONNX_TWINS:
+        import tempfile
+
+        from .onnx_export import export_onnx
+        from .runtime import OnnxModel
+
+        path = os.path.join(tempfile.mkdtemp(prefix="fastddpm-bench-"), "model.onnx")
+        export_onnx(model, path, sample_shape=_shape(model), schedule=schedule)
+        _ONNX_TWINS[id(model)] = OnnxModel(path, ["CPUExecutionProvider"])
+    return _ONNX_TWINS[id(model)]
 
 
 def bench_tiny(model, schedule, steps=1000, device="cpu"):
@@ -198,9 +224,18 @@ def bench_tiny(model, schedule, steps=1000, device="cpu"):
                 model(x, t)
     sec = _timed(network_only, 2)
     rows.append({"name": "network calls only", "n": 1, "steps": steps, "seconds": sec, "us_per_step": sec / steps * 1e6})
+    twin = _onnx_twin(model, schedule) if device == "cpu" else None
+    ort_sec = None
+    if twin is not None:
+        xn, tn = np.zeros((1, *_shape(model)), np.float32), [np.full(1, t, np.int64) for t in range(steps)]
+        ort_sec = _timed(lambda: [twin(xn, t) for t in tn], 2)
+        rows.append({"name": "onnx network calls only", "n": 1, "steps": steps, "seconds": ort_sec,
+                     "us_per_step": ort_sec / steps * 1e6})
     for r in rows:
         r["section"] = "tiny"
-        r["engine_us_per_step"] = r["us_per_step"] - sec / steps * 1e6
+        # engine = the loop's own cost per step: its time minus its network's time
+        net = ort_sec if "ort" in r["name"] or "onnx" in r["name"] else sec
+        r["engine_us_per_step"] = r["us_per_step"] - net / steps * 1e6
     return rows
 
 
