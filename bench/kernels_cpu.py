@@ -35,13 +35,11 @@ BYTES_PER_ELEMENT = {"randn": 4, "q_sample": 12, "ddpm_step": 12}
 
 def machine() -> str:
     """platform, CPU model, cores, thread counts — the line every result table carries."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import numba
+
+    from fastddpm.benchmark import cpu_model
+
+    model = cpu_model()
 
     desc = f"{platform.platform()}; {model}; {os.cpu_count()} cores; numba threads {numba.get_num_threads()}"
     try:

@@ -36,17 +36,21 @@ QUALITY_CONFIGS = (("ddpm", 1000), ("ddpm", 250), ("ddim", 50), ("ddim", 20), ("
 
 # -- machine ---------------------------------------------------------------------------------
 
-def machine() -> dict:
-    """CPU model, cores available to this process, load, GPU name, library versions."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform's guess elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """CPU model, cores available to this process, load, GPU name, library versions."""
+    cpu = cpu_model()
     info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "python": platform.python_version(), "numpy": np.__version__}

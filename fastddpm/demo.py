@@ -295,16 +295,9 @@ def _json_default(obj):
 
 def machine_name() -> str:
     """'AMD EPYC 7B13, 2 cores, Linux' (or the GPU name when torch sees one)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    name = f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+    from .benchmark import cpu_model
+
+    name = f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()}"
     try:
         import torch
 
