@@ -3,7 +3,6 @@
 Sampling is a plain 1000-step ancestral loop over fastddpm.ddpm_step (stream 0: x_T, stream k:
 the k-th step's noise), independent of the sampling API built elsewhere.
 """
-import numpy as np
 import pytest
 import torch
 

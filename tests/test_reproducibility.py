@@ -1,6 +1,5 @@
 """A sample is a pure function of (seed, stream, global index): batch split, thread count and
 backend do not change it."""
-import hashlib
 import os
 import subprocess
 import sys

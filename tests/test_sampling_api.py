@@ -223,3 +223,13 @@ def test_guard_exact_when_the_sum_overflows():
     assert not all_finite(big)
     assert not all_finite(np.array([np.inf, -np.inf], dtype=np.float32))
     assert all_finite(np.zeros((0, 2), dtype=np.float32))
+
+
+def test_numpy_model_accepts_any_spelling_of_the_cpu_device(schedule, model):
+    """torch.device("cpu") (what torchrun ranks pass) is the CPU; a GPU device is refused clearly."""
+    torch = pytest.importorskip("torch")
+    ref = sample(model, schedule, 5, steps=5, seed=4, progress=False)
+    for device in ("cpu", torch.device("cpu")):
+        np.testing.assert_array_equal(sample(model, schedule, 5, steps=5, seed=4, device=device, progress=False), ref)
+    with pytest.raises(ValueError, match="array_api='numpy' model runs on the CPU"):
+        sample(model, schedule, 5, steps=5, device="cuda", progress=False)

@@ -5,7 +5,6 @@ import torch
 
 import fastddpm
 from fastddpm.cli import main
-from fastddpm.data import load_dataset
 from fastddpm.nets import MLP
 from fastddpm.training import loss_weights, train, training_target
 

@@ -1,7 +1,5 @@
 """CUDA-only checks: no host sync inside a step, CUDA-graph capture, auto dispatch, a tensor
 large enough for many programs. Skip cleanly without a CUDA device."""
-import numpy as np
-import pytest
 import torch
 
 import fastddpm

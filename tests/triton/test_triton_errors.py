@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import fastddpm
-from fastddpm import BackendUnavailableError
 from fastddpm.kernels import triton as KT
 
 from _triton_helpers import needs_cuda
