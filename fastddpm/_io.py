@@ -1,34 +1,202 @@
-"""Atomic file writes: write to a temp file in the target's folder, then rename over it.
+"""Safe file writes: atomic replacement, exclusive output locks, reserved disk space.
 
-A reader (or a crash) never sees a half-written file under the final name.
+- :func:`atomic_open` / :func:`write_text`: write to a temp file in the target's folder, fsync,
+  then rename over the target; a reader (or a crash) never sees a half-written file under the
+  final name.
+- :class:`OutputLock`: an exclusive ``flock`` on ``NAME.lock`` beside an output, held for a whole
+  run; a second process refuses at once, naming the file and the pid that holds it.
+- :func:`reserve`: ``posix_fallocate`` the full size of a file before any row is written, so a
+  full disk is a clear ``OSError`` (ENOSPC) up front, never a SIGBUS from a sparse mapping.
+- :func:`crash_point`: named points inside every multi-step write where the fault tests
+  (tests/test_faults.py) kill the process; a no-op unless a test sets a hook.
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+# Fault injection for the tests: ``_crash_hook(name)`` is called at every crash point (None in
+# normal use). Setting FASTDDPM_TEST_CRASH_AT=NAME[:K] makes the K-th (default 1st) pass through
+# point NAME end the process at once with os._exit(77), as a SIGKILL would: no cleanup runs.
+CRASH_ENV = "FASTDDPM_TEST_CRASH_AT"
+CRASH_EXIT = 77
+_crash_hook = None
+_crash_counts: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Mark a step of a multi-step write (see the module docstring)."""
+    if _crash_hook is not None:
+        _crash_hook(name)
+    spec = os.environ.get(CRASH_ENV)
+    if spec:
+        point, _, k = spec.partition(":")
+        if point == name:
+            _crash_counts[name] = _crash_counts.get(name, 0) + 1
+            if _crash_counts[name] == int(k or 1):
+                os._exit(CRASH_EXIT)
+
+
+def fsync_dir(path) -> None:
+    """fsync a directory so that a rename inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems cannot fsync directories
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextmanager
 def atomic_open(path, mode: str = "wb", **kwargs):
     """``with atomic_open(path) as f: ...`` — ``path`` appears (or is replaced) only when the
-    block finishes without an exception; otherwise the temp file is removed."""
+    block finishes without an exception, with its data fsynced; otherwise the temp file is
+    removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", suffix=path.suffix, dir=path.parent)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
+            f.flush()
+            crash_point("atomic.written")
+            os.fsync(f.fileno())
+        crash_point("atomic.before_replace")
         os.replace(tmp, path)
+        crash_point("atomic.replaced")
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+    fsync_dir(path.parent)
 
 
 def write_text(path, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+# -- locks -----------------------------------------------------------------------------------
+
+
+class OutputLockedError(FileExistsError):
+    """Another process holds the lock on an output; the message names it and its pid."""
+
+
+def lock_path(target) -> Path:
+    target = Path(target)
+    return target.with_name(target.name + ".lock")
+
+
+class OutputLock:
+    """Exclusive lock on ``target`` for as long as it is held: ``with OutputLock(out): ...``.
+
+    An ``flock(LOCK_EX | LOCK_NB)`` on ``TARGET.lock`` (created beside the target, holding the
+    owner's pid). The kernel drops the lock when the process dies, however it dies, so a killed
+    run never blocks the next one; the lock file is removed on release. Acquiring re-checks
+    that the locked file is still the one at the path (a releasing owner may have just unlinked
+    it), so two processes can never both believe they hold it.
+    """
+
+    def __init__(self, target, what: str = "writing"):
+        self.target = Path(target)
+        self.path = lock_path(self.target)
+        self.what = what
+        self.fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        import fcntl
+
+        for _ in range(100):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                raise OutputLockedError(
+                    f"{self.target} is being written by another process ({self._owner()}; lock file "
+                    f"{self.path}); wait for it to finish, or choose another output") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self.fd = fd
+                return self
+            os.close(fd)  # we locked a lock file its owner had just removed: try the new one
+        raise OSError(f"could not lock {self.path}: it keeps being replaced")  # pragma: no cover
+
+    def _owner(self) -> str:
+        try:
+            pid = int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return "pid unknown"
+        return f"pid {pid}"
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still locked: a waiter then sees a new file (see acquire)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+# -- space -----------------------------------------------------------------------------------
+
+
+def reserve(fd: int, size: int, path) -> None:
+    """Allocate ``size`` bytes for the open file ``fd`` (``path`` names it in errors).
+
+    ``os.posix_fallocate`` makes the filesystem back every block now; ENOSPC/EDQUOT become an
+    OSError that says how much was needed and how much is free. Where the filesystem cannot
+    preallocate (EOPNOTSUPP/EINVAL) the zeros are written explicitly, which allocates too.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(path, size, exc) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    block = b"\0" * (1 << 20)
+    try:
+        for pos in range(0, size, len(block)):
+            os.pwrite(fd, block[: min(len(block), size - pos)], pos)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(path, size, exc) from None
+        raise
+
+
+def _no_space(path, size: int, exc: OSError) -> OSError:
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free:,} bytes are free"
+    except OSError:  # pragma: no cover
+        free = "free space unknown"
+    return OSError(exc.errno, f"not enough disk space for {path}: it needs {size:,} bytes and {free} "
+                              f"({os.strerror(exc.errno)}); free some space or write elsewhere")

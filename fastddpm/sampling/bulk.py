@@ -1,31 +1,56 @@
-"""Bulk sampling to a ``.npy`` file: chunked, resumable, and atomic.
+"""Bulk sampling to a ``.npy`` file: chunked, resumable, atomic, locked, and checked.
 
 Layout while a run is in progress, for ``out = "samples.npy"``:
-- ``samples.npy.partial``: the full-size ``.npy`` (made with ``np.lib.format.open_memmap``),
-  filled batch by batch through a memory map of that batch's rows only (mapped, written,
-  flushed, unmapped: resident memory stays bounded by the batch size, not by n);
-- ``samples.npy.progress.json``: ``{"done": s, "settings": {...}}``, replaced atomically after
-  the rows [0, s) were flushed. ``done`` only ever counts flushed rows.
+- ``samples.npy.lock``: an exclusive ``flock`` held for the whole run (fastddpm._io.OutputLock):
+  a second run on the same ``out`` refuses at once, naming the pid that writes it;
+- ``samples.npy.partial``: the full-size ``.npy``, its space reserved up front with
+  ``posix_fallocate`` (a full disk is a clear ENOSPC error before sampling, never a SIGBUS),
+  filled batch by batch with ``pwrite`` (resident memory stays bounded by the batch size);
+- ``samples.npy.progress.json``: the progress record, replaced atomically after the rows
+  [0, done) were written and fdatasynced. It holds ``done``, the settings the samples depend on,
+  a CRC-32 per chunk of rows done (``chunk_rows`` rows, about CHUNK_BYTES each) plus one for the
+  rows of the unfinished chunk, the partial's size and header length, and ``tag``: a SHA-256
+  over all of it.
 
-``resume=True`` checks that the settings match (everything that changes the samples; the batch
-size does not) and continues at row ``done``; since sample s depends only on (seed, s) the
-result is byte-identical to an uninterrupted run. On completion the partial file is fsynced and
-renamed to ``out`` and the progress record removed, so ``out`` never holds a half file.
+``resume=True`` checks, before writing anything: the record parses, its tag matches (not edited
+or torn), its fields have the right types and ranges (0 ≤ done ≤ n), the settings match
+(everything that changes the samples; the batch size does not), the partial has exactly the
+expected size and ``.npy`` header, and the rows claimed done match their checksums. Any failure
+refuses with what is damaged and how to start over (``overwrite=True`` / ``--overwrite``). It
+then continues at row ``done``; since sample s depends only on (seed, s) the result is
+byte-identical to an uninterrupted run. On completion the partial is fsynced and renamed to
+``out`` and then the record removed, so ``out`` never holds a half file.
+
+An unfinished run (a progress record) is never discarded silently: without ``resume`` it takes
+``overwrite=True`` to start over.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-# Write the progress record at most this often (each write is a small file + rename); a
-# resumed run redoes at most the batches finished in this window.
+from .._io import OutputLock, _no_space, crash_point, fsync_dir, reserve
+
+# Write the progress record at most this often (each write is a small file + rename, after an
+# fdatasync of the rows); a resumed run redoes at most the batches finished in this window.
 PROGRESS_EVERY_S = 0.25
-PROGRESS_VERSION = 1
+PROGRESS_VERSION = 2
+# Rows per checksum chunk: about this many bytes, so a 40 GB file has ~2400 CRCs in its record.
+# zlib.crc32 runs at about 1 GB/s on the 2-core EPYC (bench: docs/core.md "Failure model"), so
+# checksumming costs ~1 ms per MB written and resume verification reads the done rows once.
+CHUNK_BYTES = 16 << 20
+
+
+class ResumeError(ValueError):
+    """The state of an unfinished run cannot be trusted; the message says what and how to start over."""
 
 
 def _digest(arr) -> str:
@@ -68,8 +93,24 @@ def _write_json_atomic(path: Path, obj) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f)
         f.flush()
+        crash_point("json.written")
         os.fsync(f.fileno())
+    crash_point("json.before_replace")
     os.replace(tmp, path)
+
+
+def npy_header(dtype, shape) -> bytes:
+    """The ``.npy`` header ``np.save`` writes for a C-order array of ``dtype`` and ``shape``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(int(s) for s in shape)})
+    return buf.getvalue()
+
+
+def _tag(record: dict) -> str:
+    body = {k: v for k, v in record.items() if k != "tag"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def read_progress(out) -> dict | None:
@@ -80,9 +121,137 @@ def read_progress(out) -> dict | None:
             return json.load(f)
     except FileNotFoundError:
         return None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"the progress record {progress} is unreadable ({exc}); delete it and "
-                         f"{progress.name[:-len('.progress.json')]}.partial to start over") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ResumeError(f"the progress record {progress} is unreadable ({type(exc).__name__}: {exc}); "
+                          "start over with overwrite=True (--overwrite) instead of resume") from exc
+
+
+class _Layout:
+    """Byte geometry of the output: header, row size, checksum chunks."""
+
+    def __init__(self, run):
+        self.n = run.n
+        self.dtype = run.dtype
+        self.header = npy_header(run.dtype, (run.n,) + run.shape)
+        self.row_bytes = run.D * run.dtype.itemsize
+        self.size = len(self.header) + run.n * self.row_bytes
+        self.chunk_rows = max(1, CHUNK_BYTES // max(1, self.row_bytes))
+
+
+class _Checksums:
+    """CRC-32 per chunk of ``chunk_rows`` rows, fed with rows in order from row 0."""
+
+    def __init__(self, chunk_rows: int, crcs=(), tail: int = 0, done: int = 0):
+        self.chunk_rows, self.crcs, self.tail, self.done = chunk_rows, list(crcs), tail, done
+
+    def feed(self, data: memoryview, rows: int, row_bytes: int) -> None:
+        pos, end = self.done, self.done + rows
+        while pos < end:
+            chunk_end = (pos // self.chunk_rows + 1) * self.chunk_rows
+            take = min(end, chunk_end)
+            self.tail = zlib.crc32(data[(pos - self.done) * row_bytes:(take - self.done) * row_bytes], self.tail)
+            pos = take
+            if pos == chunk_end:
+                self.crcs.append(self.tail)
+                self.tail = 0
+        self.done = end
+
+
+def _record(layout: _Layout, settings: dict, sums: _Checksums) -> dict:
+    record = {"version": PROGRESS_VERSION, "done": sums.done, "settings": settings,
+              "chunk_rows": layout.chunk_rows, "chunk_crc32": sums.crcs, "tail_crc32": sums.tail,
+              "file_bytes": layout.size, "header_bytes": len(layout.header)}
+    record["tag"] = _tag(record)
+    return record
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_record(record, layout: _Layout, settings: dict, final: Path, progress: Path, partial: Path) -> _Checksums:
+    """Validate an unfinished run's record and partial against this run; the checksums to continue."""
+    how = (f"start over with overwrite=True (--overwrite) instead of resume (this discards {partial.name} "
+           f"and {progress.name})")
+
+    def damaged(what: str):
+        return ResumeError(f"cannot resume {final}: {what}; {how}")
+
+    if not isinstance(record, dict):
+        raise damaged(f"the progress record {progress} is not a JSON object")
+    if record.get("version") != PROGRESS_VERSION:
+        raise damaged(f"the progress record {progress} has version {record.get('version')!r} (this fastddpm "
+                      f"writes version {PROGRESS_VERSION} and cannot check older records)")
+    if record.get("tag") != _tag(record):
+        raise damaged(f"the progress record {progress} does not match its integrity tag (edited, or damaged "
+                      "on disk)")
+    done = record.get("done")
+    if not _is_int(done) or not 0 <= done <= layout.n:
+        raise damaged(f"the progress record {progress} has done = {done!r}; it must be an integer in "
+                      f"[0, n = {layout.n}]")
+    old = record.get("settings")
+    if not isinstance(old, dict):
+        raise damaged(f"the progress record {progress} has no settings")
+    diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    if diff:
+        # Not damage: a different request. Say which settings differ.
+        raise ResumeError(f"cannot resume {final}: the unfinished run used different settings "
+                          f"({', '.join(diff)}); run with the same settings, or {how}")
+    crcs, tail = record.get("chunk_crc32"), record.get("tail_crc32")
+    if (record.get("chunk_rows") != layout.chunk_rows or record.get("file_bytes") != layout.size
+            or record.get("header_bytes") != len(layout.header)):
+        raise damaged(f"the progress record {progress} describes another file layout (chunk_rows, file_bytes "
+                      f"or header_bytes differ from this run's {layout.chunk_rows}, {layout.size}, "
+                      f"{len(layout.header)})")
+    if (not isinstance(crcs, list) or len(crcs) != done // layout.chunk_rows
+            or not all(_is_int(c) and 0 <= c < 2**32 for c in crcs) or not (_is_int(tail) and 0 <= tail < 2**32)):
+        raise damaged(f"the progress record {progress} has malformed checksums (chunk_crc32 must hold "
+                      f"{done // layout.chunk_rows} CRC-32 values for done = {done})")
+    try:
+        size = partial.stat().st_size
+    except FileNotFoundError:
+        raise damaged(f"its partial file {partial} is missing") from None
+    if size != layout.size:
+        raise damaged(f"the partial file {partial} has {size:,} bytes, not the {layout.size:,} of a "
+                      f"[{layout.n}, …] {layout.dtype.name} .npy (truncated or replaced)")
+    with open(partial, "rb") as f:
+        head = f.read(len(layout.header))
+        if head != layout.header:
+            raise damaged(f"the partial file {partial} does not start with the .npy header of a "
+                          f"{(layout.n,)} + sample_shape {layout.dtype.name} array (overwritten or not ours)")
+        sums = _Checksums(layout.chunk_rows)
+        block = max(1, (8 << 20) // max(1, layout.row_bytes))
+        pos = 0
+        while pos < done:
+            rows = min(block, done - pos, (pos // layout.chunk_rows + 1) * layout.chunk_rows - pos)
+            data = f.read(rows * layout.row_bytes)
+            if len(data) != rows * layout.row_bytes:  # pragma: no cover - size was checked
+                raise damaged(f"the partial file {partial} ended early")
+            chunk = len(sums.crcs)
+            sums.feed(memoryview(data), rows, layout.row_bytes)
+            if len(sums.crcs) > chunk and sums.crcs[chunk] != crcs[chunk]:
+                a = chunk * layout.chunk_rows
+                raise damaged(f"rows [{a}, {a + layout.chunk_rows}) of the partial file {partial} do not match "
+                              "their checksum in the progress record (damaged on disk, or written by something "
+                              "else)")
+            pos += rows
+        if sums.tail != tail:
+            a = len(sums.crcs) * layout.chunk_rows
+            raise damaged(f"rows [{a}, {done}) of the partial file {partial} do not match their checksum in "
+                          "the progress record (damaged on disk, or written by something else)")
+    return sums
+
+
+def _pwrite_all(fd: int, data, offset: int, path: Path) -> None:
+    view = memoryview(data)
+    try:
+        while len(view):
+            wrote = os.pwrite(fd, view, offset)
+            view, offset = view[wrote:], offset + wrote
+    except OSError as exc:  # space was reserved, but e.g. a copy-on-write filesystem may still run out
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(path, offset + len(view), exc) from None
+        raise
 
 
 def write_samples(run, out, *, resume: bool = False, overwrite: bool = False, postprocess=None) -> str:
@@ -92,49 +261,86 @@ def write_samples(run, out, *, resume: bool = False, overwrite: bool = False, po
     checkpoint's de-normalisation; it takes part in the resume check through ``run.model_id``.
     """
     final, partial, progress = paths(out)
+    if not final.parent.is_dir():
+        raise FileNotFoundError(f"the directory of out, {final.parent}, does not exist")
+    if final.is_dir():
+        raise IsADirectoryError(f"out {final} is a directory; give the path of a .npy file to write")
+    with OutputLock(final):
+        return _write_locked(run, final, partial, progress, resume=resume, overwrite=overwrite,
+                             postprocess=postprocess)
+
+
+def _write_locked(run, final: Path, partial: Path, progress: Path, *, resume, overwrite, postprocess) -> str:
+    for stale in final.parent.glob(f"{progress.name}.tmp*"):  # a record write cut short by a kill
+        stale.unlink(missing_ok=True)
+    if final.exists() and progress.exists() and not partial.exists():
+        progress.unlink()  # killed between the final rename and the record removal: the run had finished
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists (a finished run); pass overwrite=True "
                               "(--overwrite) to replace it, or choose another name")
-    if not final.parent.is_dir():
-        raise FileNotFoundError(f"the directory of out, {final.parent}, does not exist")
+    layout = _Layout(run)
     settings = run_settings(run)
-    done = 0
-    record = read_progress(out) if resume else None
-    if record is not None and partial.exists():
-        old = record.get("settings", {})
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if diff:
-            raise ValueError(f"cannot resume {final}: the unfinished run used different settings ({', '.join(diff)}); "
-                             "run with the same settings, or without resume to start over")
-        done = int(record["done"])
+    sums = None
+    if progress.exists():
+        if resume:
+            sums = _check_record(read_progress(final), layout, settings, final, progress, partial)
+        elif not overwrite:
+            raise FileExistsError(f"{final} has an unfinished run ({progress.name}, {partial.name}); pass "
+                                  "resume=True (--resume) to continue it, or overwrite=True (--overwrite) to "
+                                  "start over")
+    fresh = sums is None
+    if fresh:
+        sums = _Checksums(layout.chunk_rows)
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     else:
-        created = np.lib.format.open_memmap(partial, mode="w+", dtype=run.dtype, shape=(run.n,) + run.shape)
-        del created  # unmapped: the file is sparse until rows are written
-        _write_json_atomic(progress, {"done": 0, "settings": settings})
+        fd = os.open(partial, os.O_RDWR)
+    try:
+        if fresh:
+            crash_point("bulk.created")
+            reserve(fd, layout.size, partial)
+            crash_point("bulk.reserved")
+            _pwrite_all(fd, layout.header, 0, partial)
+            os.fsync(fd)
+            _write_json_atomic(progress, _record(layout, settings, sums))
+            crash_point("bulk.record_started")
+        _fill(run, fd, layout, sums, settings, partial, progress, postprocess)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    crash_point("bulk.before_rename")
+    os.replace(partial, final)
+    fsync_dir(final.parent)
+    crash_point("bulk.renamed")
+    progress.unlink(missing_ok=True)
+    return str(final)
 
-    pbar = run.progress_bar(run.n - done)
+
+def _fill(run, fd, layout: _Layout, sums: _Checksums, settings, partial: Path, progress: Path, postprocess):
+    shape = run.shape
+    pbar = run.progress_bar(run.n - sums.done)
     last_write = time.monotonic()
     try:
-        for s0 in range(done, run.n, run.batch_size):
+        for s0 in range(sums.done, run.n, run.batch_size):
             s1 = min(run.n, s0 + run.batch_size)
             x = run.run_batch(s0, s1, pbar=pbar)
             if not isinstance(x, np.ndarray):  # a torch tensor of the torch/CUDA path
                 x = x.detach().cpu().numpy()
             if postprocess is not None:
                 x = postprocess(x)
-            rows = np.load(partial, mmap_mode="r+")
-            rows[s0:s1] = x
-            rows.flush()
-            del rows  # unmap, so resident memory does not grow with n
+            x = np.ascontiguousarray(x, dtype=layout.dtype)
+            if x.shape != (s1 - s0,) + shape:
+                raise ValueError(f"batch [{s0}, {s1}) has shape {x.shape}, expected {(s1 - s0,) + shape}")
+            data = memoryview(x.reshape(-1).view(np.uint8))
+            _pwrite_all(fd, data, len(layout.header) + s0 * layout.row_bytes, partial)
+            crash_point("bulk.rows_written")
+            sums.feed(data, s1 - s0, layout.row_bytes)
             now = time.monotonic()
             if now - last_write >= PROGRESS_EVERY_S or s1 == run.n:
-                _write_json_atomic(progress, {"done": s1, "settings": settings})
+                os.fdatasync(fd)  # the rows are on disk before the record claims them
+                crash_point("bulk.rows_synced")
+                _write_json_atomic(progress, _record(layout, settings, sums))
+                crash_point("bulk.record_written")
                 last_write = now
     finally:
         if pbar is not None:
             pbar.close()
-    with open(partial, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(partial, final)
-    progress.unlink(missing_ok=True)
-    return str(final)
