@@ -12,22 +12,37 @@ Layout::
 
 Loading never unpickles: weights come from safetensors, everything else from JSON. A file that
 is missing, truncated, corrupt or changed after writing (checksum), or a config that names an
-unknown model class, raises :class:`CheckpointError`.
+unknown model class, raises :class:`CheckpointError`. Before any weight is allocated the model is
+built on torch's ``meta`` device to count its parameters: a config asking for more than
+MAX_MODEL_BYTES, or for more than the weights file holds, is refused naming the kwargs.
+
+Saving is atomic at every instant (tests/test_faults.py kills the process at each step): the new
+checkpoint is written and fsynced in a temporary sibling ``.NAME.tmp-*`` and then swapped with
+the old one in one ``renameat2(RENAME_EXCHANGE)`` call on Linux, so ``path`` always holds either
+the old or the new checkpoint. Where the exchange is unavailable, the old directory is renamed to
+``.NAME.old-*`` and the new one into place; a kill between those two renames leaves ``path``
+missing for an instant, and :func:`load` (and the next :func:`save`) then finds the complete
+``.NAME.old-*``. A save holds an exclusive lock ``NAME.lock`` beside the directory, so two
+processes never save to one path at once; the one that comes second refuses, naming the first.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._io import OutputLock, crash_point, fsync_dir
 from .data import Normalization
 from .schedule import Schedule
 
@@ -39,6 +54,11 @@ MODEL = "model.safetensors"
 EMA = "ema.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 TRAIN_STATE = "train_state.json"
+# Refuse a config whose model would need more than this many bytes of parameters and buffers
+# (the largest built-in configuration in docs is ~0.1 GB; 2**34 bytes = 16 GiB).
+MAX_MODEL_BYTES = 1 << 34
+# config.json is a few kB (a custom schedule of 4000 betas is ~80 kB); refuse to parse more.
+MAX_CONFIG_BYTES = 1 << 24
 
 
 class CheckpointError(ValueError):
@@ -135,7 +155,7 @@ def _is_checkpoint_dir(path: Path) -> bool:
     try:
         with open(path / CONFIG) as f:
             return json.load(f).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 
@@ -181,10 +201,19 @@ def save(path, model: torch.nn.Module, schedule: Schedule, *, ema_model: torch.n
         "train": _jsonable(train_config, "train_config") if train_config is not None else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(path, "saving"):
+        _recover(path)
+        _remove_leftovers(path)
+        _write_and_switch(path, config, model, ema_model, train_state)
+    return path
+
+
+def _write_and_switch(path: Path, config: dict, model, ema_model, train_state) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         from safetensors.torch import save_file
 
+        crash_point("checkpoint.tmp_made")
         files = {MODEL: _state_tensors(model)}
         if ema_model is not None:
             files[EMA] = _state_tensors(ema_model)
@@ -199,37 +228,103 @@ def save(path, model: torch.nn.Module, schedule: Schedule, *, ema_model: torch.n
             json_files[TRAIN_STATE] = _jsonable(state, "train_state")
         for name, tensors in files.items():
             save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+            crash_point("checkpoint.file_written")
         for name, obj in json_files.items():
             (tmp / name).write_text(json.dumps(obj))
+            crash_point("checkpoint.file_written")
         config["files"] = {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
                            for name in [*files, *json_files]}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+        crash_point("checkpoint.config_written")
         for name in [*files, *json_files, CONFIG]:
             _fsync(tmp / name)
+        fsync_dir(tmp)
+        crash_point("checkpoint.synced")
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not hasattr(os, "uname") or os.uname().sysname != "Linux" or os.environ.get("FASTDDPM_NO_EXCHANGE"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # pragma: no cover - glibc < 2.28 or musl
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):  # kernel/filesystem lacks it
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
 
 
 def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished ``tmp`` to ``path``; an old checkpoint there is removed only afterwards."""
+    """Put the finished ``tmp`` at ``path``; at every instant ``path`` (or, in the fallback, an
+    ``.old-*`` sibling that load finds) holds a complete checkpoint."""
     if not path.exists():
         os.rename(tmp, path)
+        crash_point("checkpoint.switched")
+    elif _exchange(tmp, path):
+        crash_point("checkpoint.switched")
+        shutil.rmtree(tmp, ignore_errors=True)  # now holds the old checkpoint
     else:
         old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(path, old)
+        crash_point("checkpoint.old_moved")
         try:
             os.rename(tmp, path)
         except BaseException:
             os.rename(old, path)
             raise
+        crash_point("checkpoint.switched")
         shutil.rmtree(old, ignore_errors=True)
-    try:
-        _fsync(path.parent)
-    except OSError:  # pragma: no cover - directories cannot be fsynced on some platforms
-        pass
+    fsync_dir(path.parent)
+    crash_point("checkpoint.cleaned")
+
+
+def _old_copies(path: Path) -> list[Path]:
+    """Complete ``.NAME.old-*`` checkpoints left by a save killed mid-switch, newest first."""
+    found = [p for p in path.parent.glob(f".{path.name}.old-*") if p.is_dir() and _is_checkpoint_dir(p)]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def _recover(path: Path) -> None:
+    """(Under the save lock.) Put back the checkpoint a save killed between its renames left aside."""
+    if not path.exists():
+        old = _old_copies(path)
+        if old:
+            os.rename(old[0], path)
+            fsync_dir(path.parent)
+
+
+def _remove_leftovers(path: Path) -> None:
+    """(Under the save lock, after _recover.) Temp and old directories of killed saves."""
+    for p in [*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}.old-*")]:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _resolve(path) -> Path:
+    """``path``, or the complete ``.NAME.old-*`` that a save killed between its renames left."""
+    path = Path(path)
+    if not path.exists():
+        old = _old_copies(path)
+        if old:
+            warnings.warn(f"checkpoint {path} is missing but a complete copy {old[0].name} is beside it (a save "
+                          "was interrupted); loading that one. The next save to this path restores it.",
+                          RuntimeWarning, stacklevel=3)
+            return old[0]
+    return path
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -237,17 +332,24 @@ def _replace_dir(tmp: Path, path: Path) -> None:
 
 def read_config(path) -> dict[str, Any]:
     """The checked ``config.json`` of the checkpoint at ``path``."""
-    path = Path(path)
+    path = _resolve(path)
     if not path.is_dir():
         raise CheckpointNotFoundError(f"checkpoint {path} does not exist (expected a directory with {CONFIG})")
     cfg_path = path / CONFIG
     if not cfg_path.is_file():
         raise CheckpointNotFoundError(f"checkpoint {path} has no {CONFIG}; it is not a fastddpm checkpoint "
                                       "or was not written completely")
+    size = cfg_path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{cfg_path} has {size:,} bytes; a fastddpm config is a few kB "
+                              f"(limit {MAX_CONFIG_BYTES:,}): it is not a checkpoint config")
     try:
         config = json.loads(cfg_path.read_text())
     except (UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path} is not valid JSON (corrupt or truncated): {exc}") from exc
+    except RecursionError:
+        raise CheckpointError(f"{cfg_path} is nested too deeply to be a fastddpm checkpoint config "
+                              "(corrupt or not ours)") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_path} is not a fastddpm checkpoint config (format {FORMAT!r} missing)")
     if config.get("format_version") != FORMAT_VERSION:
@@ -258,8 +360,13 @@ def read_config(path) -> dict[str, Any]:
             raise CheckpointError(f"{cfg_path} lacks the {key!r} entry")
     if config["prediction"] not in PREDICTIONS:
         raise CheckpointError(f"{cfg_path}: prediction {config['prediction']!r} is not one of {PREDICTIONS}")
-    if MODEL not in config["files"]:
+    if not isinstance(config["files"], dict) or MODEL not in config["files"]:
         raise CheckpointError(f"{cfg_path} lists no {MODEL}")
+    shape = config["sample_shape"]
+    if (not isinstance(shape, list) or not shape
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
+        raise CheckpointError(f"{cfg_path}: sample_shape must be a non-empty list of positive integers, "
+                              f"got {shape!r}")
     return config
 
 
@@ -303,15 +410,63 @@ def _build_model(config: dict, path: Path) -> torch.nn.Module:
         raise CheckpointError(f"{path / CONFIG} asks for model class {name!r}, which is not one of "
                               f"{', '.join(sorted(MODEL_CLASSES))}; register it in fastddpm.nets.MODEL_CLASSES "
                               "before loading")
+    _check_model_size(config, path, name, spec["kwargs"])
     try:
         return build(name, **spec["kwargs"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path / CONFIG}: cannot build {name} from its kwargs: {exc}") from exc
 
 
+def _size_fields(kwargs: dict) -> str:
+    """The integer kwargs, largest first: the fields a too-large model comes from."""
+    ints = sorted(((k, v) for k, v in kwargs.items() if isinstance(v, int) and not isinstance(v, bool)),
+                  key=lambda kv: -kv[1])
+    return ", ".join(f"model.kwargs.{k} = {v}" for k, v in ints[:4]) or "model.kwargs"
+
+
+def _check_model_size(config: dict, path: Path, name: str, kwargs: dict) -> None:
+    """Build the model on the meta device (no memory) and refuse sizes the config cannot mean.
+
+    Also checks the config's sample_shape against the model: a net's ``sample_shape``
+    attribute (MLP: (dim,)) or its ``in_channels`` (UNet: [C, H, W]).
+    """
+    from .nets import build
+
+    try:
+        with torch.device("meta"):
+            meta = build(name, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / CONFIG}: cannot build {name} from its kwargs: {exc}") from exc
+    except Exception:  # a custom class that cannot be built on meta: checked when built for real
+        return
+    need = sum(t.numel() * t.element_size() for t in meta.state_dict().values())
+    if need > MAX_MODEL_BYTES:
+        raise CheckpointError(f"{path / CONFIG}: {name} with {_size_fields(kwargs)} would need {need:,} bytes of "
+                              f"weights, over the limit of {MAX_MODEL_BYTES:,} (fastddpm.checkpoint.MAX_MODEL_BYTES); "
+                              "the config is corrupt or edited")
+    for weights in (path / MODEL, path / EMA):
+        try:
+            have = weights.stat().st_size
+        except OSError:
+            continue  # EMA is optional; a missing model.safetensors is reported when it is read
+        if have < need:
+            raise CheckpointError(f"{path / CONFIG}: {name} with {_size_fields(kwargs)} needs {need:,} bytes of "
+                                  f"weights but {weights.name} holds {have:,}; the config does not belong to these "
+                                  "weights")
+    shape = tuple(config["sample_shape"])
+    own = getattr(meta, "sample_shape", None)
+    cfg = getattr(meta, "config", None) or {}
+    if own is not None and tuple(own) != shape:
+        raise CheckpointError(f"{path / CONFIG}: sample_shape {list(shape)} contradicts the model ({name} "
+                              f"samples have shape {list(own)}, from its kwargs); fix sample_shape or the kwargs")
+    if own is None and isinstance(cfg.get("in_channels"), int) and (len(shape) != 3 or shape[0] != cfg["in_channels"]):
+        raise CheckpointError(f"{path / CONFIG}: sample_shape {list(shape)} contradicts the model ({name} has "
+                              f"in_channels = {cfg['in_channels']}, so samples are [{cfg['in_channels']}, H, W])")
+
+
 def load_weights(module: torch.nn.Module, path, name: str = MODEL, *, config: dict | None = None) -> None:
     """Load ``path/name`` (checked) into ``module`` strictly (same keys, shapes and dtypes)."""
-    path = Path(path)
+    path = _resolve(path)
     config = read_config(path) if config is None else config
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     tensors = _read_tensors(path, config, name, device)
@@ -329,7 +484,7 @@ def load_weights(module: torch.nn.Module, path, name: str = MODEL, *, config: di
 
 def load(path, *, device="cpu", ema: bool = True) -> Checkpoint:
     """Load the checkpoint at ``path``: the model (EMA weights when ``ema`` and present) in eval mode."""
-    path = Path(path)
+    path = _resolve(path)
     config = read_config(path)
     try:
         schedule = Schedule.from_config(config["schedule"])
@@ -350,7 +505,7 @@ def load(path, *, device="cpu", ema: bool = True) -> Checkpoint:
 
 def load_train_state(path, *, device="cpu") -> dict[str, Any]:
     """The saved training state of a checkpoint (``step``, ``optimizer`` state_dict, ``losses``, …)."""
-    path = Path(path)
+    path = _resolve(path)
     config = read_config(path)
     if TRAIN_STATE not in config["files"]:
         raise CheckpointError(f"checkpoint {path} holds no training state (saved without train_state); "
