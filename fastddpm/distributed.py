@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import OutputLock, crash_point, fsync_dir, reserve
+
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT = 600.0  # s: rendezvous, init and the argument check
 DEFAULT_FINISH_TIMEOUT = 7 * 24 * 3600.0  # s: how long a finished rank waits for the slowest one
@@ -413,6 +415,7 @@ def sample_distributed(model, schedule, n, *, out, seed=0, resume=False, overwri
         sample_kwargs.setdefault("sample_shape", pipe.sample_shape)
     own_ctx = ctx is None
     ctx = init(device, timeout=timeout) if own_ctx else ctx
+    lock = None
     try:
         kind = model_kind(model)
         if kind == "torch":
@@ -431,7 +434,10 @@ def sample_distributed(model, schedule, n, *, out, seed=0, resume=False, overwri
         ctx.check_consistent("sampling", args)
         _arm_test_fault(ctx, model)
 
-        if _prepare_output(ctx, out, n, resume=resume, overwrite=overwrite) == "done":
+        # Rank 0 holds OUT.lock from here to the end of the assembly: a second job (or a
+        # one-process run) on the same OUT refuses at once instead of clobbering shards.
+        lock = OutputLock(out) if ctx.is_main else None
+        if _prepare_output(ctx, out, n, resume=resume, overwrite=overwrite, lock=lock) == "done":
             return out
         shard_dir(out).mkdir(parents=True, exist_ok=True)  # rank 0 made it; other nodes may not share it
         a, b = ctx.rows(n, batch_size)
@@ -451,13 +457,15 @@ def sample_distributed(model, schedule, n, *, out, seed=0, resume=False, overwri
         ctx.wait_all(True, timeout=finish_timeout)
         if ctx.is_main:
             try:
-                assemble(out, n, ctx.world_size, batch_size, keep_shards=keep_shards)
+                assemble(out, n, ctx.world_size, batch_size, keep_shards=keep_shards, lock=False)
             except Exception as exc:
                 _report_failure(ctx, f"assembling {out}: {type(exc).__name__}: {exc}", finish_timeout)
                 raise
         ctx.wait_all(True, timeout=finish_timeout)
         return out
     finally:
+        if lock is not None:
+            lock.release()
         if own_ctx:
             ctx.close()
 
@@ -491,11 +499,13 @@ def _report_failure(ctx: RankContext, message: str, finish_timeout: float) -> No
         pass
 
 
-def _prepare_output(ctx: RankContext, out: Path, n: int, *, resume: bool, overwrite: bool) -> str:
-    """Rank 0 looks at ``out`` and the shard directory and tells every rank: "run" or "done"."""
+def _prepare_output(ctx: RankContext, out: Path, n: int, *, resume: bool, overwrite: bool, lock=None) -> str:
+    """Rank 0 takes ``lock``, looks at ``out`` and the shard directory and tells every rank: "run" or "done"."""
     decision = ("run", "")
     if ctx.is_main:
         try:
+            if lock is not None:
+                lock.acquire()
             decision = (_output_state(out, n, ctx.world_size, resume=resume, overwrite=overwrite), "")
         except (OSError, ValueError) as exc:
             decision = ("error", f"{type(exc).__name__}: {exc}")
@@ -531,12 +541,18 @@ def _output_state(out: Path, n: int, world_size: int, *, resume: bool, overwrite
     return "run"
 
 
-def assemble(out, n: int, world_size: int, block: int = 1, *, keep_shards: bool = False) -> Path:
+def assemble(out, n: int, world_size: int, block: int = 1, *, keep_shards: bool = False, lock: bool = True) -> Path:
     """Concatenate the W complete shards of ``out`` in rank order into ``out`` (temp file + rename).
 
-    ``block``: the batch size the shards were cut with (see :func:`shard_range`).
+    ``block``: the batch size the shards were cut with (see :func:`shard_range`). The temp file's
+    space is reserved up front (a full disk is a clear ENOSPC error, not a SIGBUS) and filled
+    with ``pwrite``; it is fsynced before the rename, and the shards are removed only after it.
+    ``lock``: hold ``OUT.lock`` meanwhile (sample_distributed already holds it).
     """
     out = Path(out)
+    if lock:
+        with OutputLock(out):
+            return assemble(out, n, world_size, block, keep_shards=keep_shards, lock=False)
     bounds = [shard_range(n, r, world_size, block) for r in range(world_size)]
     parts = []
     for r in range(world_size):
@@ -554,25 +570,33 @@ def assemble(out, n: int, world_size: int, block: int = 1, *, keep_shards: bool 
         if p.shape[1:] != shape or p.dtype != dtype:
             raise DistributedError(
                 f"shards disagree on sample shape/dtype: {p.shape[1:]} {p.dtype} vs {shape} {dtype}")
+    from .sampling.bulk import npy_header
+
+    head = npy_header(dtype, (n,) + tuple(shape))
+    row_bytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
     tmp = out.with_name(f".{out.name}.assembling")
     try:
-        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n,) + tuple(shape))
-        row_bytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
-        step = max(1, _COPY_ROWS_BYTES // row_bytes)
-        s = 0
-        for p in parts:
-            for i in range(0, p.shape[0], step):
-                j = min(p.shape[0], i + step)
-                dst[s + i:s + j] = p[i:j]
-            s += p.shape[0]
-        dst.flush()
-        del dst
-        fd = os.open(tmp, os.O_RDONLY)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
+            reserve(fd, len(head) + n * row_bytes, tmp)
+            crash_point("assemble.reserved")
+            os.pwrite(fd, head, 0)
+            step = max(1, _COPY_ROWS_BYTES // row_bytes)
+            pos = len(head)
+            for p in parts:
+                for i in range(0, p.shape[0], step):
+                    data = memoryview(np.ascontiguousarray(p[i:i + step]).reshape(-1).view(np.uint8))
+                    while len(data):
+                        wrote = os.pwrite(fd, data, pos)
+                        data, pos = data[wrote:], pos + wrote
+                crash_point("assemble.part_copied")
             os.fsync(fd)
         finally:
             os.close(fd)
+        crash_point("assemble.synced")
         os.replace(tmp, out)
+        fsync_dir(out.parent)
+        crash_point("assemble.renamed")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

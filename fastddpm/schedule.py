@@ -75,6 +75,21 @@ def _check_betas(betas) -> np.ndarray:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"betas must lie in (0, 1); betas[{i}] = {float(arr[i])!r}")
+    # Betas inside (0, 1) can still break the tables in float64: 1/sqrt(ᾱ) needs ᾱ_t > 0 and
+    # finite 1/ᾱ_t (0.9 for 1000 steps gives ᾱ = 1e-1000 → 0), and 1/(1 − ᾱ_t) needs 1 − ᾱ_t > 0
+    # (a beta below ~1.1e-16 rounds 1 − β to 1). Refuse them here, naming the step.
+    alphas_cumprod = np.cumprod(1.0 - arr)
+    with np.errstate(divide="ignore", over="ignore"):
+        underflow = ~((alphas_cumprod > 0.0) & np.isfinite(1.0 / alphas_cumprod))
+    if underflow.any():
+        i = int(np.flatnonzero(underflow)[0])
+        raise ValueError(f"betas make alphas_cumprod (the product of 1 - betas) underflow in float64 at step "
+                         f"{i} of {arr.shape[0]} ({float(alphas_cumprod[i])!r}); use smaller betas or fewer steps")
+    vanish = ~(1.0 - alphas_cumprod > 0.0)
+    if vanish.any():
+        i = int(np.flatnonzero(vanish)[0])
+        raise ValueError(f"betas[{i}] = {float(arr[i])!r} is too small: 1 - alphas_cumprod[{i}] rounds to 0 in "
+                         "float64 (that step adds no noise); betas must be at least about 1e-15")
     return arr
 
 

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -236,8 +237,6 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
 
         ctx = distributed if isinstance(distributed, RankContext) else init(device)
         device = ctx.device
-        if batch_size < ctx.world_size:
-            raise ValueError(f"batch_size={batch_size} must be >= the number of ranks ({ctx.world_size})")
     device = _resolve_device(device)
     schedule = _resolve_schedule(schedule, num_steps)
 
@@ -251,6 +250,11 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     kind = KIND_DEFAULTS["vector" if len(dataset.sample_shape) == 1 else "image"]
     iters = kind["iters"] if iters is None else int(iters)
     batch_size = kind["batch_size"] if batch_size is None else int(batch_size)
+    if ctx is not None and batch_size < ctx.world_size:  # after the default (issue 16: TypeError before)
+        raise ValueError(f"batch_size={batch_size} must be >= the number of ranks ({ctx.world_size})")
+    if batch_size > len(dataset.x):  # allowed (batches are drawn with replacement), but say so
+        warnings.warn(f"batch_size={batch_size} is larger than the dataset ({len(dataset.x)} rows): every batch "
+                      "repeats rows (drawn with replacement); pass a smaller batch_size or more data", stacklevel=2)
     model, model_config = _resolve_net(net, net_kwargs, dataset, schedule.num_steps)
     if model_config is not None:
         with torch.random.fork_rng(devices=[]):

@@ -56,6 +56,23 @@ def say(args, *msg) -> None:
         print(*msg, file=sys.stderr, flush=True)
 
 
+def check_device(device) -> None:
+    """Refuse ``--device cuda[:i]`` up front when torch sees no such GPU (one line, no traceback)."""
+    text = str(device)
+    if not text.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise UserError(f"--device {text}: {why} (torch {torch.__version__}); use --device cpu, or install a "
+                        "CUDA build of torch on a machine with a GPU")
+    index = text.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise UserError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+
+
 def _subcommands():
     names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
     return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))

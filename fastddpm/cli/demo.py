@@ -29,7 +29,9 @@ def run(args) -> int:
     import time
 
     from ..demo import run_demo
+    from . import check_device
 
+    check_device(args.device)
     tic = time.perf_counter()
     res = run_demo(args.dataset, args.out, args.budget, seed=args.seed, device=args.device,
                    progress=progress(args), log=lambda msg: say(args, msg))

@@ -27,7 +27,11 @@ def run(args) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (write it with `fastddpm sample ... --out {path}`)")
-    samples = np.load(path, mmap_mode="r")
+    try:
+        samples = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # e.g. "mmap length is greater than file size"
+        raise ValueError(f"{path} is not a readable .npy file (truncated or corrupt: {exc}); write it again with "
+                         f"`fastddpm sample ... --out {path}`") from exc
     if samples.ndim < 2 or samples.shape[0] < 1:
         raise ValueError(f"{path} must hold samples of shape [n, ...] with n >= 1, got {samples.shape}")
     n_ref = samples.shape[0] if args.n_ref is None else args.n_ref

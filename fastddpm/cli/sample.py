@@ -51,6 +51,12 @@ def add_parser(subparsers, parents):
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from . import UserError, check_device
+
+    if Path(args.out).is_dir():  # refuse before loading or sampling anything (--overwrite too)
+        raise UserError(f"--out {args.out} is a directory; give the path of a .npy file to write")
     kwargs = {}
     if str(args.checkpoint).endswith(".onnx"):  # torch-free: onnxruntime + the fused kernels
         from ..runtime import OnnxSampler
@@ -58,6 +64,7 @@ def run(args) -> int:
         providers = ["CPUExecutionProvider"] if args.device == "cpu" else None
         pipe = OnnxSampler(args.checkpoint, providers=providers)
     else:
+        check_device(args.device)
         from .. import checkpoint as ckpt_mod
         from ..sampling.pipeline import Pipeline
 

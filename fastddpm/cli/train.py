@@ -62,7 +62,9 @@ def add_parser(subparsers, parents):
 def run(args) -> int:
     from ..data import load_dataset
     from ..training import train
+    from . import check_device
 
+    check_device(args.device)
     name = args.dataset
     n = args.n
     if n is None and name != "digits" and not name.endswith(".npy"):

@@ -108,8 +108,13 @@ def decode(props: dict[str, str], *, source: str = "the ONNX file") -> OnnxMetad
     schedule = load("schedule")
     sample_shape = load("sample_shape")
     prediction = ours.get("prediction")
+    try:
+        schedule = None if schedule is None else Schedule.from_config(schedule)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{source}: metadata entry {PREFIX}schedule is not a valid schedule "
+                         f"({type(exc).__name__}: {exc}); re-export it with fastddpm export CKPT --out FILE") from exc
     return OnnxMetadata(
-        schedule=None if schedule is None else Schedule.from_config(schedule),
+        schedule=schedule,
         prediction=None if prediction is None else check_prediction(prediction),
         normalization=load("normalization"),
         sample_shape=None if sample_shape is None else check_sample_shape(sample_shape, f"{PREFIX}sample_shape"),

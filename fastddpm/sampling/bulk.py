@@ -297,7 +297,11 @@ def _write_locked(run, final: Path, partial: Path, progress: Path, *, resume, ov
     try:
         if fresh:
             crash_point("bulk.created")
-            reserve(fd, layout.size, partial)
+            try:
+                reserve(fd, layout.size, partial)
+            except OSError:
+                partial.unlink(missing_ok=True)  # holds nothing yet
+                raise
             crash_point("bulk.reserved")
             _pwrite_all(fd, layout.header, 0, partial)
             os.fsync(fd)

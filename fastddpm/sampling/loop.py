@@ -62,6 +62,24 @@ def _check_int(value, name: str, low: int = 1) -> int:
     return int(value)
 
 
+def _check_shape_fits(model, shape: tuple) -> None:
+    """sample_shape against what the model says it takes (else the net fails with a raw
+    "mat1 and mat2" / conv error at its first call): a ``sample_shape`` attribute (MLP), or
+    ``config["in_channels"]`` (UNet: [C, H, W])."""
+    own = getattr(model, "sample_shape", None)
+    if own is not None and not isinstance(own, (int, tuple, list)):
+        own = None
+    if own is not None and tuple((own,) if isinstance(own, int) else own) != shape:
+        raise ValueError(f"sample_shape {shape} does not match the model: {type(model).__name__} takes samples of "
+                         f"shape {tuple((own,) if isinstance(own, int) else own)} (its sample_shape); pass that, "
+                         "or omit sample_shape")
+    config = getattr(model, "config", None)
+    channels = config.get("in_channels") if isinstance(config, dict) else None
+    if own is None and isinstance(channels, int) and (len(shape) != 3 or shape[0] != channels):
+        raise ValueError(f"sample_shape {shape} does not match the model: {type(model).__name__} has in_channels = "
+                         f"{channels}, so sample_shape must be ({channels}, H, W)")
+
+
 def _np_dtype(dtype):
     name = getattr(dtype, "name", None) if not isinstance(dtype, str) else dtype
     if name is None and "torch" in sys.modules and isinstance(dtype, sys.modules["torch"].dtype):
@@ -118,6 +136,7 @@ class SamplingRun:
                              "unless the model has a sample_shape attribute")
         self.shape = tuple(_check_int(s, "sample_shape entries") for s in (
             (shape,) if isinstance(shape, numbers.Integral) else shape))
+        _check_shape_fits(model, self.shape)
         self.D = int(np.prod(self.shape, dtype=np.int64))
         self.dtype = _np_dtype(dtype)
         self.check_finite = bool(check_finite)
