@@ -252,3 +252,78 @@ def test_bad_save_arguments(tmp_path):
     with pytest.raises(CheckpointError, match="JSON"):
         fastddpm.save(tmp_path / "a", m, s, normalization=n, train_config={"x": object()})
     assert not (tmp_path / "a").exists()
+
+
+# -- issue 16: configs that ask for absurd or contradictory models ------------------------------
+
+
+def _edit_config(path, fn):
+    config = json.loads((path / "config.json").read_text())
+    fn(config)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    # (depth = 10**6 is left out: building a million Linear modules even on the meta device takes
+    # tens of seconds; the byte bound still refuses it.)
+    ("width", 10**9, r"config\.json: MLP with .*model\.kwargs\.width = 1000000000.* would need [0-9,]+ bytes of "
+                     r"weights, over the limit"),
+    ("width", 64, r"config\.json: MLP with .*model\.kwargs\.width = 64.* needs 27,720 bytes of weights but "
+                  r"model\.safetensors holds 5,616; the config does not belong to these weights"),
+])
+def test_absurd_model_sizes_refused_before_allocation(mlp_ckpt, monkeypatch, field, value, match):
+    path = mlp_ckpt[0]
+    _edit_config(path, lambda c: c["model"]["kwargs"].update({field: value}))
+    import fastddpm.nets as nets
+
+    devices = []
+    real = nets.build
+
+    def spy(name, **kwargs):
+        devices.append(torch.get_default_device().type)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(nets, "build", spy)
+    with pytest.raises(CheckpointError, match=match):
+        fastddpm.load(path)
+    assert set(devices) == {"meta"}  # counted on the meta device; never built for real
+
+
+def test_sample_shape_contradicting_the_model_caught_at_load(mlp_ckpt, tmp_path):
+    path = mlp_ckpt[0]
+    _edit_config(path, lambda c: c.update(sample_shape=[3]))
+    with pytest.raises(CheckpointError, match=r"config\.json: sample_shape \[3\] contradicts the model \(MLP samples "
+                                              r"have shape \[2\]"):
+        fastddpm.load(path)
+    _edit_config(path, lambda c: c.update(sample_shape="2"))
+    with pytest.raises(CheckpointError, match="sample_shape must be a non-empty list of positive integers"):
+        fastddpm.load(path)
+    unet = fastddpm.save(tmp_path / "u", UNet(1, base_channels=8), fastddpm.Schedule.linear(10),
+                         normalization=Normalization.identity(), sample_shape=(1, 8, 8))
+    _edit_config(unet, lambda c: c.update(sample_shape=[3, 8, 8]))
+    with pytest.raises(CheckpointError, match=r"UNet has in_channels = 1, so samples are \[1, H, W\]"):
+        fastddpm.load(unet)
+
+
+def test_deeply_nested_or_huge_config_names_the_file(mlp_ckpt, monkeypatch):
+    path = mlp_ckpt[0]
+    (path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match=r"ck/config\.json is nested too deeply"):
+        fastddpm.load(path)
+    monkeypatch.setattr(ckpt, "MAX_CONFIG_BYTES", 1000)
+    with pytest.raises(CheckpointError, match=r"ck/config\.json has 200,000 bytes"):
+        fastddpm.load(path)
+
+
+def test_load_finds_the_copy_an_interrupted_save_left(mlp_ckpt):
+    """The fallback save's one gap: killed between its renames, path is missing and .ck.old-* holds the
+    checkpoint (tests/test_faults.py kills real saves there; this is the state it leaves)."""
+    path, model, ema, norm = mlp_ckpt
+    old = path.parent / ".ck.old-1234abcd"
+    path.rename(old)
+    with pytest.warns(RuntimeWarning, match=r"checkpoint .*ck is missing but a complete copy \.ck\.old-1234abcd"):
+        c = fastddpm.load(path)
+    assert c.path == old and c.weights == "ema"
+    fastddpm.save(path, model, fastddpm.Schedule.cosine(100), normalization=norm)  # restores, then replaces
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ck"]
+    assert fastddpm.load(path).weights == "model"

@@ -127,3 +127,123 @@ def test_empty_batch_is_fine():
     empty = np.zeros((0, 3), np.float32)
     assert fastddpm.ddpm_step(S, empty, empty, 3).shape == (0, 3)
     assert fastddpm.q_sample(S, empty, 3)[0].shape == (0, 3)
+
+
+# -- issue 16: the errors that were unclear -----------------------------------------------------
+
+
+@pytest.mark.parametrize("betas, match", [
+    ([1e-20] * 10, r"betas\[0\] = 1e-20 is too small: 1 - alphas_cumprod\[0\] rounds to 0"),
+    ([0.5] * 3 + [1e-18] * 3, None),  # later tiny betas are fine: 1 - ᾱ stays > 0
+    ([0.9] * 1000, r"betas make alphas_cumprod .* underflow in float64 at step 30[0-9] of 1000"),
+])
+def test_degenerate_betas_name_betas(betas, match):
+    if match is None:
+        assert np.isfinite(Schedule.from_betas(betas).posterior_mean_coef1).all()
+        return
+    with pytest.raises(ValueError, match=match):
+        Schedule.from_betas(betas)
+
+
+def test_sample_shape_that_contradicts_the_model():
+    from fastddpm.nets import MLP, UNet
+
+    s = Schedule.linear(10)
+    with pytest.raises(ValueError, match=r"sample_shape \(3,\) does not match the model: MLP takes samples of "
+                                         r"shape \(2,\)"):
+        fastddpm.sample(MLP(2, width=8, depth=1, num_steps=10), s, 2, sample_shape=(3,), progress=False)
+    with pytest.raises(ValueError, match=r"UNet has in_channels = 1, so sample_shape must be \(1, H, W\)"):
+        fastddpm.sample(UNet(1, base_channels=8, num_steps=10), s, 2, sample_shape=(3, 8, 8), progress=False)
+    # the right shape still works
+    assert fastddpm.sample(MLP(2, width=8, depth=1, num_steps=10), s, 2, sample_shape=(2,), progress=False,
+                           steps=2).shape == (2, 2)
+
+
+def test_onnx_schedule_metadata_names_the_file():
+    from fastddpm.runtime.metadata import FORMAT, PREFIX, decode
+
+    props = {PREFIX + "format": FORMAT, PREFIX + "schedule": '{"name": "linear"}'}  # no num_steps
+    with pytest.raises(ValueError, match=r"'m\.onnx': metadata entry fastddpm\.schedule is not a valid schedule"):
+        decode(props, source="'m.onnx'")
+    props[PREFIX + "schedule"] = '[1, 2]'
+    with pytest.raises(ValueError, match=r"'m\.onnx': metadata entry fastddpm\.schedule"):
+        decode(props, source="'m.onnx'")
+
+
+def _cli(argv, capsys):
+    from fastddpm.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("cmd", [["sample", "ckpt", "--n", "3", "--out", "x.npy"],
+                                 ["train", "--dataset", "moons", "--out", "ck"]])
+def test_device_cuda_without_cuda_is_one_line(cmd, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = _cli([*cmd, "--device", "cuda"], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "--device cuda: " in err and "use --device cpu" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_directory_refused_before_anything(capsys, tmp_path):
+    out = tmp_path / "d.npy"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    # the checkpoint does not even exist: the refusal comes before loading or sampling
+    code, err = _cli(["sample", tmp_path / "nockpt", "--n", "3", "--out", out, "--overwrite"], capsys)
+    assert code == 2 and f"--out {out} is a directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npy"] and (out / "keep").read_text() == "x"
+
+
+def test_write_samples_refuses_a_directory(tmp_path):
+    from _sampling_models import GaussianEps
+
+    s = Schedule.linear(10)
+    out = tmp_path / "d.npy"
+    out.mkdir()
+    m = GaussianEps(s, [0.0], [1.0])
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        fastddpm.sample(m, s, 3, out=out, overwrite=True, progress=False)
+    assert m.calls == 0
+
+
+def test_eval_on_a_truncated_npy_names_the_file(capsys, tmp_path):
+    f = tmp_path / "s.npy"
+    np.save(f, np.zeros((100, 2), np.float32))
+    f.write_bytes(f.read_bytes()[:300])
+    code, err = _cli(["eval", f, "--dataset", "moons"], capsys)
+    assert code == 2 and f"{f} is not a readable .npy file (truncated or corrupt" in err
+
+
+def test_batch_larger_than_the_dataset_warns():
+    from fastddpm.data import load_dataset
+    from fastddpm.training import train
+
+    with pytest.warns(UserWarning, match=r"batch_size=16 is larger than the dataset \(8 rows\)"):
+        train(load_dataset("moons", 8), iters=1, batch_size=16, net_kwargs={"width": 8, "depth": 1},
+              num_steps=10, progress=False)
+
+
+def test_train_distributed_without_batch_size(tmp_path):
+    """One rank (WORLD_SIZE=1) under torchrun's variables: the default batch size is checked, not None."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**__import__("os").environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    proc = subprocess.run([sys.executable, "-m", "fastddpm", "train", "--dataset", "moons", "--n", "64", "--iters",
+                           "2", "--num-steps", "10", "--width", "8", "--depth", "1", "--out", str(tmp_path / "ck"),
+                           "--distributed", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["train"]["batch_size"] == 256
