@@ -20,3 +20,12 @@ demo: venv
 
 bench: venv
 	$(BIN)/python -m pytest bench --benchmark-enable --benchmark-only
+
+# On the bare GPU machine (its own torch/triton, no network): scripts/gpu_check.sh, results in
+# $(OUT) (default gpu-results/). `make gpu-check-dry` runs its Python parts on the CPU.
+.PHONY: gpu-check gpu-check-dry
+gpu-check:
+	./scripts/gpu_check.sh
+
+gpu-check-dry:
+	./scripts/gpu_check.sh --dry-run

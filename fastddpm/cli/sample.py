@@ -39,7 +39,12 @@ def add_parser(subparsers, parents):
     p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same samples)")
     p.add_argument("--batch-size", type=int, default=None, help="samples per batch (default: cache-sized on CPU)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    p.add_argument("--backend", choices=LOOP_BACKENDS, default="auto", help="update kernels (auto: numba on CPU, triton on CUDA)")
+    p.add_argument("--backend", choices=LOOP_BACKENDS, default="auto",
+                   help="update kernels (auto: numba on CPU, the fused Triton kernel on CUDA; triton on the CPU "
+                        "only under TRITON_INTERPRET=1)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="sample dtype; float16/bfloat16 need the Triton loop (CUDA); bfloat16 is written "
+                        "to the .npy as float32 (exactly)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run writing the same --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
@@ -80,7 +85,7 @@ def run(args) -> int:
                 pipe, None, args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
                 clip=args.clip, seed=args.seed, batch_size=args.batch_size, backend=args.backend, out=args.out,
                 resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, ctx=ctx,
-                keep_shards=args.keep_shards, **kwargs)
+                keep_shards=args.keep_shards, dtype=args.dtype, **kwargs)
             if args.quiet or not ctx.is_main:
                 return 0
     else:
@@ -90,7 +95,7 @@ def run(args) -> int:
         path = pipe.sample(args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
                            clip=args.clip, seed=args.seed, batch_size=args.batch_size, backend=args.backend,
                            out=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
-                           **kwargs)
+                           dtype=args.dtype, **kwargs)
     if not args.quiet:
         took = time.perf_counter() - start
         print(f"wrote {args.n} samples to {path} in {took:.1f} s ({args.n / took:,.0f} samples/s)", file=sys.stderr)

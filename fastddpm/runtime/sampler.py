@@ -72,7 +72,7 @@ class OnnxSampler(Pipeline):
 
     def sample(self, n: int, **kwargs):
         cuda = None
-        if kwargs.get("backend", "auto") in ("auto", "triton") and kwargs.get("device") in (None, "cuda"):
+        if kwargs.get("backend", "auto") in ("auto", "triton") and _wants_cuda(kwargs.get("device")):
             cuda = self._cuda_model()
         if cuda is None:
             return super().sample(n, **kwargs)
@@ -111,3 +111,11 @@ def _file_digest(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return "onnx:" + h.hexdigest()[:16]
+
+
+def _wants_cuda(device) -> bool:
+    """device=None (use CUDA when it can run), "cuda", "cuda:i" or a torch.device of type cuda."""
+    if device is None:
+        return True
+    kind = getattr(device, "type", None)
+    return (kind if kind is not None else str(device).split(":", 1)[0]) == "cuda"

@@ -8,19 +8,26 @@ Paths:
 - host (default on CPU): x lives in a NumPy buffer; torch modules see it through
   ``torch.from_numpy`` under ``torch.inference_mode`` and their output is read back the same
   way; the update is one fused Numba kernel in place (``backend="numpy"``: the reference).
-- torch (CUDA, or ``backend="torch"`` on any device): tensors all the way, per-step
-  coefficients from a device table, no ``.item()`` inside a batch; on CUDA the network and the
-  update of one step are captured in a CUDA graph and replayed (``cuda_graph``).
+- torch (CUDA; ``backend="triton"`` on CPU tensors under TRITON_INTERPRET=1; ``backend="torch"``
+  on any device): tensors all the way. The update is one fused Triton kernel per step that
+  reads its coefficient row, step index and noise counter from device memory (TorchStepper);
+  nothing about a step is a host argument, so on CUDA runs of GRAPH_STEPS steps (network +
+  update) replay from captured CUDA graphs, cached per (model, batch, plan, dtype) across calls
+  (``cuda_graph``); a model that cannot be captured runs eagerly after one warning.
+  ``backend="torch"`` is the torch-ops reference of the update (never the hot path, no graphs).
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 import sys
+import warnings
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends import BackendUnavailableError, kernels
+from ..backends import BackendUnavailableError, interpreting_triton, kernels
 from ..schedule import Schedule
 from .guard import all_finite, nonfinite_error
 from .models import check_output, host_model, model_device, model_kind
@@ -80,17 +87,48 @@ def _check_shape_fits(model, shape: tuple) -> None:
                          f"{channels}, so sample_shape must be ({channels}, H, W)")
 
 
-def _np_dtype(dtype):
-    name = getattr(dtype, "name", None) if not isinstance(dtype, str) else dtype
-    if name is None and "torch" in sys.modules and isinstance(dtype, sys.modules["torch"].dtype):
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+def _dtype_name(dtype) -> str:
+    """'float32' | 'float64' | 'float16' | 'bfloat16' from a NumPy/torch dtype or its name."""
+    if "torch" in sys.modules and isinstance(dtype, sys.modules["torch"].dtype):
         name = str(dtype).replace("torch.", "")
-    try:
-        dt = np.dtype(name if name is not None else dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
-    return dt
+    elif isinstance(dtype, str):
+        name = dtype
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = None
+    if name not in DTYPES:
+        raise TypeError(f"dtype must be one of {', '.join(DTYPES)} (float16/bfloat16 on the Triton loop), "
+                        f"got {dtype!r}")
+    return name
+
+
+def _np_dtype(dtype):
+    """The host dtype (float32 or float64) of the host path."""
+    name = _dtype_name(dtype)
+    if name not in ("float32", "float64"):
+        raise TypeError(f"dtype={name} runs on the Triton loop only (device='cuda', or backend='triton'); "
+                        "the host path (NumPy/Numba) takes float32 or float64")
+    return np.dtype(name)
+
+
+# A batch's K steps replay as ⌊K/GRAPH_STEPS⌋ graphs of GRAPH_STEPS steps and one of K mod
+# GRAPH_STEPS: one replay call per 20 steps keeps the host's share per step small without
+# capturing all K steps (capture time and graph size grow with the steps held). Not yet
+# measured on a GPU (docs/triton.md).
+GRAPH_STEPS = 20
+
+# Captured graphs, per model (dropped with it) and per (device, batch, shape, plan, dtype, …).
+_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def clear_graph_cache() -> None:
+    """Drop every cached CUDA graph (and the device buffers it holds)."""
+    _GRAPHS.clear()
 
 
 def trajectory_positions(num_steps: int, trajectory_steps) -> list:
@@ -138,30 +176,15 @@ class SamplingRun:
             (shape,) if isinstance(shape, numbers.Integral) else shape))
         _check_shape_fits(model, self.shape)
         self.D = int(np.prod(self.shape, dtype=np.int64))
-        self.dtype = _np_dtype(dtype)
         self.check_finite = bool(check_finite)
         self.progress = progress
 
         self.device = self._device(device)
-        self.on_torch = self.device is not None and (self.device.type != "cpu" or backend == "torch")
+        self.on_torch = self.device is not None and (self.device.type != "cpu" or backend in ("torch", "triton"))
         if self.on_torch:
-            if self.kind != "torch":
-                raise ValueError(f"backend={backend!r}/device={device!r} needs a torch model; "
-                                 "an array_api='numpy' model runs on the host (backend 'numba' or 'numpy')")
-            if backend in ("numpy", "numba"):
-                raise ValueError(f"backend={backend!r} runs on the CPU but the model is on {self.device}; "
-                                 "use backend='auto'")
-            import torch
-
-            self.torch_dtype = getattr(torch, self.dtype.name)
-            self.noise_backend = "auto" if backend in ("auto", "torch") else backend
-            self.stepper = TorchStepper(self.plan, self.device, self.torch_dtype, self.seed, self.noise_backend)
-            self.cuda_graph = (self.device.type == "cuda") if cuda_graph is None else bool(cuda_graph)
-            if self.cuda_graph and self.device.type != "cuda":
-                raise ValueError("cuda_graph=True needs a CUDA device")
+            self._torch_setup(backend, dtype, cuda_graph)
         else:
-            if backend == "triton":
-                raise BackendUnavailableError("backend='triton' needs a CUDA device (device='cuda' and a model on it)")
+            self.dtype = _np_dtype(dtype)
             self.kernel_backend = "numpy" if backend == "numpy" else "numba"
             if self.kernel_backend == "numba":
                 try:
@@ -175,8 +198,42 @@ class SamplingRun:
         if batch_size is None:
             batch_size = default_batch_size(self.D, self.device.type if self.on_torch else "cpu")
         self.batch_size = min(_check_int(batch_size, "batch_size"), self.n)
-        self._graphs = {}
         self.model_id = None  # identifies the weights in a bulk progress record (set by Pipeline)
+
+    def _torch_setup(self, backend, dtype, cuda_graph) -> None:
+        """The on_torch branch of __init__: dtype, stepper (tables built here), graph choice."""
+        if self.kind != "torch":
+            raise ValueError(f"backend={backend!r}/device={self.device} needs a torch model; "
+                             "an array_api='numpy' model runs on the host (backend 'numba' or 'numpy')")
+        if backend in ("numpy", "numba"):
+            raise ValueError(f"backend={backend!r} runs on the CPU but the model is on {self.device}; "
+                             "use backend='auto'")
+        import torch
+
+        name = _dtype_name(dtype)
+        self.torch_dtype = getattr(torch, name)
+        # Storage dtype of files (.npy has no bfloat16: it widens to float32, exactly).
+        self.dtype = np.dtype("float32" if name == "bfloat16" else name)
+        update = "torch" if backend == "torch" else "triton"
+        if update == "triton":
+            if self.device.type == "cpu" and not interpreting_triton():
+                raise BackendUnavailableError(
+                    "backend='triton' on the CPU runs only under the Triton interpreter (TRITON_INTERPRET=1 "
+                    "set before triton is imported; slow, meant for tests); use device='cuda', or "
+                    "backend='auto' (Numba) on the CPU")
+            kernels("triton")  # a clear error when triton is not installed
+            if name == "float64":
+                raise TypeError("dtype=float64 does not run on the Triton loop (float32, float16 or bfloat16); "
+                                "use backend='torch', or the host path (device='cpu', backend 'numba')")
+        self.stepper = TorchStepper(self.plan, self.device, self.torch_dtype, self.seed, update)
+        self.model_dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+        default_graph = self.device.type == "cuda" and update == "triton"
+        self.cuda_graph = default_graph if cuda_graph is None else bool(cuda_graph)
+        if self.cuda_graph and self.device.type != "cuda":
+            raise ValueError("cuda_graph=True needs a CUDA device")
+        if self.cuda_graph and update != "triton":
+            raise ValueError("cuda_graph=True needs the fused Triton update (backend 'auto' or 'triton'); "
+                             "backend='torch' runs eagerly")
 
     def _device(self, device):
         """None for the host path with a NumPy model; a torch.device otherwise."""
@@ -246,108 +303,133 @@ class SamplingRun:
     def _torch_batch(self, s0, s1, out, traj, pbar):
         import torch
 
-        from ..ops import randn
-
-        plan, K, st = self.plan, self.plan.num_steps, self.stepper
+        K, st = self.plan.num_steps, self.stepper
         B, offset = s1 - s0, (self.start + s0) * self.D
-        # Graphs replay on fixed buffers: full batches run in the captured graph, a smaller last
-        # batch runs eagerly.
-        graph = self._graph(B) if self.cuda_graph and B == self.batch_size else None
-        if graph is not None:
-            g, static = graph
-            x, state = static["x"], static["state"]
-        else:
-            x = out if out is not None else torch.empty((B,) + self.shape, dtype=self.torch_dtype,
-                                                        device=self.device)
-        with torch.inference_mode():
-            x.copy_(randn((B,) + self.shape, seed=self.seed, stream=0, offset=offset, dtype=self.torch_dtype,
-                          like=x, backend=self.noise_backend))
-            if graph is None:
-                state = st.state(x)
+        guard = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        with torch.inference_mode(), guard:
+            # Graphs replay on fixed buffers: full batches replay, a smaller last batch and
+            # trajectory runs (host copies between steps) run the same steps eagerly.
+            graphed = self._graphed(B, offset & 3) if self.cuda_graph and traj is None and B == self.batch_size else None
+            if graphed is not None:
+                return self._replay(graphed, s0, s1, offset, out, pbar)
+            if out is None or not out.is_contiguous() or out.dtype != self.torch_dtype:
+                x = torch.empty((B,) + self.shape, dtype=self.torch_dtype, device=self.device)
             else:
-                if state["x0_prev"] is not None:
-                    state["x0_prev"].zero_()
-                static["bad"].fill_(-1)
+                x = out
+            state = st.state(x)
+            st.begin(x, state, offset)
             record = _recorder(traj, s0, s1)
             record(0, x)
             bad = torch.full((), -1, dtype=torch.int64, device=self.device)
-            ks = torch.arange(K, dtype=torch.int64, device=self.device)
-            ts = plan.t.tolist()
+            ts = self.plan.t.tolist()
             for k in range(K):
-                st.draw_noise(k, state, offset)
-                if graph is not None:
-                    static["t"].fill_(ts[k])
-                    static["row"].copy_(st.coef[k])
-                    static["k"].copy_(ks[k])
-                    g.replay()
-                else:
-                    m = self.model(x, torch.full((B,), ts[k], dtype=torch.int64, device=self.device))
-                    if not isinstance(m, torch.Tensor):
-                        raise TypeError(f"the model must return a torch tensor, got {type(m).__name__}")
-                    check_output(m, x, k, ts[k], K)
-                    m = m.to(self.torch_dtype)
-                    if self.check_finite:
-                        bad = torch.where((bad < 0) & ~torch.isfinite(m).all(), ks[k], bad)
-                    noise = state["noise"] if plan.prev_t[k] >= 0 else None
-                    st.update(st.coef[k], x, m, x, noise, state)
+                self._step(st, x, state, bad, k)
                 record(k + 1, x)
                 if pbar is not None:
                     pbar.update(B)
-            if graph is not None:
-                bad = static["bad"]
-            if self.check_finite:
-                first = int(bad)  # one sync per batch, after the loop
-                if first >= 0:
-                    raise nonfinite_error(first, ts[first], K, self.start + s0, self.start + s1 - 1)
-            if graph is not None:
-                if out is None:
-                    return x.clone()
+            self._raise_if_nonfinite(bad, s0, s1)
+            if out is not None and x is not out:
                 out.copy_(x)
                 return out
-        return x
+            # .npy files have no bfloat16: a batch handed to a file writer widens (exactly).
+            return x.float() if out is None and self.torch_dtype == torch.bfloat16 else x
 
-    def _graph(self, B: int):
-        """Model + update of one step captured on static buffers (one graph per run)."""
-        if B in self._graphs:
-            return self._graphs[B]
+    def _step(self, st, x, state, bad, k=None):
+        """One step: network on (x, t_now) → fused update of x in place (step index on the
+        device). ``k`` (host) only for the eager path's output checks; None while capturing."""
         import torch
 
-        st = self.stepper
-        x = torch.randn((B,) + self.shape, dtype=self.torch_dtype, device=self.device)
-        static = {
-            "x": x,
-            "state": st.state(x),
-            "t": torch.full((B,), int(self.plan.t[0]), dtype=torch.int64, device=self.device),
-            "row": st.coef[0].clone(),
-            "k": torch.zeros((), dtype=torch.int64, device=self.device),
-            "bad": torch.full((), -1, dtype=torch.int64, device=self.device),
-        }
-        # The noise buffer is always read in the graph: on the last step sigma = 0 multiplies it.
-        noise = static["state"]["noise"]
+        xin = x if self.model_dtype in (None, x.dtype) else x.to(self.model_dtype)
+        m = self.model(xin, st.t_input(x.shape[0]))
+        if k is not None:
+            if not isinstance(m, torch.Tensor):
+                raise TypeError(f"the model must return a torch tensor, got {type(m).__name__}")
+            check_output(m, x, k, int(self.plan.t[k]), self.plan.num_steps)
+        if not m.is_contiguous():
+            m = m.contiguous()
+        if self.check_finite:  # first bad step index, on the device (one sync per batch, after the loop)
+            bad.copy_(torch.where((bad < 0) & ~torch.isfinite(m).all(), st.ctl[0], bad))
+        st.update(x, m, state)
 
-        def body():
-            m = self.model(static["x"], static["t"])
-            check_output(m, static["x"], 0, int(self.plan.t[0]), self.plan.num_steps)
-            m = m.to(self.torch_dtype)
-            if self.check_finite:
-                bad = static["bad"]
-                bad.copy_(torch.where((bad < 0) & ~torch.isfinite(m).all(), static["k"], bad))
-            st.update(static["row"], static["x"], m, static["x"], noise, static["state"])
+    def _raise_if_nonfinite(self, bad, s0, s1):
+        if self.check_finite:
+            first = int(bad)  # one sync per batch, after the loop
+            if first >= 0:
+                raise nonfinite_error(first, int(self.plan.t[first]), self.plan.num_steps,
+                                      self.start + s0, self.start + s1 - 1)
 
-        with torch.inference_mode():
-            # Warm up on a side stream (cuBLAS handles, lazy init), then capture. The buffers'
-            # contents are reset by every batch, so the warm-up leaves nothing behind.
-            side = torch.cuda.Stream(device=self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    body()
-            torch.cuda.current_stream(self.device).wait_stream(side)
+    def _graph_key(self, B: int, shift: int):
+        p = self.plan
+        weights = tuple(t.data_ptr() for t in self.model.parameters()) + tuple(
+            t.data_ptr() for t in self.model.buffers())
+        return (str(self.device), B, self.shape, p.sampler, p.t.tobytes(), p.prev_t.tobytes(), p.coef.tobytes(),
+                p.prediction, p.clip, str(self.torch_dtype), self.check_finite, shift, weights)
+
+    def _graphed(self, B: int, shift: int):
+        """The captured graphs for batches of B samples with offset & 3 == shift, or None when
+        capture failed (then the loop runs eagerly; warned once). Cached across calls."""
+        per_model = _GRAPHS.setdefault(self.model, {})
+        key = self._graph_key(B, shift)
+        if key in per_model:
+            return per_model[key]
+        try:
+            per_model[key] = self._capture(B, shift)
+        except Exception as exc:  # noqa: BLE001 - any capture failure falls back to eager
+            warnings.warn(f"CUDA graph capture of the sampling step failed ({type(exc).__name__}: {exc}); "
+                          "sampling this model eagerly (pass cuda_graph=False to skip the attempt)",
+                          RuntimeWarning, stacklevel=4)
+            per_model[key] = None
+        return per_model[key]
+
+    def _capture(self, B: int, shift: int) -> dict:
+        """Static buffers and their own TorchStepper (every table built here, before capture);
+        graphs of GRAPH_STEPS steps and of K mod GRAPH_STEPS steps."""
+        import torch
+
+        K = self.plan.num_steps
+        st = TorchStepper(self.plan, self.device, self.torch_dtype, self.seed, "triton")
+        x = torch.zeros((B,) + self.shape, dtype=self.torch_dtype, device=self.device)
+        state = st.state(x)
+        bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        # Warm up on a side stream (Triton compile, cuBLAS handles, lazy init) with one checked
+        # step; the buffers are reset by every batch, so it leaves nothing behind.
+        st.begin(x, state, shift)
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._step(st, x, state, bad, 0)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        torch.cuda.synchronize(self.device)
+        graphs, pool = {}, None
+        for steps in sorted({min(K, GRAPH_STEPS), K % GRAPH_STEPS} - {0}, reverse=True):
+            st.begin(x, state, shift)  # ctl[0] in range while capturing (nothing runs)
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                body()
-        self._graphs[B] = (g, static)
-        return self._graphs[B]
+            with torch.cuda.graph(g, pool=pool):
+                for _ in range(steps):
+                    self._step(st, x, state, bad)
+            pool = g.pool()
+            graphs[steps] = g
+        return {"stepper": st, "x": x, "state": state, "bad": bad, "graphs": graphs}
+
+    def _replay(self, graphed, s0, s1, offset, out, pbar):
+        K, B = self.plan.num_steps, s1 - s0
+        st, x, state, bad = graphed["stepper"], graphed["x"], graphed["state"], graphed["bad"]
+        st.begin(x, state, offset)
+        bad.fill_(-1)
+        done = 0
+        while done < K:
+            steps = min(GRAPH_STEPS, K - done)
+            graphed["graphs"][steps].replay()
+            done += steps
+            if pbar is not None:
+                pbar.update(B * steps)
+        self._raise_if_nonfinite(bad, s0, s1)
+        if out is None:
+            import torch
+
+            return x.float() if self.torch_dtype == torch.bfloat16 else x.clone()
+        out.copy_(x)
+        return out
 
 
 def _recorder(traj, s0, s1):
@@ -396,7 +478,10 @@ def sample(model, schedule, n, *, sampler="ddpm", steps=None, spacing="leading",
     ``return_trajectory`` also a :class:`Trajectory` at ``trajectory_steps`` (loop positions,
     default 11 evenly spaced, or "all").
     check_finite: stop with an error naming the step if the model returns NaN/inf.
-    cuda_graph: capture network + update per step in a CUDA graph (default on for CUDA).
+    dtype: float32 (default) or float64 on the host; float32, float16 or bfloat16 on the Triton
+    loop (CUDA; the math is float32, x is stored in dtype; a float32 network is fed x cast to
+    its dtype). cuda_graph: replay the steps (network + update) from captured CUDA graphs
+    (default on for CUDA with the Triton update), cached per model across calls.
     start: the global index of the first sample: the result is samples start … start+n−1 of the
     request with this seed (a shard of a larger run; see fastddpm.distributed).
     """

@@ -94,4 +94,7 @@ class Pipeline:
 
     @staticmethod
     def _host(x):
-        return x if not hasattr(x, "detach") else x.detach().cpu().numpy()
+        if not hasattr(x, "detach"):
+            return x
+        x = x.detach()
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).cpu().numpy()  # NumPy has no bfloat16

@@ -5,8 +5,9 @@ A stepper is built once per run (arguments validated there, tables prepared) and
 global noise offset ``offset`` (= s0·D). Step k draws its noise from stream k + 1.
 
 Host steppers call the fused kernels directly (the public ops' per-call validation costs more
-than the whole update at n = 1); torch steppers use vectorised torch ops on per-step
-coefficient rows that live on the device, so a CUDA loop never syncs and can be graph-captured.
+than the whole update at n = 1); the torch stepper launches one fused Triton kernel per step
+that reads its coefficient row, step index and noise counter from device memory, so a CUDA loop
+never syncs and a run of steps replays from a CUDA graph.
 """
 from __future__ import annotations
 
@@ -113,47 +114,114 @@ class HostStepper:
 
 
 class TorchStepper:
-    """Steps on torch tensors [B, …] of one device with vectorised ops and device-resident tables.
+    """Steps on torch tensors [B, …] of one device, driven by tensors on that device.
 
-    Noise comes from fastddpm.randn (Triton on CUDA, Numba on CPU tensors) into a per-batch
-    buffer; the update reads coefficient row ``coef[k]`` (a device view, no sync).
+    Per run (built here, before any graph capture): ``t_table`` int64 [K + 1] (the visited
+    timesteps, padded), ``ctl`` int64 [3] = (k, offset, seed) and ``t_now`` int64 [1]
+    (t of step k, what the network is fed as a stride-0 view ``t_input(B)``). ``update``
+    does step ctl[0] in place and advances ctl[0] and t_now on the device, so a run of steps
+    has no host work between steps and can be replayed from a CUDA graph.
+
+    backend "triton" (CUDA, or CPU tensors under TRITON_INTERPRET=1): the update is ONE
+    launch of the fused kernel (fastddpm.kernels.triton.update) that reads row ctl[0] of a
+    float32 coefficient table and draws its noise in-kernel (stream k + 1); float32, float16
+    or bfloat16 data, float32 math. backend "torch": the reference chain of torch ops with
+    noise from fastddpm.randn into a buffer (host step counter; never graph-captured).
     """
 
-    def __init__(self, plan, device, dtype, seed: int, backend: str = "auto"):
+    def __init__(self, plan, device, dtype, seed: int, backend: str = "triton"):
         import torch
 
+        if backend not in ("triton", "torch"):
+            raise ValueError(f"TorchStepper backend must be 'triton' or 'torch', got {backend!r}")
         self.torch = torch
         self.plan, self.seed, self.backend = plan, int(seed), backend
         self.device, self.dtype = torch.device(device), dtype
-        # Rounded to the data dtype once, as the CPU kernels do per step.
-        self.coef = torch.as_tensor(plan.coef, dtype=torch.float64).to(device=self.device, dtype=dtype)
-        self.eps_pred = plan.prediction == "epsilon"
-        self.sample_pred = plan.prediction == "sample"
+        K = plan.num_steps
+        self.t_table = torch.tensor(list(map(int, plan.t)) + [0], dtype=torch.int64, device=self.device)
+        self.ctl = torch.zeros(3, dtype=torch.int64, device=self.device)
+        self.t_now = self.t_table[:1].clone()
+        self.t0 = int(plan.t[0])
+        self.k, self.offset = 0, 0  # host copies of the step index (the torch backend's noise stream; error messages)
+        if backend == "triton":
+            # float32 rows whatever the data dtype: the kernel computes in float32.
+            self.coef = torch.as_tensor(plan.coef, dtype=torch.float64).to(device=self.device, dtype=torch.float32)
+            self._launchers = {}
+        else:
+            # Rounded to the data dtype once, as the CPU kernels do per step.
+            self.coef = torch.as_tensor(plan.coef, dtype=torch.float64).to(device=self.device, dtype=dtype)
+        assert self.coef.shape[0] == K
 
     def state(self, like) -> dict:
-        """Per-batch buffers: x̂0 of the previous step (dpmpp2m) and the noise buffer."""
+        """Per-batch buffers: x̂0 of the previous step (dpmpp2m), the noise buffer (torch backend)."""
         torch = self.torch
         return {
             "x0_prev": torch.zeros_like(like) if self.plan.sampler == "dpmpp2m" else None,
-            "noise": torch.zeros_like(like) if self.plan.noisy else None,
+            "noise": torch.zeros_like(like) if self.plan.noisy and self.backend == "torch" else None,
         }
 
-    def draw_noise(self, k: int, state: dict, offset: int):
-        """Stream k + 1 noise for step k into state["noise"] (None when the step adds none)."""
-        if state["noise"] is None or self.plan.prev_t[k] < 0:
-            return None
+    def begin(self, x, state: dict, offset: int) -> None:
+        """Start a batch whose first element has global noise offset ``offset``: x ← x_T
+        (stream 0), step index 0, t_now = t[0], x̂0_prev = 0. Device writes only (no sync)."""
         from ..ops import randn
 
-        buf = state["noise"]
-        buf.copy_(randn(tuple(buf.shape), seed=self.seed, stream=k + 1, offset=offset, dtype=self.dtype,
-                        like=buf, backend=self.backend))
-        return buf
+        if self.backend == "triton":
+            from ..kernels.triton import randn as triton_randn
 
-    def update(self, row, x, m, out, noise, state) -> None:
-        """The fused update from a coefficient row (a [C] device tensor); graph-capturable."""
-        p = self.plan
+            triton_randn(x.view(-1), self.seed, 0, offset)
+        else:
+            x.copy_(randn(tuple(x.shape), seed=self.seed, stream=0, offset=offset, dtype=self.dtype, like=x,
+                          backend="auto"))
+        self.ctl[0].fill_(0)
+        self.ctl[1].fill_(offset)
+        self.ctl[2].fill_(self.seed)
+        self.t_now.fill_(self.t0)
+        self.k, self.offset = 0, int(offset)
+        if state["x0_prev"] is not None:
+            state["x0_prev"].zero_()
+
+    def t_input(self, batch: int):
+        """t of the current step as int64 [B], a stride-0 view (nets compute their time path once)."""
+        return self.t_now.expand(batch)
+
+    def update(self, x, m, state: dict) -> None:
+        """x ← the update of step ctl[0] from the model output m (same shape; any float dtype
+        on the triton backend); then the step index and t_now advance. Graph-capturable
+        (triton backend)."""
+        if self.backend == "triton":
+            self._launcher(x)(x, m, state["x0_prev"])
+        else:
+            self._torch_update(x, m, state)
+        self.ctl[:1].add_(1)
+        self.torch.index_select(self.t_table, 0, self.ctl[:1], out=self.t_now)
+        self.k += 1
+
+    def _launcher(self, x):
+        from ..kernels.triton.update import LoopUpdate
+
+        key = (x.numel(), x.shape[0], self.offset & 3)
+        fn = self._launchers.get(key)
+        if fn is None:
+            p = self.plan
+            fn = self._launchers[key] = LoopUpdate(
+                p.sampler, self.coef, self.ctl, x.numel(), x.numel() // max(1, x.shape[0]),
+                prediction=p.prediction, clip=p.clip, noise=p.noisy, shift=self.offset & 3)
+        return fn
+
+    def _torch_update(self, x, m, state) -> None:
+        """The reference chain of torch ops (backend="torch")."""
+        from ..ops import randn
+
+        p, k = self.plan, self.k
+        noise = None
+        if state["noise"] is not None and p.prev_t[k] >= 0:
+            noise = state["noise"]
+            noise.copy_(randn(tuple(noise.shape), seed=self.seed, stream=k + 1, offset=self.offset,
+                              dtype=self.dtype, like=noise, backend="auto"))
+        m = m.to(self.dtype)
+        row = self.coef[k]
         col = [row[i] for i in range(row.shape[0])]
-        x0 = m if self.sample_pred else col[0] * x + col[1] * m
+        x0 = m if p.prediction == "sample" else col[0] * x + col[1] * m
         if p.clip is not None:
             x0 = x0.clamp(-p.clip, p.clip)
         if p.sampler == "ddpm":
@@ -161,11 +229,11 @@ class TorchStepper:
             if noise is not None:
                 y = y + col[4] * noise
         elif p.sampler == "ddim":
-            eps = m if self.eps_pred else (x - col[2] * x0) / col[3]
+            eps = m if p.prediction == "epsilon" else (x - col[2] * x0) / col[3]
             y = col[4] * x0 + col[5] * eps
             if noise is not None:
                 y = y + col[6] * noise
         else:
             y = col[2] * x + col[3] * x0 + col[4] * state["x0_prev"]
             state["x0_prev"].copy_(x0)
-        out.copy_(y)
+        x.copy_(y)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .utils import NO_SPECIALIZE, PRED_CODE, step_alphas, step_launch, step_noise, tile, x0_coefficients
+from .update import per_sample_update
+from .utils import NO_SPECIALIZE, PRED_CODE, on_device, step_alphas, step_launch, step_noise, tile, x0_coefficients
 
 
 @triton.jit(do_not_specialize=NO_SPECIALIZE)
@@ -54,6 +55,10 @@ def ddim_step(schedule, x_t, model_output, t, prev_t, eta, prediction, clip, noi
                               check_finite, noise_wanted=eta > 0)
     if launch is not None:
         grid, args, kwargs = launch
-        _ddim_step_kernel[grid](*args, float(clip or 0.0), float(eta), PRED=PRED_CODE[prediction],
-                                HAS_CLIP=clip is not None, **kwargs)
+        if kwargs["T_PER_SAMPLE"] or kwargs["P_PER_SAMPLE"]:  # B float32 rows, not float64 math per element
+            per_sample_update("ddim", launch, prediction=prediction, eta=eta, clip=clip)
+            return out
+        with on_device(x_t):
+            _ddim_step_kernel[grid](*args, float(clip or 0.0), float(eta), PRED=PRED_CODE[prediction],
+                                    HAS_CLIP=clip is not None, **kwargs)
     return out

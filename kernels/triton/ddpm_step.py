@@ -4,7 +4,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .utils import NO_SPECIALIZE, PRED_CODE, step_alphas, step_launch, step_noise, tile, x0_coefficients
+from .update import per_sample_update
+from .utils import NO_SPECIALIZE, PRED_CODE, on_device, step_alphas, step_launch, step_noise, tile, x0_coefficients
 
 _VAR_CODE = {"fixed_small": 0, "fixed_large": 1}
 
@@ -60,6 +61,10 @@ def ddpm_step(schedule, x_t, model_output, t, prev_t, prediction, variance, clip
                               check_finite, noise_wanted=True)
     if launch is not None:
         grid, args, kwargs = launch
-        _ddpm_step_kernel[grid](*args, float(clip or 0.0), PRED=PRED_CODE[prediction],
-                                VAR=_VAR_CODE[variance], HAS_CLIP=clip is not None, **kwargs)
+        if kwargs["T_PER_SAMPLE"] or kwargs["P_PER_SAMPLE"]:  # B float32 rows, not float64 math per element
+            per_sample_update("ddpm", launch, prediction=prediction, variance=variance, clip=clip)
+            return out
+        with on_device(x_t):
+            _ddpm_step_kernel[grid](*args, float(clip or 0.0), PRED=PRED_CODE[prediction],
+                                    VAR=_VAR_CODE[variance], HAS_CLIP=clip is not None, **kwargs)
     return out

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from .utils import (NO_SPECIALIZE, batch_shape, check_data, check_like, grid_size, index_bits, launch_config,
-                    load_steps, noise_args, normal_tile, philox_seed, steps, tile)
+                    load_steps, on_device, noise_args, normal_tile, philox_seed, steps, tile)
 
 
 @triton.jit(do_not_specialize=NO_SPECIALIZE)
@@ -49,11 +49,12 @@ def q_sample(schedule, x0, t, noise, seed, stream, offset, out):
         return out, eps
     tables = schedule.tables(x0.device, torch.float32)
     block, warps = launch_config(n)
-    _q_sample_kernel[grid_size(n, args["SHIFT"], block)](
-        x0, eps, out, ts.tensor, tables["sqrt_alphas_cumprod"], tables["sqrt_one_minus_alphas_cumprod"],
-        args["key"] if args["key"] is not None else x0,
-        n, per_sample, schedule.num_steps - 1, args["seed_word"], args["stream_word"], args["ctr_lo"],
-        args["ctr_hi"], T_PER_SAMPLE=ts.per_sample, NOISE_GIVEN=noise is not None,
-        KEY_ON_DEVICE=args["KEY_ON_DEVICE"], SHIFT=args["SHIFT"], IDX64=index_bits(n, args["SHIFT"]),
-        BLOCK=block, num_warps=warps)
+    with on_device(x0):
+        _q_sample_kernel[grid_size(n, args["SHIFT"], block)](
+            x0, eps, out, ts.tensor, tables["sqrt_alphas_cumprod"], tables["sqrt_one_minus_alphas_cumprod"],
+            args["key"] if args["key"] is not None else x0,
+            n, per_sample, schedule.num_steps - 1, args["seed_word"], args["stream_word"], args["ctr_lo"],
+            args["ctr_hi"], T_PER_SAMPLE=ts.per_sample, NOISE_GIVEN=noise is not None,
+            KEY_ON_DEVICE=args["KEY_ON_DEVICE"], SHIFT=args["SHIFT"], IDX64=index_bits(n, args["SHIFT"]),
+            BLOCK=block, num_warps=warps)
     return out, eps

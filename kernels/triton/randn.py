@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import (NO_SPECIALIZE, grid_size, index_bits, launch_config, noise_args, normal_tile, philox_seed,
+from .utils import (NO_SPECIALIZE, grid_size, index_bits, launch_config, noise_args, normal_tile, on_device, philox_seed,
                     tile)
 
 _RANDN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -34,8 +34,9 @@ def randn(out: torch.Tensor, seed, stream, offset: int) -> torch.Tensor:
     if n == 0:
         return out
     block, warps = launch_config(n)
-    _randn_kernel[grid_size(n, args["SHIFT"], block)](
-        out, args["key"] if args["key"] is not None else out, n, args["seed_word"], args["stream_word"],
-        args["ctr_lo"], args["ctr_hi"], KEY_ON_DEVICE=args["KEY_ON_DEVICE"], SHIFT=args["SHIFT"],
-        IDX64=index_bits(n, args["SHIFT"]), BLOCK=block, num_warps=warps)
+    with on_device(out):
+        _randn_kernel[grid_size(n, args["SHIFT"], block)](
+            out, args["key"] if args["key"] is not None else out, n, args["seed_word"], args["stream_word"],
+            args["ctr_lo"], args["ctr_hi"], KEY_ON_DEVICE=args["KEY_ON_DEVICE"], SHIFT=args["SHIFT"],
+            IDX64=index_bits(n, args["SHIFT"]), BLOCK=block, num_warps=warps)
     return out

@@ -10,7 +10,7 @@ import triton.language as tl
 
 from fastddpm.schedule import TABLE_NAMES
 
-from .utils import NO_SPECIALIZE, check_data
+from .utils import NO_SPECIALIZE, check_data, on_device
 
 _ROW = {name: i for i, name in enumerate(TABLE_NAMES)}
 # One program holds the whole scan in registers; for sm_90 it compiles in ~7 s at T = 8192
@@ -73,8 +73,9 @@ def schedule_tables(betas: torch.Tensor, dtype=torch.float32) -> dict[str, torch
     T = betas.shape[0]
     out = torch.empty((len(TABLE_NAMES), T), dtype=torch.float64, device=betas.device)
     block = triton.next_power_of_2(T)
-    _schedule_kernel[(1,)](betas, out, T, BLOCK=block, num_warps=4 if block <= 1024 else 8,
-                           **{key: _ROW[name] for key, name in _KERNEL_ROWS.items()})
+    with on_device(betas):
+        _schedule_kernel[(1,)](betas, out, T, BLOCK=block, num_warps=4 if block <= 1024 else 8,
+                               **{key: _ROW[name] for key, name in _KERNEL_ROWS.items()})
     out[_ROW["posterior_log_variance_clipped"]].log_()
     out = out.to(dtype)
     return {name: out[i] for i, name in enumerate(TABLE_NAMES)}
@@ -96,7 +97,8 @@ def respaced_betas(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> tor
     if not 1 <= S <= MAX_STEPS:
         raise ValueError(f"timesteps must have 1 … {MAX_STEPS} entries, got {S}")
     out = torch.empty(S, dtype=torch.float64, device=timesteps.device)
-    _respace_kernel[(1,)](alphas_cumprod, timesteps.contiguous(), out, S, BLOCK=triton.next_power_of_2(S))
+    with on_device(timesteps):
+        _respace_kernel[(1,)](alphas_cumprod, timesteps.contiguous(), out, S, BLOCK=triton.next_power_of_2(S))
     return out
 
 

@@ -13,6 +13,7 @@ encoding that means the same thing in both.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -98,6 +99,12 @@ def check_like(y, name: str, x, x_name: str):
     return y.detach()
 
 
+def on_device(x: torch.Tensor):
+    """Launch on the data's device, not the current one (a tensor on cuda:1 with cuda:0
+    current would otherwise be read by a kernel on the wrong device)."""
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
 def batch_shape(x: torch.Tensor, name: str) -> tuple[int, int]:
     """(B, D): B samples of D elements each."""
     if x.ndim < 1:
@@ -157,6 +164,8 @@ def steps(t, name: str, batch: int, num_steps: int, device: torch.device, *,
         if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (batch, 1)):
             raise ValueError(f"{name} must be an integer or have shape [B] = [{batch}], "
                              f"got shape {tuple(t.shape)}")
+        if t.ndim == 1 and t.shape[0] > 1 and t.stride(0) == 0:
+            t = t[:1]  # an expanded scalar (what the loop hands nets): uniform, read once per program
         if not t.is_contiguous():
             t = t.contiguous()
         host = None
@@ -164,12 +173,17 @@ def steps(t, name: str, batch: int, num_steps: int, device: torch.device, *,
             tc = t.detach().cpu()
             host = V.host_timesteps(tc, name, tc.numel() if tc.ndim else batch, num_steps,
                                     allow_final=allow_final)
+            if host.size > 1 and bool(np.all(host == host.reshape(-1)[0])):
+                t = t.reshape(-1)[:1]  # known equal on the host without a sync: the uniform path
         return Steps(t.reshape(-1), t.numel() > 1, host)
     if isinstance(t, numbers.Integral) and not isinstance(t, bool):
         host = V.host_timesteps(int(t), name, batch, num_steps, allow_final=allow_final)
         return Steps(_step_index(device, num_steps)[int(t) + 1: int(t) + 2], False, host)
     host = V.host_timesteps(t, name, batch, num_steps, allow_final=allow_final)
-    return Steps(torch.as_tensor(host.reshape(-1), device=device), host.size > 1, host)
+    flat = host.reshape(-1)
+    if flat.size > 1 and bool(np.all(flat == flat[0])):
+        flat = flat[:1]
+    return Steps(torch.as_tensor(flat, device=device), flat.size > 1, host)
 
 
 def check_order(t: Steps, prev_t: Steps) -> None:
@@ -253,6 +267,14 @@ def philox_seed(key_ptr, seed_word, stream_word, KEY_ON_DEVICE: tl.constexpr):
 def tile(n, ctr_lo, ctr_hi, SHIFT: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
     """This program's [BLOCK/4, 4] tile: element index k, its mask, and the Philox counter
     of each row (int64, i >> 2). Lane of column j is j (i & 3 = j by construction)."""
+    base = (ctr_hi.to(tl.int64) << 32) | ctr_lo.to(tl.uint32, bitcast=True).to(tl.int64)
+    return tile_at(n, base, SHIFT, IDX64, BLOCK)
+
+
+@triton.jit
+def tile_at(n, base, SHIFT: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
+    """``tile`` with the first counter ``base`` (= offset >> 2, int64) as a value, which the
+    loop kernel reads from device memory."""
     ROWS: tl.constexpr = BLOCK // 4
     pid = tl.program_id(0)
     if IDX64:
@@ -264,7 +286,6 @@ def tile(n, ctr_lo, ctr_hi, SHIFT: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.
         mask = k < n
     else:
         mask = (k >= 0) & (k < n)
-    base = (ctr_hi.to(tl.int64) << 32) | ctr_lo.to(tl.uint32, bitcast=True).to(tl.int64)
     counters = base + pid.to(tl.int64) * ROWS + rows.to(tl.int64)[:, None]
     return k, mask, counters
 

@@ -1,0 +1,192 @@
+"""The fused update from float32 coefficient rows: ddpm, ddim(η) and DPM-Solver++(2M), one pass.
+
+The sampling loop and the per-sample-t path of ddpm_step/ddim_step share one kernel,
+``_update_kernel``, that reads its per-step scalars from a float32 table ``coef`` [R, C]
+instead of computing them from ᾱ:
+
+- loop (``LOOP``): the row is the step index k read from device memory (``ctl`` = int64
+  [k, offset, seed]); the noise of step k is stream k + 1 at global offset ``offset`` + element,
+  so a captured CUDA graph replays every step and batch by writing ``ctl`` only;
+- per sample (``ROW_PER_SAMPLE``): element e reads row e // D, a row per sample computed by
+  ``_rows_kernel`` in float64 over B entries (B·C float32 loads from cache instead of float64
+  math per element).
+
+Columns (the same as fastddpm.sampling.plan.COLUMNS, checked by tests/triton/test_triton_loop.py):
+- ddpm:    cx, cm, c1, c2, sigma      x′ = c1·x̂0 + c2·x_t + sigma·z
+- ddim:    cx, cm, sab, s1mab, sab_p, dirc, sigma
+           ε̂ = out (epsilon) or (x_t − sab·x̂0)/s1mab from the unclipped x̂0; x′ = sab_p·x̂0 + dirc·ε̂ + sigma·z
+- dpmpp2m: cx, cm, a, b, c            x′ = a·x_t + b·x̂0 + c·x̂0_prev, then x̂0_prev ← x̂0
+with x̂0 = cx·x_t + cm·out (the output itself for prediction "sample"), clipped when asked.
+Bytes per element (float32): 12 for ddpm/ddim (read x_t and out, write x′), 20 for dpmpp2m.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .utils import (NO_SPECIALIZE, PRED_CODE, grid_size, index_bits, launch_config, normal_tile, on_device,
+                    philox_seed, step_alphas, tile, tile_at, x0_coefficients)
+
+SAMPLER_CODE = {"ddpm": 0, "ddim": 1, "dpmpp2m": 2}
+NUM_COLUMNS = {"ddpm": 5, "ddim": 7, "dpmpp2m": 5}
+_VAR_CODE = {"fixed_small": 0, "fixed_large": 1}
+
+
+@triton.jit
+def _column(coef_ptr, r, j, mask, ROW_PER_SAMPLE: tl.constexpr):
+    if ROW_PER_SAMPLE:
+        return tl.load(coef_ptr + r + j, mask=mask, other=1.0)  # 1: no 0/0 in masked lanes
+    return tl.load(coef_ptr + r + j)
+
+
+@triton.jit(do_not_specialize=NO_SPECIALIZE + ["last_row"])
+def _update_kernel(x_ptr, m_ptr, out_ptr, x0p_ptr, noise_ptr, coef_ptr, ctl_ptr, key_ptr,
+                   n, per_sample, last_row, seed_word, stream_word, ctr_lo, ctr_hi, clip,
+                   SAMPLER: tl.constexpr, PRED: tl.constexpr, HAS_CLIP: tl.constexpr, C: tl.constexpr,
+                   ROW_PER_SAMPLE: tl.constexpr, NOISE: tl.constexpr, LOOP: tl.constexpr,
+                   KEY_ON_DEVICE: tl.constexpr, SHIFT: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
+    if LOOP:
+        step = tl.load(ctl_ptr)
+        k, mask, counters = tile_at(n, tl.load(ctl_ptr + 1) >> 2, SHIFT, IDX64, BLOCK)
+        # seed64 = stream·2³² + seed with stream k + 1 (the seed is stored in [0, 2³²))
+        seed64 = (((step + 1) << 32) | tl.load(ctl_ptr + 2)).to(tl.uint64, bitcast=True)
+        r = tl.minimum(tl.maximum(step, 0), last_row) * C
+    else:
+        k, mask, counters = tile(n, ctr_lo, ctr_hi, SHIFT, IDX64, BLOCK)
+        seed64 = philox_seed(key_ptr, seed_word, stream_word, KEY_ON_DEVICE)
+        r = (k // per_sample) * C
+    x = tl.load(x_ptr + k, mask=mask).to(tl.float32)
+    m = tl.load(m_ptr + k, mask=mask).to(tl.float32)
+    if PRED == 1:
+        x0 = m
+    else:
+        x0 = _column(coef_ptr, r, 0, mask, ROW_PER_SAMPLE) * x + _column(coef_ptr, r, 1, mask, ROW_PER_SAMPLE) * m
+    if SAMPLER == 1:  # ε̂ from the unclipped x̂0 (diffusers' use_clipped_model_output=False)
+        if PRED == 0:
+            eps = m
+        else:
+            eps = (x - _column(coef_ptr, r, 2, mask, ROW_PER_SAMPLE) * x0) / _column(coef_ptr, r, 3, mask,
+                                                                                      ROW_PER_SAMPLE)
+    if HAS_CLIP:
+        x0 = tl.minimum(tl.maximum(x0, -clip), clip)
+    if SAMPLER == 0:
+        y = _column(coef_ptr, r, 2, mask, ROW_PER_SAMPLE) * x0 + _column(coef_ptr, r, 3, mask, ROW_PER_SAMPLE) * x
+    elif SAMPLER == 1:
+        y = _column(coef_ptr, r, 4, mask, ROW_PER_SAMPLE) * x0 + _column(coef_ptr, r, 5, mask, ROW_PER_SAMPLE) * eps
+    else:
+        x0_prev = tl.load(x0p_ptr + k, mask=mask).to(tl.float32)
+        y = (_column(coef_ptr, r, 2, mask, ROW_PER_SAMPLE) * x + _column(coef_ptr, r, 3, mask, ROW_PER_SAMPLE) * x0
+             + _column(coef_ptr, r, 4, mask, ROW_PER_SAMPLE) * x0_prev)
+        tl.store(x0p_ptr + k, x0.to(x0p_ptr.dtype.element_ty), mask=mask)
+    if NOISE != 0:
+        if NOISE == 1:
+            z = tl.load(noise_ptr + k, mask=mask).to(tl.float32)
+        else:  # drawn here, rounded through the data dtype (as the reference's noise is)
+            z = normal_tile(seed64, counters).to(out_ptr.dtype.element_ty).to(tl.float32)
+        y = y + _column(coef_ptr, r, C - 1, mask, ROW_PER_SAMPLE) * z  # sigma: the last column
+    tl.store(out_ptr + k, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=NO_SPECIALIZE + ["batch"])
+def _rows_kernel(t_ptr, p_ptr, ac_ptr, rows_ptr, batch, last_step, eta,
+                 SAMPLER: tl.constexpr, PRED: tl.constexpr, VAR: tl.constexpr, C: tl.constexpr,
+                 T_PER_SAMPLE: tl.constexpr, P_PER_SAMPLE: tl.constexpr, PREV_IS_T_MINUS_1: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """Row b of the [B, C] float32 table for sample b (t_b, prev_t_b): float64 math, rounded once."""
+    b = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = b < batch
+    ab_t, ab_p, p = step_alphas(t_ptr, p_ptr, ac_ptr, b, mask, 1, last_step,
+                                T_PER_SAMPLE, P_PER_SAMPLE, PREV_IS_T_MINUS_1)
+    if PRED == 1:
+        cx = tl.zeros_like(ab_t).to(tl.float32)
+        cm = cx + 1.0
+    else:
+        cx, cm = x0_coefficients(ab_t, PRED)
+    out = rows_ptr + b * C
+    tl.store(out, cx, mask=mask)
+    tl.store(out + 1, cm, mask=mask)
+    if SAMPLER == 0:
+        alpha_c = ab_t / ab_p
+        beta_c = 1.0 - alpha_c
+        if VAR == 0:
+            var = tl.maximum((1.0 - ab_p) / (1.0 - ab_t) * beta_c, 1e-20)
+        else:
+            var = beta_c
+        tl.store(out + 2, (tl.sqrt(ab_p) * beta_c / (1.0 - ab_t)).to(tl.float32), mask=mask)
+        tl.store(out + 3, (tl.sqrt(alpha_c) * (1.0 - ab_p) / (1.0 - ab_t)).to(tl.float32), mask=mask)
+        tl.store(out + 4, tl.where(p >= 0, tl.sqrt(var), 0.0).to(tl.float32), mask=mask)
+    else:
+        beta_c = 1.0 - ab_t / ab_p
+        sigma = tl.cast(eta, tl.float64) * tl.sqrt((1.0 - ab_p) / (1.0 - ab_t)) * tl.sqrt(beta_c)
+        sigma = tl.where(p >= 0, sigma, 0.0)
+        tl.store(out + 2, tl.sqrt(ab_t).to(tl.float32), mask=mask)
+        tl.store(out + 3, tl.sqrt(1.0 - ab_t).to(tl.float32), mask=mask)
+        tl.store(out + 4, tl.sqrt(ab_p).to(tl.float32), mask=mask)
+        tl.store(out + 5, tl.sqrt(tl.maximum(1.0 - ab_p - sigma * sigma, 0.0)).to(tl.float32), mask=mask)
+        tl.store(out + 6, sigma.to(tl.float32), mask=mask)
+
+
+def per_sample_update(sampler: str, launch, *, prediction: str, variance: str = "fixed_small", eta: float = 0.0,
+                      clip=None) -> None:
+    """ddpm_step/ddim_step with a per-sample t or prev_t: B coefficient rows, then one pass.
+
+    ``launch`` is what utils.step_launch returns for the call (grid, args, kwargs).
+    """
+    grid, args, kw = launch
+    x_t, m, out, noise, t, p, ac, key, n, per_sample, last_step = args[:11]
+    batch, C = n // per_sample, NUM_COLUMNS[sampler]
+    rows = torch.empty((batch, C), dtype=torch.float32, device=x_t.device)
+    block = min(1024, triton.next_power_of_2(batch))
+    with on_device(x_t):
+        _rows_kernel[(triton.cdiv(batch, block),)](
+            t, p, ac, rows, batch, last_step, float(eta), SAMPLER=SAMPLER_CODE[sampler], PRED=PRED_CODE[prediction],
+            VAR=_VAR_CODE[variance], C=C, T_PER_SAMPLE=kw["T_PER_SAMPLE"], P_PER_SAMPLE=kw["P_PER_SAMPLE"],
+            PREV_IS_T_MINUS_1=kw["PREV_IS_T_MINUS_1"], BLOCK=block)
+        _update_kernel[grid](
+            x_t, m, out, x_t, noise, rows, key, key, n, per_sample, batch - 1, *args[11:], float(clip or 0.0),
+            SAMPLER=SAMPLER_CODE[sampler], PRED=PRED_CODE[prediction], HAS_CLIP=clip is not None, C=C,
+            ROW_PER_SAMPLE=True, NOISE=kw["NOISE"], LOOP=False, KEY_ON_DEVICE=kw["KEY_ON_DEVICE"],
+            SHIFT=kw["SHIFT"], IDX64=kw["IDX64"], BLOCK=kw["BLOCK"], num_warps=kw["num_warps"])
+
+
+class LoopUpdate:
+    """The sampling loop's update for batches of one shape: one launch per step, in place.
+
+    coef: float32 [K, C] on the data's device (row k for loop step k); ctl: int64 [3] on the
+    same device holding (k, offset, seed) — the step index, the global noise offset of the
+    batch's first element, and the seed — read by the kernel, so nothing about a step is a
+    launch argument and a CUDA graph of it replays for every step and batch. ``shift`` =
+    offset & 3 is fixed per instance (a constexpr that keeps the loads aligned). Arguments
+    are validated by the caller once per run; a call does no checks.
+    """
+
+    def __init__(self, sampler: str, coef: torch.Tensor, ctl: torch.Tensor, numel: int, per_sample: int, *,
+                 prediction: str, clip=None, noise: bool, shift: int = 0):
+        if sampler not in SAMPLER_CODE:
+            raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLER_CODE))}; got {sampler!r}")
+        if coef.dtype != torch.float32 or coef.ndim != 2 or coef.shape[1] != NUM_COLUMNS[sampler]:
+            raise ValueError(f"coef must be float32 [K, {NUM_COLUMNS[sampler]}] for {sampler}, got "
+                             f"{coef.dtype} {tuple(coef.shape)}")
+        if ctl.dtype != torch.int64 or ctl.shape != (3,) or ctl.device != coef.device:
+            raise ValueError("ctl must be an int64 tensor [3] (k, offset, seed) on coef's device")
+        if shift not in (0, 1, 2, 3):
+            raise ValueError(f"shift must be offset & 3, got {shift!r}")
+        self.coef, self.ctl, self.numel, self.per_sample = coef.contiguous(), ctl, int(numel), int(per_sample)
+        self.clip = float(clip or 0.0)
+        block, warps = launch_config(self.numel)
+        self.grid = grid_size(self.numel, shift, block)
+        self.kwargs = dict(SAMPLER=SAMPLER_CODE[sampler], PRED=PRED_CODE[prediction], HAS_CLIP=clip is not None,
+                           C=NUM_COLUMNS[sampler], ROW_PER_SAMPLE=False, NOISE=2 if noise else 0, LOOP=True,
+                           KEY_ON_DEVICE=False, SHIFT=shift, IDX64=index_bits(self.numel, shift), BLOCK=block,
+                           num_warps=warps)
+        self.last_row = coef.shape[0] - 1
+
+    def __call__(self, x: torch.Tensor, model_output: torch.Tensor, x0_prev=None) -> None:
+        """x ← update(x, model_output) for step ctl[0]; dpmpp2m also x0_prev ← x̂0."""
+        if self.numel == 0:
+            return
+        with on_device(x):
+            _update_kernel[self.grid](x, model_output, x, x if x0_prev is None else x0_prev, x, self.coef, self.ctl,
+                                      self.ctl, self.numel, self.per_sample, self.last_row, 0, 0, 0, 0, self.clip,
+                                      **self.kwargs)
