@@ -2,8 +2,8 @@
 
 With the noise given, the Numba update does the same float operations in the same order as the
 reference, so the results are compared for equality. With the noise drawn in-kernel, the Numba
-normals may differ from the reference by one float32 ulp in rare lanes (tests/test_philox.py),
-so those comparisons allow 1e-6·σ; the in-kernel noise is also checked bit for bit against
+normals (float32 Box–Muller) may differ from the reference by DESIGN.md's 2e-6 absolute
+(tests/test_philox.py), so those comparisons allow 2e-6·σ; the in-kernel noise is also checked bit for bit against
 ``fastddpm.randn`` from the same backend.
 """
 import numpy as np
@@ -17,7 +17,7 @@ SHAPES = [(1,), (7, 3), (5, 1, 8, 8), (1000, 2)]
 DTYPES = [np.float32, np.float64]
 PREDICTIONS = ["epsilon", "sample", "v_prediction"]
 SCHED = {"linear": Schedule.linear(1000), "cosine": Schedule.cosine(1000)}
-NOISE_ATOL = 1e-6
+NOISE_ATOL = 2e-6  # DESIGN.md: Numba normals within 2e-6 of the reference
 
 
 def _inputs(shape, dtype, seed=0):
