@@ -1,23 +1,32 @@
 """CPU micro benchmarks of the hot path: randn, q_sample, ddpm_step at 2²² float32 elements.
 
 Implementations side by side, each in the same process on the same data:
-- ``numba``: fastddpm's fused kernels (noise drawn in-kernel);
-- ``numpy``: kernels/reference.py, the oracle (slow by design);
+- ``numba``: fastddpm's fused kernels (noise drawn in-kernel), through the public ops;
+- ``before``: (with ``--before DIR``) the kernels/numba package of another checkout, e.g. the
+  main branch, called through the same low-level entry points — the before/after comparison;
 - ``torch``: torch eager — ``torch.randn`` with a generator, diffusers' ``add_noise`` on
-  ``torch.randn`` noise, diffusers' ``DDPMScheduler.step`` with a generator.
+  ``torch.randn`` noise, diffusers' ``DDPMScheduler.step`` with a generator;
+- ``numpy``: (with ``--numpy``) kernels/reference.py, the oracle (slow by design).
 
-Script mode prints a table with elements/s, GB/s, the fraction of the measured copy bandwidth
-(``np.copyto`` of the same size) and the speed-up over torch/diffusers:
+q_sample and ddpm_step run at D = 2 (the butterfly shape [N/2, 2]) and D = 4096 ([N/4096,
+4096]) with one t for the whole batch (the sampling loop's case, t a scalar); q_sample also with a
+t per sample (training). Script mode prints medians of wall and process-CPU time, elements/s,
+GB/s, the fraction of the measured copy bandwidth (``np.copyto`` of the same bytes) and the
+speed-up over torch/diffusers and over ``before``:
 
-    python bench/kernels_cpu.py [--log2n 22] [--repeat 15]
+    cp -r /work/main/kernels /tmp/kernels_before   # a writable copy (Numba caches next to it)
+    python bench/kernels_cpu.py --before /tmp/kernels_before [--log2n 22] [--repeat 15]
 
 bench/test_kernels_cpu.py runs the same cases under pytest-benchmark.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import pathlib
 import platform
+import sys
 import time
 
 import numpy as np
@@ -25,12 +34,16 @@ import numpy as np
 import fastddpm
 
 LOG2N = 22
-BATCH = 64  # samples; D = n / BATCH elements each
+WIDTHS = (2, 4096)  # D: elements per sample
 T_STEP = 500  # the timestep of the step benchmarks (diffusers takes one t per call)
 SEED = 1234
 
 # Bytes each call moves per element (float32): what the kernel must read and write at least.
-BYTES_PER_ELEMENT = {"randn": 4, "q_sample": 12, "ddpm_step": 12}
+_BYTES = {"randn": 4, "q_sample": 12, "ddpm_step": 12}
+
+
+def bytes_per_element(op: str) -> int:
+    return _BYTES[op.split()[0]]
 
 
 def machine() -> str:
@@ -39,9 +52,7 @@ def machine() -> str:
 
     from fastddpm.benchmark import cpu_model
 
-    model = cpu_model()
-
-    desc = f"{platform.platform()}; {model}; {os.cpu_count()} cores; numba threads {numba.get_num_threads()}"
+    desc = f"{platform.platform()}; {cpu_model()}; {os.cpu_count()} cores; numba threads {numba.get_num_threads()}"
     try:
         import torch
 
@@ -51,108 +62,139 @@ def machine() -> str:
     return desc
 
 
-def make_data(n: int):
-    rng = np.random.default_rng(0)
-    shape = (BATCH, n // BATCH)
-    x = rng.standard_normal(shape, dtype=np.float32)
-    m = rng.standard_normal(shape, dtype=np.float32)
-    t = rng.integers(0, 1000, BATCH)
-    return x, m, t
+def load_kernels(root: str):
+    """The kernels package at root (a directory holding numba/, reference.py) under another name."""
+    root = pathlib.Path(root)
+    name = "kernels_before"
+    spec = importlib.util.spec_from_file_location(name, root / "__init__.py", submodule_search_locations=[str(root)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return {part: importlib.import_module(f"{name}.numba.{part}") for part in ("randn", "q_sample", "step")}
 
 
-def cases(n: int = 2**LOG2N) -> dict[str, dict[str, callable]]:
+def cases(n: int = 2**LOG2N, before: str | None = None, with_numpy: bool = False) -> dict[str, dict[str, callable]]:
     """{op: {implementation: zero-argument callable}}; torch entries are absent without torch."""
     sched = fastddpm.Schedule.linear(1000)
-    x, m, t = make_data(n)
-    out = np.empty_like(x)
-    result = {
-        "randn": {
-            "numba": lambda: fastddpm.randn(n, seed=SEED, backend="numba"),
-            "numpy": lambda: fastddpm.randn(n, seed=SEED, backend="numpy"),
-        },
-        "q_sample": {
-            "numba": lambda: fastddpm.q_sample(sched, x, t, seed=SEED, out=out, backend="numba"),
-            "numpy": lambda: fastddpm.q_sample(sched, x, t, seed=SEED, out=out, backend="numpy"),
-        },
-        "ddpm_step": {
-            "numba": lambda: fastddpm.ddpm_step(sched, x, m, T_STEP, seed=SEED, out=out, backend="numba"),
-            "numba (new out)": lambda: fastddpm.ddpm_step(sched, x, m, T_STEP, seed=SEED, backend="numba"),
-            "numpy": lambda: fastddpm.ddpm_step(sched, x, m, T_STEP, seed=SEED, out=out, backend="numpy"),
-        },
-    }
+    rng = np.random.default_rng(0)
+    x_flat = rng.standard_normal(n, dtype=np.float32)
+    m_flat = rng.standard_normal(n, dtype=np.float32)
+    out_flat = np.empty_like(x_flat)
+    old = load_kernels(before) if before else None
+    ac = np.ascontiguousarray(sched.alphas_cumprod, dtype=np.float64)
+    sab, s1mab = np.sqrt(ac), np.sqrt(1.0 - ac)
+    result = {"randn": {"numba": lambda: fastddpm.randn(n, seed=SEED, backend="numba")}}
+    if old:
+        result["randn"]["before"] = lambda: old["randn"].randn(out_flat, SEED, 0, 0)
+    if with_numpy:
+        result["randn"]["numpy"] = lambda: fastddpm.randn(n, seed=SEED, backend="numpy")
     try:
         import torch
         from diffusers import DDPMScheduler
     except ImportError:
-        return result
-    gen = torch.Generator().manual_seed(SEED)
-    tx, tm_, tt = torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(t)
-    ddpm = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
-    result["randn"]["torch"] = lambda: torch.randn(n, generator=gen)
-    result["q_sample"]["torch"] = lambda: ddpm.add_noise(tx, torch.randn(tx.shape, generator=gen), tt)
-    result["ddpm_step"]["torch"] = lambda: ddpm.step(tm_, T_STEP, tx, generator=gen).prev_sample
+        torch = None
+    if torch is not None:
+        gen = torch.Generator().manual_seed(SEED)
+        ddpm = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
+        result["randn"]["torch"] = lambda: torch.randn(n, generator=gen)
+
+    for D in WIDTHS:
+        B = n // D
+        x, m, out = x_flat.reshape(B, D), m_flat.reshape(B, D), out_flat.reshape(B, D)
+        eps_out = np.empty_like(x_flat)
+        t_per_sample = rng.integers(0, 1000, B)
+        t_uniform = np.full(B, T_STEP, dtype=np.int64)
+        for t_kind, t in (("one t", T_STEP), ("t per sample", t_per_sample)):
+            t_arr = t_uniform if t_kind == "one t" else t_per_sample
+            op = f"q_sample D={D}, {t_kind}"
+            result[op] = {"numba": lambda t=t, x=x, out=out: fastddpm.q_sample(sched, x, t, seed=SEED, out=out,
+                                                                              backend="numba")}
+            if old:
+                result[op]["before"] = lambda t_arr=t_arr, D=D, eps_out=eps_out: old["q_sample"].q_sample(
+                    x_flat, t_arr, sab, s1mab, None, out_flat, eps_out, SEED, 0, 0, D)
+            if with_numpy:
+                result[op]["numpy"] = lambda t=t, x=x: fastddpm.q_sample(sched, x, t, seed=SEED, backend="numpy")
+            if torch is not None:
+                tx, tt = torch.from_numpy(x), torch.from_numpy(t_arr)
+                result[op]["torch"] = lambda tx=tx, tt=tt: ddpm.add_noise(tx, torch.randn(tx.shape, generator=gen), tt)
+        op = f"ddpm_step D={D}, one t"
+        result[op] = {"numba": lambda x=x, m=m, out=out: fastddpm.ddpm_step(sched, x, m, T_STEP, seed=SEED, out=out,
+                                                                            backend="numba")}
+        if old:
+            result[op]["before"] = lambda D=D: old["step"].ddpm_step(
+                x_flat, m_flat, out_flat, T_STEP, T_STEP - 1, ac, 0, 0, None, None, SEED, 1, 0, D)
+        if with_numpy:
+            result[op]["numpy"] = lambda x=x, m=m: fastddpm.ddpm_step(sched, x, m, T_STEP, seed=SEED, backend="numpy")
+        if torch is not None:
+            tx, tm_ = torch.from_numpy(x), torch.from_numpy(m)
+            result[op]["torch"] = lambda tx=tx, tm_=tm_: ddpm.step(tm_, T_STEP, tx, generator=gen).prev_sample
     return result
 
 
 def copy_bandwidth(n: int, repeat: int = 15) -> float:
-    """Bytes/s of np.copyto on n float32 (read + write = 8 bytes per element), best of repeat."""
+    """Bytes/s of np.copyto on n float32 (read + write = 8 bytes per element), median of repeat."""
     src = np.ones(n, np.float32)
     dst = np.empty_like(src)
-    return 8 * n / best_time(lambda: np.copyto(dst, src), repeat)
+    return 8 * n / median_times(lambda: np.copyto(dst, src), repeat)[0]
 
 
-def best_time(fn, repeat: int, warm_up: bool = True) -> float:
-    """Best wall-clock seconds of ``repeat`` calls."""
-    return best_times(fn, repeat, warm_up)[0]
-
-
-def best_times(fn, repeat: int, warm_up: bool = True) -> tuple[float, float]:
-    """(best wall seconds, best process CPU seconds summed over threads) of ``repeat`` calls.
+def median_times(fn, repeat: int, warm_up: bool = True) -> tuple[float, float]:
+    """(median wall seconds, median process CPU seconds summed over threads) of ``repeat`` calls.
 
     On a shared machine the CPU time is the steadier number: it does not count the time the
-    process waits for a core.
+    process waits for a core (but counts worker threads spinning while they wait).
     """
     if warm_up:
         fn()  # Numba compile / cache load, first-touch of buffers
-    wall = cpu = float("inf")
+    wall, cpu = [], []
     for _ in range(repeat):
         t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
-    return wall, cpu
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return float(np.median(wall)), float(np.median(cpu))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--log2n", type=int, default=LOG2N, help="elements per call = 2**log2n")
-    parser.add_argument("--repeat", type=int, default=15, help="timed calls per case (best is reported)")
-    parser.add_argument("--no-numpy", action="store_true", help="skip the (slow) NumPy reference")
+    parser.add_argument("--repeat", type=int, default=15, help="timed calls per case (median is reported)")
+    parser.add_argument("--before", metavar="DIR", help="a kernels/ package to compare against (copy it first)")
+    parser.add_argument("--numpy", action="store_true", help="also time the (slow) NumPy reference, once")
     args = parser.parse_args(argv)
     n = 2**args.log2n
     print(f"machine: {machine()}")
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"load average: {load} (others' jobs slow every column alike)")
+    all_cases = cases(n, args.before, args.numpy)
     bw = copy_bandwidth(n, args.repeat)
-    print(f"np.copyto bandwidth at 2^{args.log2n} float32: {bw / 1e9:.1f} GB/s\n")
-    header = (f"{'op':<10} {'impl':<16} {'wall ms':>8} {'Melem/s':>9} {'GB/s':>6} {'of copy':>8} "
-              f"{'vs torch':>9} {'cpu ms':>8} {'cpu vs torch':>13}")
+    print(f"np.copyto bandwidth at 2^{args.log2n} float32: {bw / 1e9:.1f} GB/s (median)\n")
+    header = (f"{'op':<28} {'impl':<7} {'wall ms':>8} {'Melem/s':>8} {'GB/s':>5} {'of copy':>7} "
+              f"{'vs torch':>8} {'vs before':>9} {'cpu ms':>7} {'cpu vs torch':>12}")
     print(header)
     print("-" * len(header))
-    for op, impls in cases(n).items():
-        if args.no_numpy:
-            impls.pop("numpy")
-        # the reference takes seconds per call: one untimed-warm-up-free call is enough
-        times = {name: best_times(fn, 1, warm_up=False) if name == "numpy" else best_times(fn, args.repeat)
-                 for name, fn in impls.items()}
+    for op, impls in all_cases.items():
+        # interleave the implementations round by round so that load changes hit them alike
+        for fn in impls.values():
+            fn()
+        samples = {name: ([], []) for name in impls}
+        for _ in range(args.repeat):
+            for name, fn in impls.items():
+                if name == "numpy" and samples[name][0]:
+                    continue  # the reference takes seconds per call: once is enough
+                wall, cpu = median_times(fn, 1, warm_up=False)
+                samples[name][0].append(wall)
+                samples[name][1].append(cpu)
+        times = {name: (float(np.median(w)), float(np.median(c))) for name, (w, c) in samples.items()}
         for name, (sec, cpu) in times.items():
-            gbs = BYTES_PER_ELEMENT[op] * n / sec
-            ratio = f"{times['torch'][0] / sec:8.1f}x" if "torch" in times else "       -"
-            cpu_ratio = f"{times['torch'][1] / cpu:12.1f}x" if "torch" in times else "            -"
-            print(f"{op:<10} {name:<16} {sec * 1e3:8.2f} {n / sec / 1e6:9.1f} {gbs / 1e9:6.1f} "
-                  f"{gbs / bw:8.0%} {ratio:>9} {cpu * 1e3:8.2f} {cpu_ratio:>13}")
-    print("\ntorch = torch.randn / diffusers add_noise + torch.randn / "
-          "diffusers DDPMScheduler.step (generator);"
-          "\n'numba' writes into a preallocated out=, 'numba (new out)' allocates its result.")
+            gbs = bytes_per_element(op) * n / sec
+            ratio = f"{times['torch'][0] / sec:7.1f}x" if "torch" in times else "       -"
+            vs_before = f"{times['before'][0] / sec:8.2f}x" if "before" in times else "        -"
+            cpu_ratio = f"{times['torch'][1] / cpu:11.1f}x" if "torch" in times else "           -"
+            print(f"{op:<28} {name:<7} {sec * 1e3:8.2f} {n / sec / 1e6:8.1f} {gbs / 1e9:5.1f} "
+                  f"{gbs / bw:7.0%} {ratio:>8} {vs_before:>9} {cpu * 1e3:7.2f} {cpu_ratio:>12}")
+    print("\ntorch = torch.randn / diffusers add_noise + torch.randn / diffusers DDPMScheduler.step "
+          "(generator); numba and before write into a preallocated out=; medians of --repeat rounds.")
     return 0
 
 

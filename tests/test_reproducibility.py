@@ -70,16 +70,24 @@ def test_same_numbers_with_1_and_2_threads():
 
 
 def test_sampling_loop_same_on_numpy_and_numba():
-    """Ten ancestral steps with per-step streams: the backends agree to float32 noise rounding."""
-    x = {b: fastddpm.randn((4, 30), seed=11, stream=0, backend=b) for b in ("numpy", "numba")}
+    """Ten ancestral steps with per-step streams. The Numba normals are within DESIGN.md's 2e-6 of
+    the reference's; given those same normals, the NumPy loop reproduces the Numba loop exactly
+    (the update arithmetic is the same; the x̂0 of t = 999 amplifies any noise difference ~150×,
+    so the two backends' own draws are compared as noise, not through the chain)."""
+    x = {b: fastddpm.randn((4, 30), seed=11, stream=0, backend="numba") for b in ("numpy", "numba")}
+    np.testing.assert_allclose(x["numba"], fastddpm.randn((4, 30), seed=11, stream=0, backend="numpy"),
+                               rtol=0, atol=2e-6)
     ts = np.linspace(999, 0, 10).astype(int)
     for k, t in enumerate(ts):
         prev = ts[k + 1] if k + 1 < len(ts) else -1
+        z = fastddpm.randn((4, 30), seed=11, stream=k + 1, backend="numba")
+        np.testing.assert_allclose(z, fastddpm.randn((4, 30), seed=11, stream=k + 1, backend="numpy"),
+                                   rtol=0, atol=2e-6)
         for b in x:
             eps = np.tanh(x[b])  # a stand-in network, the same function on both
             x[b] = fastddpm.ddpm_step(SCHED, x[b], eps, int(t), prev_t=int(prev), seed=11, stream=k + 1,
-                                      backend=b)
-    np.testing.assert_allclose(x["numba"], x["numpy"], rtol=0, atol=1e-5)
+                                      noise=z if b == "numpy" else None, backend=b)
+    np.testing.assert_array_equal(x["numba"], x["numpy"])
 
 
 def test_serial_and_parallel_kernels_agree():

@@ -23,18 +23,33 @@ _U1_MIN = np.float32(1.0e-7)
 _TWO_PI = np.float32(6.283185307179586)
 _INT32_SIGN = np.uint64(0x80000000)
 
-# float64 bit fields for _log.
-_EXP_SHIFT = np.uint64(52)
-_MANT_MASK = np.uint64(0x000FFFFFFFFFFFFF)
-_ONE_BITS = np.uint64(0x3FF0000000000000)
-_TWO52_BITS = np.uint64(0x4330000000000000)  # 2⁵² as float64: OR-ing a small int in adds it
-_TWO52_PLUS_BIAS = 4503599627370496.0 + 1023.0
-_SQRT2 = 1.4142135623730951
-_LN2 = 0.6931471805599453
-# Cody–Waite split of π/2 (fdlibm's pio2_1 has 33 bits, so q·hi is exact for q ≤ 4).
-_PIO2_HI = 1.5707963267341256
-_PIO2_LO = 6.077100506506192e-11
-_TWO_OVER_PI = 0.6366197723675814
+# float32 bit fields and constants for _log/_sincos (Cephes logf/sinf/cosf, single precision).
+_F32 = np.float32
+_MANT_MASK = np.uint32(0x007FFFFF)
+_ONE_BITS = np.uint32(0x3F800000)
+_EXP_SHIFT = np.uint32(23)
+_TWO23_BITS = np.uint32(0x4B000000)  # 2²³ as float32: OR-ing a small int in adds it
+_TWO23_PLUS_BIAS = _F32(8388608.0 + 127.0)
+_SQRT2 = _F32(1.41421356)
+_LN2_HI = _F32(0.693359375)  # 9 significant bits: e·_LN2_HI is exact for |e| < 2⁸
+_LN2_LO = _F32(-2.12194440e-4)
+_LOG_P = tuple(_F32(v) for v in (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
+                                 1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
+                                 3.3333331174e-1))
+# Cody–Waite split of π/2 in three float32 parts with short leading parts (q·P1, q·P2 exact
+# for q ≤ 4): Cephes' DP1..DP3 of π/4, doubled.
+_PIO2_1 = _F32(1.5703125)
+_PIO2_2 = _F32(4.837512969970703125e-4)
+_PIO2_3 = _F32(7.54978995489188216e-8)
+_TWO_OVER_PI = _F32(0.636619772367581343)
+_SIN_P = (_F32(-1.9515295891e-4), _F32(8.3321608736e-3), _F32(-1.6666654611e-1))
+_COS_P = (_F32(2.443315711809948e-5), _F32(-1.388731625493765e-3), _F32(4.166664568298827e-2))
+_HALF = _F32(0.5)
+_ONE = _F32(1.0)
+_TWO = _F32(2.0)
+_THREE = _F32(3.0)
+_ZERO = _F32(0.0)
+_MINUS_TWO = _F32(-2.0)
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -82,70 +97,60 @@ def uint_to_uniform(x):
 
 @njit(inline="always", cache=True, error_model="numpy")
 def _log(x):
-    """Natural log of a positive normal float64, branch-free.
+    """Natural log of a positive normal float32, in float32, branch-free (Cephes logf).
 
-    x = 2ᵉ·m with m in [√½, √2); log m = 2·atanh(s), s = (m−1)/(m+1), |s| ≤ 0.1716, summed to
-    s²¹/21 (truncation < 1e-17 relative). Measured against np.log on 1e7 float32 uniforms in
-    [1e-7, 1): max error 2 ulp (2.6e-16 relative) — tests/test_philox.py checks the normals
-    built on it.
+    x = 2ᵉ·m with m in [√½, √2); log m = f − f²/2 + f³·P(f), f = m − 1 (exact), degree-8 P;
+    e·ln 2 in two parts. Accurate to ~1 ulp; the normals built on it are checked against the
+    float64 reference in tests/test_philox.py.
     """
-    bits = np.float64(x).view(np.uint64)
-    # Biased exponent → float64 without an int64→float64 convert (AVX2 has none): put it in
-    # the mantissa of 2⁵² and subtract.
-    e = np.uint64(_TWO52_BITS | (bits >> _EXP_SHIFT)).view(np.float64) - _TWO52_PLUS_BIAS
-    m = np.uint64((bits & _MANT_MASK) | _ONE_BITS).view(np.float64)  # [1, 2)
+    bits = _F32(x).view(np.uint32)
+    # Biased exponent → float32 without an int→float convert: put it in the mantissa of 2²³
+    # and subtract (all lanes stay 32-bit).
+    e = np.uint32(_TWO23_BITS | (bits >> _EXP_SHIFT)).view(np.float32) - _TWO23_PLUS_BIAS
+    m = np.uint32((bits & _MANT_MASK) | _ONE_BITS).view(np.float32)  # [1, 2)
     big = m > _SQRT2
-    m = m * 0.5 if big else m
-    e = e + 1.0 if big else e
-    f = m - 1.0
-    s = f / (2.0 + f)
-    z = s * s
-    p = 1.0 / 21.0
-    p = p * z + 1.0 / 19.0
-    p = p * z + 1.0 / 17.0
-    p = p * z + 1.0 / 15.0
-    p = p * z + 1.0 / 13.0
-    p = p * z + 1.0 / 11.0
-    p = p * z + 1.0 / 9.0
-    p = p * z + 1.0 / 7.0
-    p = p * z + 1.0 / 5.0
-    p = p * z + 1.0 / 3.0
-    return e * _LN2 + (2.0 * s + 2.0 * s * z * p)
+    m = m * _HALF if big else m
+    e = e + _ONE if big else e
+    f = m - _ONE
+    z = f * f
+    p = _LOG_P[0]
+    p = p * f + _LOG_P[1]
+    p = p * f + _LOG_P[2]
+    p = p * f + _LOG_P[3]
+    p = p * f + _LOG_P[4]
+    p = p * f + _LOG_P[5]
+    p = p * f + _LOG_P[6]
+    p = p * f + _LOG_P[7]
+    p = p * f + _LOG_P[8]
+    y = f * z * p + e * _LN2_LO
+    y = y - _HALF * z
+    return (f + y) + e * _LN2_HI
 
 
 @njit(inline="always", cache=True, error_model="numpy")
 def _sincos(th):
-    """(cos θ, sin θ) for 0 ≤ θ ≤ 2π + 1e-6, branch-free.
+    """(cos θ, sin θ) in float32 for 0 ≤ θ < 2π (float32), branch-free (Cephes sinf/cosf).
 
-    θ = q·π/2 + r with q = round(2θ/π) ∈ {0 … 4} and |r| ≤ π/4 (Cody–Waite, exact for these
-    q), then Taylor series to r¹⁵ (sin) and r¹⁶ (cos): truncation < 5e-17. Measured against
-    np.cos/np.sin on 1e7 angles: max error 2.2e-16 absolute. q stays a float (AVX2 has no
-    vector float64→int64 convert) and picks the quadrant with selects.
+    θ = q·π/2 + r with q = round(2θ/π) ∈ {0 … 4} and |r| ≤ π/4 (three-part Cody–Waite, exact
+    products for these q), then the minimax polynomials of Cephes (≈ 1 ulp). q stays a float
+    and picks the quadrant with selects.
     """
-    q = np.floor(th * _TWO_OVER_PI + 0.5)
-    r = (th - q * _PIO2_HI) - q * _PIO2_LO
+    q = np.floor(th * _TWO_OVER_PI + _HALF)
+    r = ((th - q * _PIO2_1) - q * _PIO2_2) - q * _PIO2_3
     z = r * r
-    sp = -1.0 / 1307674368000.0
-    sp = sp * z + 1.0 / 6227020800.0
-    sp = sp * z - 1.0 / 39916800.0
-    sp = sp * z + 1.0 / 362880.0
-    sp = sp * z - 1.0 / 5040.0
-    sp = sp * z + 1.0 / 120.0
-    sp = sp * z - 1.0 / 6.0
+    sp = _SIN_P[0]
+    sp = sp * z + _SIN_P[1]
+    sp = sp * z + _SIN_P[2]
     sin_r = r + r * z * sp
-    cp = 1.0 / 20922789888000.0
-    cp = cp * z - 1.0 / 87178291200.0
-    cp = cp * z + 1.0 / 479001600.0
-    cp = cp * z - 1.0 / 3628800.0
-    cp = cp * z + 1.0 / 40320.0
-    cp = cp * z - 1.0 / 720.0
-    cp = cp * z + 1.0 / 24.0
-    cos_r = (1.0 - 0.5 * z) + z * z * cp
-    odd = (q == 1.0) | (q == 3.0)
+    cp = _COS_P[0]
+    cp = cp * z + _COS_P[1]
+    cp = cp * z + _COS_P[2]
+    cos_r = (_ONE - _HALF * z) + z * z * cp
+    odd = (q == _ONE) | (q == _THREE)
     c = sin_r if odd else cos_r
     s = cos_r if odd else sin_r
-    c = -c if (q == 1.0) | (q == 2.0) else c
-    s = -s if (q == 2.0) | (q == 3.0) else s
+    c = -c if (q == _ONE) | (q == _TWO) else c
+    s = -s if (q == _TWO) | (q == _THREE) else s
     return c, s
 
 
@@ -153,28 +158,26 @@ def _sincos(th):
 def box_muller(u1, th):
     """Triton's pair_uniform_to_normal given u₁ (already clamped) and θ = 2π·u₂ (float32).
 
-    Evaluated in float64 and rounded once to float32. The reference does the same with libm;
-    the polynomials above are within a few 1e-16 of it, so the float32 results agree except
-    when the float64 value lies within ~1e-15 (relative) of a float32 rounding boundary —
-    then they differ by one float32 ulp (≤ 4.8e-7 for |z| < 8, inside the design's 1e-6).
+    All in float32 (8 lanes per AVX2 register). The reference evaluates the same formula in
+    float64 with libm and rounds once; the design bounds the difference by 2e-6 absolute
+    (|z| ≤ 5.7), checked on 10⁷ draws and the clamp extremes in tests/test_philox.py.
     """
-    r = np.sqrt(-2.0 * _log(np.float64(u1)))
-    c, s = _sincos(np.float64(th))
-    return np.float32(r * c), np.float32(r * s)
+    r = np.sqrt(_MINUS_TWO * _log(u1))
+    c, s = _sincos(th)
+    return r * c, r * s
 
 
-# Not inlined: compiled once with its own flags. ``contract`` lets LLVM fuse the polynomial
-# multiply-adds into FMAs (vfmadd in the asm); it cannot touch the float32 uniforms and
-# angles because those go through memory (the scratch array) before the float64 part, and it
-# stays out of the callers' update arithmetic, which matches the reference bit for bit.
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+# Not inlined: compiled once with its own flags. No ``fastmath`` at all: without ``contract``
+# every lane (vector body or scalar remainder of the loop) rounds the same mul/add sequence, so
+# a normal never depends on where a chunk boundary falls (Zen 3 issues float mul and add on
+# separate pipes, so FMA would buy little here).
+@njit(cache=True, error_model="numpy")
 def fill_normals(buf, key0, key1, first_block, num_blocks):
     """buf[4·j + lane] = lane of randn4x(seed64, first_block + j) for j < num_blocks.
 
-    Two vectorised passes: Philox → (u₁, θ) pairs in a scratch array, then Box–Muller; the
-    scratch round trip keeps the float32 values exact (see above) and each loop smaller.
-    Measured in-cache on one Zen 3 core (CPU time): 0.8 ns (Philox) + 2.5 ns (Box–Muller) per
-    normal; the libm version of one fused loop took 23.9 ns.
+    Two vectorised passes: Philox (uint64 lanes, 32×32→64 multiplies) → (u₁, θ) pairs in a
+    float32 scratch array, then the float32 Box–Muller (8 lanes). Per-pass cost: see
+    docs/core.md.
     """
     zero = np.uint64(0)
     nb = num_blocks

@@ -1,9 +1,26 @@
 """q_sample: x_t = √ᾱ[t_b]·x0 + √(1−ᾱ[t_b])·ε in one pass, ε given or drawn in-kernel."""
 import numba
 import numpy as np
+from numba import njit
 
 from .common import CHUNK, kernel, num_chunks, philox_key
 from .philox import chunk_normals
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _q_span(x0, noise, noise_given, buf, base, tb, sqrt_ab, sqrt_1mab, x_t, noise_out, start, stop):
+    """Elements start … stop−1 at one t; buf[k − base] is noise k when drawn in-kernel."""
+    dt = x0.dtype.type
+    a = dt(sqrt_ab[tb])
+    s = dt(sqrt_1mab[tb])
+    if noise_given:  # two loops, not a per-element branch: both vectorise
+        for k in range(start, stop):
+            x_t[k] = a * x0[k] + s * noise[k]
+    else:
+        for k in range(start, stop):
+            eps = dt(buf[k - base])
+            noise_out[k] = eps
+            x_t[k] = a * x0[k] + s * eps
 
 
 @kernel
@@ -18,21 +35,19 @@ def _q_sample_kernel(x0, noise, noise_given, t, sqrt_ab, sqrt_1mab, x_t, noise_o
             buf, shift = np.empty(0, dtype=np.float32), np.int64(0)
         else:
             buf, shift = chunk_normals(key0, key1, offset + lo, hi - lo)
+        base = lo - shift
         b = lo // per_sample
+        b_last = (hi - 1) // per_sample
+        j = b + 1
+        while j <= b_last and t[j] == t[b]:  # stops at the first differing t (per-sample cost ≈ 0)
+            j += 1
+        if j > b_last:  # one vectorised loop over the chunk whatever D is
+            _q_span(x0, noise, noise_given, buf, base, t[b], sqrt_ab, sqrt_1mab, x_t, noise_out, lo, hi)
+            continue
         start = lo
         while start < hi:
             stop = min(hi, (b + 1) * per_sample)
-            tb = t[b]
-            a = dt(sqrt_ab[tb])
-            s = dt(sqrt_1mab[tb])
-            if noise_given:  # two loops, not a per-element branch: both vectorise
-                for k in range(start, stop):
-                    x_t[k] = a * x0[k] + s * noise[k]
-            else:
-                for k in range(start, stop):
-                    eps = dt(buf[k - lo + shift])
-                    noise_out[k] = eps
-                    x_t[k] = a * x0[k] + s * eps
+            _q_span(x0, noise, noise_given, buf, base, t[b], sqrt_ab, sqrt_1mab, x_t, noise_out, start, stop)
             start = stop
             b += 1
 

@@ -1,8 +1,10 @@
 """Fused reverse steps (DDPM ancestral and DDIM(η)): x̂0 → clip → update → noise, one pass.
 
-Coefficients are computed per sample in float64 from ᾱ (recomputed only when (t, t′) changes
-between consecutive samples, so a uniform step costs one evaluation per chunk), then rounded
-to the data dtype, in the same order as kernels/reference.py.
+Coefficients are computed in float64 from ᾱ, then rounded to the data dtype, in the same order
+as kernels/reference.py. A chunk whose samples all share (t, t′) — always in the sampling loop,
+where t is a stride-0 scalar — is one branch-free vectorised loop over its elements whatever D
+is; otherwise the chunk is walked sample by sample, recomputing the coefficients only when
+(t, t′) changes.
 """
 import math
 
@@ -60,6 +62,57 @@ def _ddim_update(x, m, z, cx, cm, sab, s1mab, sab_p, dirc, sg, lo_clip, hi_clip,
     return (sab_p * x0 + dirc * eps) + sg * z
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def _chunk_is_uniform(t, t_stride, prev, p_stride, b_first, b_last):
+    """True when samples b_first … b_last share (t, t′): a scalar t (stride 0) or equal rows.
+
+    O(samples in the chunk) reads of t, so the per-sample path pays ≤ one scan per chunk.
+    """
+    if t_stride == 0 and p_stride == 0:
+        return True
+    t0, p0 = t[b_first * t_stride], prev[b_first * p_stride]
+    for b in range(b_first + 1, b_last + 1):
+        if t[b * t_stride] != t0 or prev[b * p_stride] != p0:
+            return False
+    return True
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _ddpm_coefficients(ac, tb, pb, pred, var, dt):
+    ab_t, ab_p = _alphas(ac, tb, pb)
+    alpha_c = ab_t / ab_p
+    beta_c = 1.0 - alpha_c
+    fx, fm = _x0_coefficients(ab_t, pred)
+    if var == VAR_FIXED_SMALL:
+        variance = max((1.0 - ab_p) / (1.0 - ab_t) * beta_c, _MIN_VARIANCE)
+    else:
+        variance = beta_c
+    c1 = dt(math.sqrt(ab_p) * beta_c / (1.0 - ab_t))
+    c2 = dt(math.sqrt(alpha_c) * (1.0 - ab_p) / (1.0 - ab_t))
+    sg = dt(math.sqrt(variance)) if pb >= 0 else dt(0.0)
+    return dt(fx), dt(fm), c1, c2, sg
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _ddpm_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, cx, cm, c1, c2, sg,
+               lo_clip, hi_clip, has_clip):
+    """out[k] for start ≤ k < stop with one set of coefficients; buf[k − base] is noise k.
+
+    Three loops rather than one with a per-element branch on the noise source: each is
+    branch-free (selects only) and vectorises.
+    """
+    dt = x_t.dtype.type
+    if noise_given:
+        for k in range(start, stop):
+            out[k] = _ddpm_update(x_t[k], m[k], noise[k], cx, cm, c1, c2, sg, lo_clip, hi_clip, has_clip)
+    elif noise_needed:
+        for k in range(start, stop):
+            out[k] = _ddpm_update(x_t[k], m[k], dt(buf[k - base]), cx, cm, c1, c2, sg, lo_clip, hi_clip, has_clip)
+    else:
+        for k in range(start, stop):
+            out[k] = _ddpm_update(x_t[k], m[k], dt(0.0), cx, cm, c1, c2, sg, lo_clip, hi_clip, has_clip)
+
+
 @kernel
 def _ddpm_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, var, clip, has_clip,
                  noise, noise_given, noise_needed, key0, key1, offset, per_sample, n_chunks):
@@ -72,9 +125,16 @@ def _ddpm_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, var, clip, 
             buf, shift = np.empty(0, dtype=np.float32), np.int64(0)
         else:
             buf, shift = chunk_normals(key0, key1, offset + lo, hi - lo)
+        base = lo - shift
         lo_clip = dt(-clip)
         hi_clip = dt(clip)
         b = lo // per_sample
+        if _chunk_is_uniform(t, t_stride, prev, p_stride, b, (hi - 1) // per_sample):
+            # The sampling loop's case: the whole chunk is one vectorised loop whatever D is.
+            cx, cm, c1, c2, sg = _ddpm_coefficients(ac, t[b * t_stride], prev[b * p_stride], pred, var, dt)
+            _ddpm_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, lo, hi, cx, cm, c1, c2, sg,
+                       lo_clip, hi_clip, has_clip)
+            continue
         start = lo
         last_t, last_p = np.int64(-2), np.int64(-2)
         cx = cm = c1 = c2 = sg = dt(0.0)
@@ -83,35 +143,43 @@ def _ddpm_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, var, clip, 
             tb = t[b * t_stride]
             pb = prev[b * p_stride]
             if tb != last_t or pb != last_p:
-                ab_t, ab_p = _alphas(ac, tb, pb)
-                alpha_c = ab_t / ab_p
-                beta_c = 1.0 - alpha_c
-                fx, fm = _x0_coefficients(ab_t, pred)
-                if var == VAR_FIXED_SMALL:
-                    variance = max((1.0 - ab_p) / (1.0 - ab_t) * beta_c, _MIN_VARIANCE)
-                else:
-                    variance = beta_c
-                cx, cm = dt(fx), dt(fm)
-                c1 = dt(math.sqrt(ab_p) * beta_c / (1.0 - ab_t))
-                c2 = dt(math.sqrt(alpha_c) * (1.0 - ab_p) / (1.0 - ab_t))
-                sg = dt(math.sqrt(variance)) if pb >= 0 else dt(0.0)
+                cx, cm, c1, c2, sg = _ddpm_coefficients(ac, tb, pb, pred, var, dt)
                 last_t, last_p = tb, pb
-            # Three loops rather than one with a per-element branch on the noise source:
-            # each is branch-free (selects only) and vectorises.
-            if noise_given:
-                for k in range(start, stop):
-                    out[k] = _ddpm_update(x_t[k], m[k], noise[k], cx, cm, c1, c2, sg,
-                                          lo_clip, hi_clip, has_clip)
-            elif noise_needed:
-                for k in range(start, stop):
-                    z = dt(buf[k - lo + shift])
-                    out[k] = _ddpm_update(x_t[k], m[k], z, cx, cm, c1, c2, sg, lo_clip, hi_clip, has_clip)
-            else:
-                for k in range(start, stop):
-                    out[k] = _ddpm_update(x_t[k], m[k], dt(0.0), cx, cm, c1, c2, sg,
-                                          lo_clip, hi_clip, has_clip)
+            _ddpm_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, cx, cm, c1, c2, sg,
+                       lo_clip, hi_clip, has_clip)
             start = stop
             b += 1
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _ddim_coefficients(ac, tb, pb, pred, eta, dt):
+    ab_t, ab_p = _alphas(ac, tb, pb)
+    beta_c = 1.0 - ab_t / ab_p
+    fx, fm = _x0_coefficients(ab_t, pred)
+    sigma = eta * math.sqrt((1.0 - ab_p) / (1.0 - ab_t)) * math.sqrt(beta_c)
+    if pb < 0:
+        sigma = 0.0
+    return (dt(fx), dt(fm), dt(math.sqrt(ab_t)), dt(math.sqrt(1.0 - ab_t)), dt(math.sqrt(ab_p)),
+            dt(math.sqrt(max(1.0 - ab_p - sigma * sigma, 0.0))), dt(sigma))
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _ddim_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, cx, cm, sab, s1mab,
+               sab_p, dirc, sg, lo_clip, hi_clip, has_clip, is_eps):
+    """Same conventions as _ddpm_span."""
+    dt = x_t.dtype.type
+    if noise_given:
+        for k in range(start, stop):
+            out[k] = _ddim_update(x_t[k], m[k], noise[k], cx, cm, sab, s1mab, sab_p, dirc, sg,
+                                  lo_clip, hi_clip, has_clip, is_eps)
+    elif noise_needed:
+        for k in range(start, stop):
+            out[k] = _ddim_update(x_t[k], m[k], dt(buf[k - base]), cx, cm, sab, s1mab, sab_p, dirc, sg,
+                                  lo_clip, hi_clip, has_clip, is_eps)
+    else:
+        for k in range(start, stop):
+            out[k] = _ddim_update(x_t[k], m[k], dt(0.0), cx, cm, sab, s1mab, sab_p, dirc, dt(0.0),
+                                  lo_clip, hi_clip, has_clip, is_eps)
 
 
 @kernel
@@ -126,10 +194,17 @@ def _ddim_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, eta, clip, 
             buf, shift = np.empty(0, dtype=np.float32), np.int64(0)
         else:
             buf, shift = chunk_normals(key0, key1, offset + lo, hi - lo)
+        base = lo - shift
         lo_clip = dt(-clip)
         hi_clip = dt(clip)
         is_eps = pred == PRED_EPSILON
         b = lo // per_sample
+        if _chunk_is_uniform(t, t_stride, prev, p_stride, b, (hi - 1) // per_sample):
+            cx, cm, sab, s1mab, sab_p, dirc, sg = _ddim_coefficients(ac, t[b * t_stride], prev[b * p_stride],
+                                                                      pred, eta, dt)
+            _ddim_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, lo, hi, cx, cm, sab, s1mab,
+                       sab_p, dirc, sg, lo_clip, hi_clip, has_clip, is_eps)
+            continue
         start = lo
         last_t, last_p = np.int64(-2), np.int64(-2)
         cx = cm = sab = s1mab = sab_p = dirc = sg = dt(0.0)
@@ -138,31 +213,10 @@ def _ddim_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, eta, clip, 
             tb = t[b * t_stride]
             pb = prev[b * p_stride]
             if tb != last_t or pb != last_p:
-                ab_t, ab_p = _alphas(ac, tb, pb)
-                beta_c = 1.0 - ab_t / ab_p
-                fx, fm = _x0_coefficients(ab_t, pred)
-                sigma = eta * math.sqrt((1.0 - ab_p) / (1.0 - ab_t)) * math.sqrt(beta_c)
-                if pb < 0:
-                    sigma = 0.0
-                cx, cm = dt(fx), dt(fm)
-                sab, s1mab = dt(math.sqrt(ab_t)), dt(math.sqrt(1.0 - ab_t))
-                sab_p = dt(math.sqrt(ab_p))
-                dirc = dt(math.sqrt(max(1.0 - ab_p - sigma * sigma, 0.0)))
-                sg = dt(sigma)
+                cx, cm, sab, s1mab, sab_p, dirc, sg = _ddim_coefficients(ac, tb, pb, pred, eta, dt)
                 last_t, last_p = tb, pb
-            if noise_given:
-                for k in range(start, stop):
-                    out[k] = _ddim_update(x_t[k], m[k], noise[k], cx, cm, sab, s1mab, sab_p, dirc, sg,
-                                          lo_clip, hi_clip, has_clip, is_eps)
-            elif noise_needed:
-                for k in range(start, stop):
-                    z = dt(buf[k - lo + shift])
-                    out[k] = _ddim_update(x_t[k], m[k], z, cx, cm, sab, s1mab, sab_p, dirc, sg,
-                                          lo_clip, hi_clip, has_clip, is_eps)
-            else:
-                for k in range(start, stop):
-                    out[k] = _ddim_update(x_t[k], m[k], dt(0.0), cx, cm, sab, s1mab, sab_p, dirc, dt(0.0),
-                                          lo_clip, hi_clip, has_clip, is_eps)
+            _ddim_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, cx, cm, sab, s1mab,
+                       sab_p, dirc, sg, lo_clip, hi_clip, has_clip, is_eps)
             start = stop
             b += 1
 
