@@ -96,3 +96,19 @@ def test_unet_sample_equals_diffusers(sampler):
         for t in sched.timesteps:
             x = sched.step(unet(x, t).sample, t, x).prev_sample
     np.testing.assert_allclose(np.asarray(ours), x.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_pipeline_from_diffusers_dir(tmp_path):
+    from diffusers import DDPMPipeline
+
+    unet = _tiny_unet()
+    scheduler = DDPMScheduler(num_train_timesteps=20, clip_sample=True)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path / "pipe")
+    pipe = fastddpm.Pipeline.from_diffusers(tmp_path / "pipe")
+    assert pipe.sample_shape == (3, 8, 8) and pipe.sampling_defaults["clip"] == 1.0
+    got = pipe.sample(2, steps=4, sampler="ddim", seed=1, engine="torch", progress=False)
+    ref = fastddpm.sample(unet, Schedule.from_diffusers(scheduler), 2, sampler="ddim", steps=4, seed=1,
+                          clip=1.0, backend="torch", progress=False)
+    np.testing.assert_allclose(got, (np.asarray(ref) + 1) / 2, rtol=1e-5, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="hub"):
+        fastddpm.Pipeline.from_diffusers("google/ddpm-cifar10-32")
