@@ -112,3 +112,20 @@ def test_pipeline_from_diffusers_dir(tmp_path):
     np.testing.assert_allclose(got, (np.asarray(ref) + 1) / 2, rtol=1e-5, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="hub"):
         fastddpm.Pipeline.from_diffusers("google/ddpm-cifar10-32")
+
+
+def test_unet_onnx_export_matches_torch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from fastddpm.onnx_export import export_onnx
+    from fastddpm.sampling.adapters import as_fastddpm_model
+
+    model = as_fastddpm_model(_tiny_unet())
+    path = export_onnx(model, str(tmp_path / "unet.onnx"))
+    session = ort.InferenceSession(path)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    t = np.array([5, 17], dtype=np.int64)
+    got = session.run(None, dict(zip([i.name for i in session.get_inputs()], [x, t])))[0]
+    with torch.no_grad():
+        want = model(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
