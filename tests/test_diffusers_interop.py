@@ -129,3 +129,15 @@ def test_unet_onnx_export_matches_torch(tmp_path):
     with torch.no_grad():
         want = model(torch.from_numpy(x), torch.from_numpy(t)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_sample_on_diffusers_dir(tmp_path):
+    from diffusers import DDPMPipeline
+
+    DDPMPipeline(unet=_tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=20)).save_pretrained(tmp_path / "p")
+    out = tmp_path / "s.npy"
+    subprocess.run([sys.executable, "-m", "fastddpm", "sample", str(tmp_path / "p"), "--n", "3", "--steps", "3",
+                    "--sampler", "ddim", "--engine", "torch", "--out", str(out), "--quiet"], check=True)
+    want = fastddpm.Pipeline.from_diffusers(tmp_path / "p").sample(3, sampler="ddim", steps=3, engine="torch",
+                                                                   progress=False)
+    np.testing.assert_allclose(np.load(out), want, rtol=1e-6, atol=1e-6)
