@@ -218,3 +218,108 @@ class Schedule:
                 for k in TABLE_NAMES
             }
         return self._device_cache[key]
+
+    # -- diffusers interop (no diffusers import: configs are plain dicts) ----------------
+
+    @classmethod
+    def from_diffusers(cls, scheduler_or_config) -> "Schedule":
+        """The schedule of a diffusers scheduler (or its ``.config`` dict), in float64.
+
+        beta_schedule → fastddpm: ``linear`` → linear, ``scaled_linear`` → quadratic (both are
+        linspace(√β₀, √β₁)²), ``squaredcos_cap_v2`` → cosine(s=0.008, max_beta=0.999) (the same
+        alpha_bar formula, clipped at 0.999), ``sigmoid`` → sigmoid, ``trained_betas`` → from_betas.
+        diffusers computes its betas in float32; ours are the float64 values they round to.
+
+        The sampling settings diffusers keeps on the scheduler land in ``schedule.sampling_defaults``
+        (``prediction``, ``variance``, ``clip``, ``spacing``), ready for
+        ``fastddpm.sample(model, schedule, n, **schedule.sampling_defaults)``.
+        Settings fastddpm cannot express raise ValueError naming the setting.
+        """
+        config = getattr(scheduler_or_config, "config", scheduler_or_config)
+        if not hasattr(config, "get"):
+            raise TypeError("from_diffusers takes a diffusers scheduler or its config dict, "
+                            f"got {type(scheduler_or_config).__name__}")
+        get = config.get
+
+        def unsupported(key, value, allowed):
+            raise ValueError(f"diffusers setting {key}={value!r} is not supported by fastddpm; allowed: {allowed}")
+
+        if get("rescale_betas_zero_snr", False):
+            unsupported("rescale_betas_zero_snr", True, "False (zero-terminal-SNR betas give beta = 1, "
+                        "outside (0, 1))")
+        if get("thresholding", False):
+            unsupported("thresholding", True, "False (use clip_sample for static clipping)")
+        if get("steps_offset", 0):
+            unsupported("steps_offset", get("steps_offset"), "0")
+        if get("beta_schedule", "linear") == "exp":
+            unsupported("beta_schedule", "exp", "linear, scaled_linear, squaredcos_cap_v2, sigmoid or trained_betas")
+        spacing = get("timestep_spacing", "leading")
+        if spacing not in ("leading", "trailing", "linspace"):
+            unsupported("timestep_spacing", spacing, "leading, trailing, linspace")
+        prediction = get("prediction_type", "epsilon")
+        if prediction not in ("epsilon", "sample", "v_prediction"):
+            unsupported("prediction_type", prediction, "epsilon, sample, v_prediction")
+        variance = get("variance_type", "fixed_small") or "fixed_small"
+        # the *_log variants differ only in where the log is taken: the same variance
+        variance_map = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
+                        "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
+        if variance not in variance_map:
+            unsupported("variance_type", variance, ", ".join(variance_map))
+        clip = float(get("clip_sample_range", 1.0)) if get("clip_sample", True) else None
+
+        num_steps = _check_num_steps(get("num_train_timesteps", 1000))
+        trained = get("trained_betas", None)
+        if trained is not None:
+            schedule = cls.from_betas(np.asarray(trained, dtype=np.float64))
+            if schedule.num_steps != num_steps:
+                raise ValueError(f"trained_betas has {schedule.num_steps} values but num_train_timesteps="
+                                 f"{num_steps}; they must agree")
+        else:
+            name = get("beta_schedule", "linear")
+            start, end = float(get("beta_start", 1e-4)), float(get("beta_end", 0.02))
+            if name == "linear":
+                schedule = cls.linear(num_steps, beta_start=start, beta_end=end)
+            elif name == "scaled_linear":
+                schedule = cls.quadratic(num_steps, beta_start=start, beta_end=end)
+            elif name == "squaredcos_cap_v2":
+                schedule = cls.cosine(num_steps)
+            elif name == "sigmoid":
+                schedule = cls.sigmoid(num_steps, beta_start=start, beta_end=end)
+            else:
+                unsupported("beta_schedule", name, "linear, scaled_linear, squaredcos_cap_v2, sigmoid or trained_betas")
+        schedule.sampling_defaults = {"prediction": prediction, "variance": variance_map[variance],
+                                      "clip": clip, "spacing": spacing}
+        return schedule
+
+    def to_diffusers_config(self, *, prediction: str | None = None, variance: str | None = None,
+                            clip: float | None | str = "default", spacing: str | None = None) -> dict[str, Any]:
+        """A config dict for ``DDPMScheduler.from_config`` (or DDIM/DPMSolver) giving this schedule.
+
+        Unset sampling settings come from ``self.sampling_defaults`` when from_diffusers made this
+        schedule, else fastddpm's defaults (epsilon, fixed_small, no clip, leading).
+        cosine maps to squaredcos_cap_v2 only with its defaults (s=0.008, min_beta=0,
+        max_beta=0.999); every other schedule travels as trained_betas.
+        """
+        defaults = getattr(self, "sampling_defaults", None) or {
+            "prediction": "epsilon", "variance": "fixed_small", "clip": None, "spacing": "leading"}
+        prediction = defaults["prediction"] if prediction is None else prediction
+        variance = defaults["variance"] if variance is None else variance
+        clip = defaults["clip"] if clip == "default" else clip
+        spacing = defaults["spacing"] if spacing is None else spacing
+        config: dict[str, Any] = {"num_train_timesteps": self.num_steps, "beta_start": 1e-4, "beta_end": 0.02,
+                                  "trained_betas": None}
+        p = self.params
+        if self.name == "linear":
+            config.update(beta_schedule="linear", beta_start=p["beta_start"], beta_end=p["beta_end"])
+        elif self.name == "quadratic":
+            config.update(beta_schedule="scaled_linear", beta_start=p["beta_start"], beta_end=p["beta_end"])
+        elif self.name == "sigmoid":
+            config.update(beta_schedule="sigmoid", beta_start=p["beta_start"], beta_end=p["beta_end"])
+        elif self.name == "cosine" and p == _DEFAULTS["cosine"]:
+            config.update(beta_schedule="squaredcos_cap_v2")
+        else:
+            config.update(beta_schedule="linear", trained_betas=self.betas.tolist())
+        config.update(prediction_type=prediction, variance_type=variance, clip_sample=clip is not None,
+                      clip_sample_range=1.0 if clip is None else float(clip), timestep_spacing=spacing,
+                      steps_offset=0, thresholding=False, rescale_betas_zero_snr=False)
+        return config

@@ -79,7 +79,7 @@ def run(args) -> int:
 
         with init(args.device, timeout=args.dist_timeout) as ctx:
             if "engine" in kwargs:
-                pipe = Pipeline(ckpt_mod.load(args.checkpoint, device=ctx.device, ema=not args.no_ema))
+                pipe = _load(Pipeline, ckpt_mod, args, ctx.device)
             start = time.perf_counter()
             path = sample_distributed(
                 pipe, None, args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
@@ -90,7 +90,7 @@ def run(args) -> int:
                 return 0
     else:
         if "engine" in kwargs:
-            pipe = Pipeline(ckpt_mod.load(args.checkpoint, device=args.device, ema=not args.no_ema))
+            pipe = _load(Pipeline, ckpt_mod, args, args.device)
         start = time.perf_counter()
         path = pipe.sample(args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
                            clip=args.clip, seed=args.seed, batch_size=args.batch_size, backend=args.backend,
@@ -100,3 +100,15 @@ def run(args) -> int:
         took = time.perf_counter() - start
         print(f"wrote {args.n} samples to {path} in {took:.1f} s ({args.n / took:,.0f} samples/s)", file=sys.stderr)
     return 0
+
+
+def _load(Pipeline, ckpt_mod, args, device):
+    """A fastddpm checkpoint, or a local diffusers DDPMPipeline directory (has model_index.json)."""
+    import os
+
+    if os.path.isfile(os.path.join(str(args.checkpoint), "model_index.json")):
+        pipe = Pipeline.from_diffusers(args.checkpoint, device=device)
+        if args.clip is None:  # no --clip: the scheduler's clip_sample setting
+            args.clip = pipe.sampling_defaults["clip"]
+        return pipe
+    return Pipeline(ckpt_mod.load(args.checkpoint, device=device, ema=not args.no_ema))

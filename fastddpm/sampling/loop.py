@@ -152,6 +152,9 @@ class SamplingRun:
     def __init__(self, model, schedule, n, *, sampler, steps, spacing, eta, prediction, variance, clip,
                  seed, batch_size, device, backend, dtype, progress, check_finite, sample_shape,
                  cuda_graph, start=0):
+        from .adapters import as_fastddpm_model
+
+        model = as_fastddpm_model(model)  # a diffusers UNet2DModel → forward(x, t) -> tensor
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a fastddpm.Schedule, got {type(schedule).__name__}")
         self.n = _check_int(n, "n")

@@ -38,6 +38,21 @@ class Pipeline:
 
         return cls(load(path, device=device, ema=ema))
 
+    @classmethod
+    def from_diffusers(cls, path, *, device="cpu") -> "Pipeline":
+        """Load a local ``DDPMPipeline.save_pretrained`` directory (needs ``fastddpm[diffusers]``).
+
+        The scheduler's variance type, clipping and timestep spacing become this pipeline's
+        ``sample`` defaults (``pipeline.sampling_defaults``); the prediction type is fixed.
+        """
+        from ..diffusers import load_pipeline_dir
+
+        checkpoint = load_pipeline_dir(path, device=device)
+        pipeline = cls(checkpoint)
+        defaults = checkpoint.schedule.sampling_defaults
+        pipeline.sampling_defaults = {k: defaults[k] for k in ("variance", "clip", "spacing")}
+        return pipeline
+
     def __repr__(self) -> str:
         return (f"Pipeline({type(self.model).__name__}, {self.schedule!r}, prediction={self.prediction!r}, "
                 f"sample_shape={self.sample_shape})")
@@ -58,6 +73,7 @@ class Pipeline:
         defaults = dict(sampler="ddpm", steps=None, spacing="leading", eta=0.0, variance="fixed_small", clip=None,
                         seed=0, batch_size=None, device=None, backend="auto", dtype="float32", progress=True,
                         check_finite=True, cuda_graph=None, start=0)
+        defaults.update(getattr(self, "sampling_defaults", {}))  # from_diffusers: the scheduler's settings
         unknown = set(kwargs) - set(defaults)
         if unknown:
             raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; allowed: {sorted(defaults)}")
