@@ -119,8 +119,15 @@ def default_model(checkpoint=None, device="cpu"):
     return MLP().eval().to(device), fastddpm.Schedule.linear(1000), None
 
 
-def diffusers_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu"):
-    """The loop a diffusers user writes: DDPMScheduler.set_timesteps + step(generator=…)."""
+def diffusers_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu", shared_t=False):
+    """The loop a diffusers user writes: DDPMScheduler.set_timesteps + step(generator=…).
+
+    The network gets t as diffusers' own models build it (``timesteps * torch.ones(B)``: a
+    contiguous per-sample [B]); ``shared_t=True`` hands it a stride-0 view instead, so that a
+    net keeping fastddpm's shared-t convention computes its time path once here too.
+    ``model`` may also be an ``array_api == "numpy"`` model (an OnnxModel), called on NumPy
+    views of the torch tensors.
+    """
     import diffusers
     import torch
 
@@ -128,16 +135,29 @@ def diffusers_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu"):
                                     variance_type="fixed_small", clip_sample=False)
     sched.set_timesteps(steps)
     gen = torch.Generator(device=device).manual_seed(seed)
+    net = _torch_facing(model)
     out = []
     with torch.inference_mode():
         for s0 in range(0, n, batch_size):
             b = min(batch_size, n - s0)
             x = torch.randn((b, *_shape(model)), generator=gen, device=device)
             for t in sched.timesteps:
-                eps = model(x, t.expand(b).to(device))
+                tb = t.to(device).expand(b) if shared_t else t.to(device) * torch.ones(b, dtype=t.dtype, device=device)
+                eps = net(x, tb)
                 x = sched.step(eps, t, x, generator=gen).prev_sample
             out.append(x)
     return torch.cat(out)
+
+
+def _torch_facing(model):
+    """model(x tensor, t tensor) → tensor, for torch modules and NumPy-API models alike."""
+    if getattr(model, "array_api", None) != "numpy":
+        return model
+    import torch
+
+    def call(x, t):
+        return torch.from_numpy(model(x.numpy(), t.contiguous().numpy()))
+    return call
 
 
 def torch_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu"):
@@ -164,6 +184,15 @@ def torch_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu"):
     return torch.cat(out)
 
 
+def side_by_side(fns: dict, rounds: int) -> dict:
+    """name → list of seconds, measured in alternating rounds (load on a shared machine hits all alike)."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(_timed(fn))  # synchronised on a GPU
+    return times
+
+
 def _shape(model):
     shape = getattr(model, "sample_shape", None)
     if shape is None:
@@ -173,7 +202,19 @@ def _shape(model):
 
 # -- sections --------------------------------------------------------------------------------
 
-def bench_throughput(model, schedule, n, steps, batch_size=None, device="cpu", methods=("fastddpm", "diffusers", "torch")):
+THROUGHPUT_METHODS = ("fastddpm", "fastddpm+ort", "diffusers", "diffusers+ort", "diffusers shared-t",
+                      "diffusers+ort shared-t", "torch")
+
+
+def bench_throughput(model, schedule, n, steps, batch_size=None, device="cpu", methods=THROUGHPUT_METHODS,
+                     rounds=3):
+    """Whole DDPM loops side by side in alternating rounds; medians, ratios to diffusers on the same network.
+
+    ``fastddpm`` / ``diffusers``: the torch network; ``+ort``: the same network exported to ONNX
+    in onnxruntime. ``diffusers`` passes t per sample, as diffusers' models do; ``shared-t``
+    rows pass a stride-0 t ([B] view of one t; the ORT twin then runs it as [1]), so the
+    network's time path runs once there too — the ratio to those is the engine's alone.
+    """
     from .sampling import SamplingRun, sample
 
     if batch_size is None:
@@ -181,27 +222,42 @@ def bench_throughput(model, schedule, n, steps, batch_size=None, device="cpu", m
                                  prediction="epsilon", variance="fixed_small", clip=None, seed=0, batch_size=None,
                                  device=device, backend="auto", dtype="float32", progress=False, check_finite=True,
                                  sample_shape=_shape(model), cuda_graph=None).batch_size
+    twin = _onnx_twin(model, schedule) if device == "cpu" else None
     fns = {
         "fastddpm": lambda: sample(model, schedule, n, steps=steps, batch_size=batch_size, device=device, progress=False),
-        "fastddpm+ort": lambda: sample(_onnx_twin(model, schedule), schedule, n, steps=steps, batch_size=batch_size,
-                                       progress=False),
+        "fastddpm+ort": lambda: sample(twin, schedule, n, steps=steps, batch_size=batch_size, progress=False),
         "diffusers": lambda: diffusers_loop(model, schedule, n, steps, batch_size, device=device),
+        "diffusers+ort": lambda: diffusers_loop(twin, schedule, n, steps, batch_size),
+        "diffusers shared-t": lambda: diffusers_loop(model, schedule, n, steps, batch_size, device=device,
+                                                     shared_t=True),
+        "diffusers+ort shared-t": lambda: diffusers_loop(twin, schedule, n, steps, batch_size, shared_t=True),
         "torch": lambda: torch_loop(model, schedule, n, steps, batch_size, device=device),
     }
-    # warm-up: JIT compiles, lazy init
+    methods = [m for m in methods if twin is not None or "ort" not in m]
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        methods = [m for m in methods if "diffusers" not in m]
+    # warm-up: JIT compiles, lazy init, onnxruntime's first-run work
     sample(model, schedule, min(n, 64), steps=2, spacing="linspace", device=device, progress=False)
-    if device == "cpu" and "fastddpm" in methods and _onnx_twin(model, schedule) is not None:
-        methods = ("fastddpm", "fastddpm+ort") + tuple(m for m in methods if m != "fastddpm")
+    if twin is not None:
+        sample(twin, schedule, min(n, 64), steps=2, spacing="linspace", progress=False)
+    times = side_by_side({name: fns[name] for name in methods}, rounds)
     rows = []
     for name in methods:
-        # On a GPU the first call also captures the CUDA graphs (cached per model): best of 2.
-        sec = _timed(fns[name], 1 if str(device) == "cpu" else 2)
+        sec = float(np.median(times[name]))
         rows.append({"section": "throughput", "name": name, "n": n, "steps": steps, "batch_size": batch_size,
-                     "seconds": sec, "samples_per_s": n / sec, "us_per_step": sec / steps * 1e6})
-    base = {r["name"]: r["seconds"] for r in rows}
+                     "seconds": sec, "samples_per_s": n / sec, "us_per_step": sec / steps * 1e6,
+                     "rounds": rounds})
+    med = {r["name"]: r["seconds"] for r in rows}
     for r in rows:
-        if "diffusers" in base:
-            r["x_vs_diffusers"] = base["diffusers"] / r["seconds"]
+        ort = "ort" in r["name"]
+        ref = "diffusers+ort" if ort else "diffusers"
+        if ref in med and r["name"].startswith("fastddpm"):
+            r["x_vs_diffusers"] = med[ref] / r["seconds"]
+            shared = ref + " shared-t"
+            if shared in med:
+                r["x_vs_diffusers_shared_t"] = med[shared] / r["seconds"]
     return rows
 
 
@@ -227,32 +283,67 @@ def _onnx_twin(model, schedule):
     return _ONNX_TWINS[id(model)]
 
 
-def bench_tiny(model, schedule, steps=1000, device="cpu"):
-    """n = 1: µs per step (the per-step overhead of each loop)."""
+def bench_tiny(model, schedule, steps=1000, device="cpu", rounds=7):
+    """n = 1: µs per step of the whole loop and of its network calls alone, side by side.
+
+    The engine's overhead per step is (loop − network calls) / steps. Network calls only are
+    made the cheapest way the engine could make them: torch — the module on a fixed x with
+    stride-0 t views under one inference_mode; ORT — ``bind_batch`` (IO binding, t [1]). Also
+    timed alone (warm, in a tight loop): the fused update call (``HostStepper.step``) and the
+    NaN guard, the two pieces of engine work per step besides the loop itself.
+    """
     import torch
 
-    rows = bench_throughput(model, schedule, 1, steps, batch_size=1, device=device)
-    x = torch.zeros((1, *_shape(model)), device=device)
-    ts = [torch.full((1,), t, dtype=torch.int64, device=device) for t in range(schedule.num_steps - 1, -1, -1)][:steps]
+    from .sampling import make_plan, sample
+    from .sampling.guard import finite_check
+    from .sampling.steppers import HostStepper
 
-    def network_only():
+    shape = _shape(model)
+    plan = make_plan(schedule, "ddpm", steps)
+    ts = plan.t.tolist()
+    x = torch.zeros((1, *shape), device=device)
+    tv = [torch.full((1,), t, dtype=torch.int64, device=device).expand(1) for t in ts]
+
+    def torch_net():
         with torch.inference_mode():
-            for t in ts:
-                model(x, t)
-    sec = _timed(network_only, 2)
-    rows.append({"name": "network calls only", "n": 1, "steps": steps, "seconds": sec, "us_per_step": sec / steps * 1e6})
+            for k in range(steps):
+                model(x, tv[k])
+    fns = {"fastddpm": lambda: sample(model, schedule, 1, steps=steps, device=device, progress=False),
+           "network calls only": torch_net}
     twin = _onnx_twin(model, schedule) if device == "cpu" else None
-    ort_sec = None
     if twin is not None:
-        xn, tn = np.zeros((1, *_shape(model)), np.float32), [np.full(1, t, np.int64) for t in range(steps)]
-        ort_sec = _timed(lambda: [twin(xn, t) for t in tn], 2)
-        rows.append({"name": "onnx network calls only", "n": 1, "steps": steps, "seconds": ort_sec,
-                     "us_per_step": ort_sec / steps * 1e6})
-    for r in rows:
-        r["section"] = "tiny"
-        # engine = the loop's own cost per step: its time minus its network's time
-        net = ort_sec if "ort" in r["name"] or "onnx" in r["name"] else sec
-        r["engine_us_per_step"] = r["us_per_step"] - net / steps * 1e6
+        xn = np.zeros((1, *shape), np.float32)
+
+        def ort_net():
+            net = twin.bind_batch(xn, ts)
+            for k in range(steps):
+                net(k)
+        fns["fastddpm+ort"] = lambda: sample(twin, schedule, 1, steps=steps, progress=False)
+        fns["onnx network calls only"] = ort_net
+    for fn in fns.values():
+        fn()  # warm-up
+    times = side_by_side(fns, rounds)
+    med = {name: float(np.median(v)) for name, v in times.items()}
+
+    stepper = HostStepper(plan, schedule, "numba", 0)
+    xs, ms = np.zeros((1, *shape), np.float32), np.zeros((1, *shape), np.float32)
+    stepper.reset(xs)
+    finite = finite_check(ms)
+    parts = {"update call (HostStepper.step)": lambda: [stepper.step(k, xs, ms, xs, 0) for k in range(steps)],
+             "NaN guard call": lambda: [finite(ms) for _ in range(steps)]}
+    for fn in parts.values():
+        fn()
+    part_times = side_by_side(parts, rounds)
+    rows = []
+    for name, sec in med.items():
+        row = {"section": "tiny", "name": name, "n": 1, "steps": steps, "seconds": sec, "us_per_step": sec / steps * 1e6}
+        if name.startswith("fastddpm"):
+            net = med["onnx network calls only" if "ort" in name else "network calls only"]
+            row["engine_us_per_step"] = (sec - net) / steps * 1e6
+        rows.append(row)
+    for name, v in part_times.items():
+        rows.append({"section": "tiny", "name": name + ", alone", "n": 1, "steps": steps,
+                     "seconds": float(np.median(v)), "us_per_step": float(np.median(v)) / steps * 1e6})
     return rows
 
 
@@ -430,8 +521,9 @@ def run(sections=SECTIONS, *, quick=False, checkpoint=None, n=None, steps=1000, 
 
 
 _COLUMNS = {
-    "throughput": ("name", "n", "steps", "batch_size", "seconds", "samples_per_s", "us_per_step", "x_vs_diffusers"),
-    "tiny": ("name", "steps", "seconds", "us_per_step", "engine_us_per_step", "x_vs_diffusers"),
+    "throughput": ("name", "n", "steps", "batch_size", "seconds", "samples_per_s", "us_per_step", "x_vs_diffusers",
+                   "x_vs_diffusers_shared_t"),
+    "tiny": ("name", "steps", "seconds", "us_per_step", "engine_us_per_step"),
     "quality": ("name", "n", "seconds", "sliced_wasserstein", "vs_ddpm1000"),
     "kernel": ("name", "elements", "seconds", "ns_per_element", "GB_per_s", "frac_copy_bw"),
     "memory": ("name", "seconds", "peak_rss_MiB", "file_MiB", "rss_vs_first"),

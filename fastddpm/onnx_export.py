@@ -4,6 +4,12 @@ The graph has inputs ``x`` float32 [B, *sample_shape] and ``t`` int64 [B] and on
 ``prediction`` of x's shape; the schedule, prediction type, data normalisation, sample shape and
 fastddpm version go into ``metadata_props`` (see :mod:`fastddpm.runtime.metadata`).
 
+Shared t: a net with ``accepts_shared_t = True`` (the built-in ones; see
+:mod:`fastddpm.nets.embedding`) is exported with t on its own dynamic axis ``t_rows``, so the
+graph takes t of shape [1] (time path once, broadcast over the batch) as well as [B]; the file
+then says ``fastddpm.shared_t = "1"`` and the ONNX Runtime engine passes [1] per step. Any
+other module keeps t tied to the batch axis (t [B]), as a user's graph may need.
+
 Exporter: torch 2.9+ defaults to the torch.export-based ("dynamo") exporter, which needs the
 ``onnxscript`` package. fastddpm uses the TorchScript exporter (``dynamo=False``) unless asked
 otherwise: it needs nothing beyond torch and onnx, and handles the nets here (MLP, UNet) with a
@@ -119,10 +125,13 @@ def export_onnx(model_or_checkpoint, path, *, opset: int | None = None, dynamic_
         opset = DEFAULT_OPSET
     if isinstance(opset, bool) or not isinstance(opset, int) or not 9 <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(f"opset must be an integer in [9, {onnx.defs.onnx_opset_version()}], got {opset!r}")
+    # Shared t needs t on its own axis; the torch.export exporter would specialise the broadcast
+    # [B, W] + [R, W] to R == B, so it keeps t [B].
+    shared_t = bool(getattr(module, "accepts_shared_t", False)) and not dynamo
     props = encode(schedule=schedule, prediction=prediction, normalization=_jsonable(normalization),
-                   sample_shape=sample_shape, version=__version__, model=_jsonable(defaults.get("model")))
-
-    proto = _trace(module, sample_shape, opset, dynamic_batch, dynamo)
+                   sample_shape=sample_shape, version=__version__, model=_jsonable(defaults.get("model")),
+                   shared_t=shared_t)
+    proto = _trace(module, sample_shape, opset, dynamic_batch, dynamo, shared_t)
     del proto.metadata_props[:]
     for key, value in props.items():
         entry = proto.metadata_props.add()
@@ -133,8 +142,9 @@ def export_onnx(model_or_checkpoint, path, *, opset: int | None = None, dynamic_
     return _write_atomic(proto.SerializeToString(), os.fspath(path))
 
 
-def _trace(module, sample_shape, opset: int, dynamic_batch: bool, dynamo: bool):
-    """The exported graph as an onnx ModelProto (no metadata yet)."""
+def _trace(module, sample_shape, opset: int, dynamic_batch: bool, dynamo: bool, shared_t: bool = False):
+    """The exported graph as an onnx ModelProto (no metadata yet); ``shared_t``: t gets its own
+    dynamic axis ``t_rows`` (R = 1 or B) instead of the batch axis."""
     import onnx
     import torch
 
@@ -166,12 +176,16 @@ def _trace(module, sample_shape, opset: int, dynamic_batch: bool, dynamo: bool):
                 return program.model_proto
             buffer = io.BytesIO()
             axes = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)} if dynamic_batch else None
+            if shared_t:
+                # Traced with a per-sample t [2] (the per-row graph), which broadcasts for R = 1.
+                axes = dict(axes or {}, t={0: "t_rows"})
             torch.onnx.export(module, (x, t), buffer, dynamo=False, opset_version=opset,
                               input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                               dynamic_axes=axes, do_constant_folding=True)
     finally:
         module.train(was_training)
-    return _keep_inputs(onnx.load_from_string(buffer.getvalue()), batch if not dynamic_batch else "batch")
+    t_axis = "t_rows" if shared_t else ("batch" if dynamic_batch else batch)
+    return _keep_inputs(onnx.load_from_string(buffer.getvalue()), t_axis)
 
 
 def _keep_inputs(proto, batch):

@@ -1,12 +1,16 @@
 """ε-networks: every net is an ``nn.Module`` with ``forward(x_t, t)``, t int64 [B].
 
+The built-in nets keep the shared-t convention (time path computed once per step when all
+samples share t; ``accepts_shared_t = True``); a new net should too — see
+:mod:`fastddpm.nets.embedding` for the three rules.
+
 ``MODEL_CLASSES`` names the classes a checkpoint may ask for; ``build(name, **kwargs)`` makes
 one. Any user module with the same call signature works wherever a built-in net does; to load
 it from a checkpoint, add it to ``MODEL_CLASSES`` first (its constructor keywords are stored).
 """
 from __future__ import annotations
 
-from .embedding import TIME_EMBEDDINGS, SinusoidalEmbedding
+from .embedding import TIME_EMBEDDINGS, SinusoidalEmbedding, time_rows
 from .mlp import ACTIVATIONS, MLP
 from .unet import UNet
 
@@ -21,4 +25,4 @@ def build(class_name: str, **kwargs):
     return MODEL_CLASSES[class_name](**kwargs)
 
 
-__all__ = ["ACTIVATIONS", "MLP", "MODEL_CLASSES", "SinusoidalEmbedding", "TIME_EMBEDDINGS", "UNet", "build"]
+__all__ = ["ACTIVATIONS", "MLP", "MODEL_CLASSES", "SinusoidalEmbedding", "TIME_EMBEDDINGS", "UNet", "build", "time_rows"]

@@ -1,4 +1,30 @@
-"""Time-step embeddings shared by the nets: t (int64 [B]) → float features [B, dim]."""
+"""Time-step embeddings shared by the nets, and the shared-t convention every built-in net keeps.
+
+Shared t (time conditioning once per step)
+------------------------------------------
+In a sampling loop every sample of a step has the same t, so the loop hands torch nets t as a
+stride-0 view ``t1.expand(B)`` (fastddpm.sampling.models) and ONNX graphs a t of shape [1]
+(fastddpm.runtime). A net that keeps the convention computes its whole time path (embedding,
+its MLP, every per-layer projection) on ``time_rows(t)`` — one row when t is shared, B rows
+otherwise — and lets broadcasting apply it: ``[1, W]`` against ``[B, W]`` (or ``[1, C, 1, 1]``
+against ``[B, C, H, W]``). Outputs equal the per-sample path to float32 rounding; on the
+butterfly MLP the time path is two thirds of the FLOPs at any B, so this is what makes a step
+cheap (docs/sampling.md).
+
+To keep it in a new net:
+1. ``rows = time_rows(t)`` first, then compute every t-only tensor from ``rows``: shapes
+   [R, …] with R = 1 or B. Never index or reshape with B inside the time path and never
+   ``expand``/``repeat`` the time features to B yourself; meet the x-dependent tensors only in
+   broadcasting elementwise ops (``h + proj(emb)``, ``h * (1 + scale[:, :, None, None])``).
+2. Set the class attribute ``accepts_shared_t = True``. :func:`fastddpm.export_onnx` then gives
+   the graph's ``t`` input its own dynamic axis (so it takes [1] as well as [B]) and records
+   ``fastddpm.shared_t = "1"`` in the metadata, which tells the ONNX Runtime engine to pass t
+   of shape [1]. A module without the attribute is exported and run with t [B], as before.
+3. Test it like tests/test_shared_t.py: shared (stride-0 and [1]) == per-sample t, torch and ONNX.
+
+A user's module that knows nothing of this keeps working: it receives a stride-0 [B] view,
+which is an ordinary int64 [B] tensor to every torch op.
+"""
 from __future__ import annotations
 
 import math
@@ -28,6 +54,23 @@ class SinusoidalEmbedding(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         args = t.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
         return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+def time_rows(t: torch.Tensor) -> torch.Tensor:
+    """The rows of t that a net's time path runs on: t[:1] when every sample shares t, else t.
+
+    t: int64 [B] (or a 0-d tensor). Shared means a stride-0 view (``t1.expand(B)``, what the
+    sampling loop passes) or a single element ([1] or 0-d); the result then has shape [1] and
+    the time features broadcast against the batch. A genuinely per-sample t comes back as is.
+    Whether t is shared is read from its shape and strides, never from its values (no host
+    sync, and an ONNX trace with t [2] keeps the per-row graph, which accepts [1] and [B]).
+    """
+    if t.dim() == 0:
+        return t.reshape(1)
+    # Strides only: a size comparison would be a TracerWarning (and a constant) in an ONNX trace.
+    if t.dim() == 1 and t.stride(0) == 0:
+        return t[:1]
+    return t
 
 
 def check_int(value, name: str, minimum: int = 1) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .embedding import TIME_EMBEDDINGS, SinusoidalEmbedding, check_choice, check_int
+from .embedding import TIME_EMBEDDINGS, SinusoidalEmbedding, check_choice, check_int, time_rows
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -24,7 +24,12 @@ class MLP(nn.Module):
     one shared sinusoidal→MLP embedding, with ``"learned"`` a per-layer learned table
     ``nn.Embedding(num_steps, width)`` — the original butterfly net's per-layer projection of
     t, written as a lookup so it does not depend on the scale of t. Output: [B, dim].
+
+    Shared t (fastddpm.nets.embedding): the time path runs on ``time_rows(t)``, so a stride-0
+    or [1] t costs one row however large B is, and its [1, width] projections broadcast.
     """
+
+    accepts_shared_t = True
 
     def __init__(self, dim: int = 2, width: int = 128, depth: int = 3, activation: str = "silu",
                  time_embedding: str = "sinusoidal", num_steps: int = 1000, time_dim: int | None = None):
@@ -52,9 +57,10 @@ class MLP(nn.Module):
         self.out = nn.Linear(width, dim)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_t: float [B, dim]; t: int64 [B] in [0, num_steps). Returns [B, dim]."""
-        emb = t if self.time_embed is None else self.time_embed(t)
+        """x_t: float [B, dim]; t: int64 [B] in [0, num_steps), or [1] / stride-0 when shared. Returns [B, dim]."""
+        rows = time_rows(t)  # [R] with R = 1 (shared t) or B
+        emb = rows if self.time_embed is None else self.time_embed(rows)  # [R, time_dim]
         h = x_t
         for layer, proj, act in zip(self.layers, self.time_proj, self.acts):
-            h = act(layer(h) + proj(emb))
+            h = act(layer(h) + proj(emb))  # [B, width] + [R, width]
         return self.out(h)

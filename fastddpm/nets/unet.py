@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embedding import SinusoidalEmbedding, check_int
+from .embedding import SinusoidalEmbedding, check_int, time_rows
 
 
 def _groups(channels: int, max_groups: int) -> int:
@@ -34,7 +34,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x, emb):
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.temb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        scale, shift = self.temb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # [R, C, 1, 1] each
         h = self.norm2(h) * (1.0 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
@@ -65,7 +65,12 @@ class UNet(nn.Module):
     stride-2 downsample between levels, so H and W must be divisible by 2^(len(channel_mults)−1).
     The middle (lowest resolution) has ResBlock → attention (optional) → ResBlock. The output
     conv starts at zero, so an untrained net predicts ε̂ = 0.
+
+    Shared t (fastddpm.nets.embedding): the time embedding runs on ``time_rows(t)``; each
+    block's scale/shift is then [1, 2C, 1, 1] and broadcasts over the batch.
     """
+
+    accepts_shared_t = True
 
     def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults=(1, 2),
                  num_res_blocks: int = 1, attention: bool = True, num_steps: int = 1000,
@@ -120,8 +125,9 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_t: float [B, C, H, W] (H, W divisible by ``downsample_factor``); t: int64 [B]."""
-        emb = self.time_embed(t)
+        """x_t: float [B, C, H, W] (H, W divisible by ``downsample_factor``); t: int64 [B], or [1] /
+        stride-0 when shared."""
+        emb = self.time_embed(time_rows(t))  # [R, 4·base_channels], R = 1 (shared t) or B
         h = self.conv_in(x_t)
         skips = [h]
         for block in self.down:

@@ -14,6 +14,8 @@ fastddpm.prediction     "epsilon" | "sample" | "v_prediction"
 fastddpm.normalization  JSON of the data normalisation (``null`` when the data were not scaled)
 fastddpm.sample_shape   JSON list: the shape of one sample, without the batch axis
 fastddpm.model          JSON of the model class and arguments (informational)
+fastddpm.shared_t       "1": the graph takes t of shape [1] for a batch that shares t (its
+                        time path runs once and broadcasts); "0" or absent: t must be [B]
 ======================  ===============================================================
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ..schedule import Schedule
 
 PREFIX = "fastddpm."
 FORMAT = "1"
-KEYS = ("format", "version", "schedule", "prediction", "normalization", "sample_shape", "model")
+KEYS = ("format", "version", "schedule", "prediction", "normalization", "sample_shape", "model", "shared_t")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class OnnxMetadata:
     sample_shape: tuple[int, ...] | None = None
     version: str | None = None
     model: dict | None = None
+    shared_t: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -65,7 +68,7 @@ def check_prediction(prediction) -> str:
 
 
 def encode(*, schedule: Schedule | None, prediction: str, normalization: Any,
-           sample_shape, version: str, model: dict | None = None) -> dict[str, str]:
+           sample_shape, version: str, model: dict | None = None, shared_t: bool = False) -> dict[str, str]:
     """The metadata entries as a ``{key: str}`` dict ready for ``metadata_props``."""
     if schedule is not None and not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a fastddpm.Schedule or None, got {type(schedule).__name__}")
@@ -74,6 +77,7 @@ def encode(*, schedule: Schedule | None, prediction: str, normalization: Any,
         "version": str(version),
         "prediction": check_prediction(prediction),
         "sample_shape": json.dumps(list(check_sample_shape(sample_shape))),
+        "shared_t": "1" if shared_t else "0",
     }
     if schedule is not None:
         props["schedule"] = json.dumps(schedule.to_config())
@@ -120,5 +124,6 @@ def decode(props: dict[str, str], *, source: str = "the ONNX file") -> OnnxMetad
         sample_shape=None if sample_shape is None else check_sample_shape(sample_shape, f"{PREFIX}sample_shape"),
         version=ours.get("version"),
         model=load("model"),
+        shared_t=ours.get("shared_t") == "1",
         extra=extra,
     )

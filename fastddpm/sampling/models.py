@@ -45,34 +45,73 @@ def check_output(out, x, k: int, t: int, num_steps: int):
 
 
 def host_model(model, kind: str, dtype, timesteps=()):
-    """A function f(x [B, …] np.ndarray, t int) -> C-contiguous np.ndarray of x's dtype.
+    """The network of a host run: ``bind(x)`` once per batch → ``net(k)``, the output at
+    t = ``timesteps[k]`` for the current contents of the batch buffer x [B, …].
 
-    Torch modules get t as a stride-0 view of one int64 (``expand``): no allocation per step,
-    and a net may compute its time path once when ``t.stride(0) == 0`` (all samples share t).
+    ``net(k)`` returns a C-contiguous np.ndarray of x's dtype (the loop checks its shape). x
+    is the loop's persistent buffer, updated in place between steps, so everything that does
+    not change between steps is resolved in ``bind``, once per batch:
+    - torch modules: a ``torch.from_numpy`` view of x (no per-step conversion) and t as a
+      stride-0 view ``t1.expand(B)`` per step (one int64 each; built once per batch size), so a
+      net may compute its time path once (fastddpm.nets.embedding, "shared t");
+    - objects with ``array_api == "numpy"`` that define ``bind_batch(x, timesteps)`` (the ONNX
+      Runtime model: IO binding on x, t of shape [1], a reused output buffer) do their own;
+    - other NumPy models are called ``model(x, t int64 [B])`` with a fresh t per step.
     """
+    timesteps = [int(t) for t in timesteps]
     if kind == "numpy":
-        def call(x, t):
-            out = model(x, np.full(x.shape[0], t, dtype=np.int64))
-            if not isinstance(out, np.ndarray):
-                raise TypeError(f"a model with array_api == 'numpy' must return a NumPy array, got {type(out).__name__}")
-            if out.dtype != x.dtype:
-                out = out.astype(x.dtype)
-            return out if out.flags.c_contiguous else np.ascontiguousarray(out)
-        return call
+        return _NumpyNet(model, timesteps)
+    return _TorchNet(model, timesteps)
 
-    import torch
 
-    one = {int(t): torch.full((1,), int(t), dtype=torch.int64) for t in timesteps}
+def _as_numpy_output(out, dtype):
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"a model with array_api == 'numpy' must return a NumPy array, got {type(out).__name__}")
+    if out.dtype != dtype:
+        out = out.astype(dtype)
+    return out if out.flags.c_contiguous else np.ascontiguousarray(out)
 
-    def call(x, t):
-        xt = torch.from_numpy(x)
-        t1 = one.get(t)
-        if t1 is None:
-            t1 = one[t] = torch.full((1,), t, dtype=torch.int64)
-        out = model(xt, t1.expand(x.shape[0]))
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"the model must return a torch tensor, got {type(out).__name__}")
-        if out.dtype != xt.dtype:
-            out = out.to(xt.dtype)
-        return out.contiguous().numpy()
-    return call
+
+class _NumpyNet:
+    def __init__(self, model, timesteps):
+        self.model, self.timesteps = model, timesteps
+
+    def bind(self, x: np.ndarray):
+        model, ts, dtype = self.model, self.timesteps, x.dtype
+        bind_batch = getattr(model, "bind_batch", None)
+        if bind_batch is not None:
+            net = bind_batch(x, ts)
+            if net is not None:
+                return net
+        B = x.shape[0]
+
+        def net(k):
+            return _as_numpy_output(model(x, np.full(B, ts[k], dtype=np.int64)), dtype)
+        return net
+
+
+class _TorchNet:
+    def __init__(self, model, timesteps):
+        import torch
+
+        self.torch, self.model, self.timesteps = torch, model, timesteps
+        self._t1 = [torch.full((1,), t, dtype=torch.int64) for t in timesteps]
+        self._views = {}  # batch size → [K] stride-0 t views (a run has at most two sizes)
+
+    def bind(self, x: np.ndarray):
+        torch, model = self.torch, self.model
+        B = x.shape[0]
+        tv = self._views.get(B)
+        if tv is None:
+            tv = self._views[B] = [t1.expand(B) for t1 in self._t1]
+        xt = torch.from_numpy(x)  # shares x's memory: the loop's in-place updates show through
+        dt, Tensor = xt.dtype, torch.Tensor
+
+        def net(k):
+            out = model(xt, tv[k])
+            if not isinstance(out, Tensor):
+                raise TypeError(f"the model must return a torch tensor, got {type(out).__name__}")
+            if out.dtype != dt:
+                out = out.to(dt)
+            return out.contiguous().numpy()
+        return net
