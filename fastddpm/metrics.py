@@ -6,6 +6,7 @@ as NumPy arrays [n, …] (flattened to [n, D]). ``sliced_wasserstein`` uses POT
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,10 @@ def sliced_wasserstein(a, b, n_projections: int = 500, seed: int = 0, p: int = 2
     return float(ot.sliced_wasserstein_distance(a, b, n_projections=n_projections, p=p, seed=seed))
 
 
-def precision_recall(samples, reference, k: int = 3) -> tuple[float, float]:
+KNN_K = 3  # the k of the k-NN balls of precision_recall (Kynkäänniemi et al. use 3)
+
+
+def precision_recall(samples, reference, k: int = KNN_K) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN balls.
 
     precision: the fraction of samples inside some reference point's k-NN ball (fidelity);
@@ -168,6 +172,93 @@ def support_quantiles(points, dataset: str, quantiles=QUANTILES) -> dict[str, fl
     return out
 
 
+# -- digits: a classifier fit on the real digits -------------------------------------------------
+
+CONFIDENCE = 0.9  # a sample counts as a recognisable digit when the classifier is this sure
+
+
+@functools.lru_cache(maxsize=1)
+def digits_classifier():
+    """scikit-learn ``SVC`` (RBF kernel, Platt-scaled probabilities, seed 0) fit on all 1797 bundled
+    digits, pixels scaled to [0, 1]; fit once per process (0.3 s).
+
+    Chosen by measurement (70/30 split of the real digits, 2-core EPYC): held-out accuracy 0.991;
+    share with confidence ≥ 0.9 on held-out real digits 0.80, on uniform noise 0.000, on real
+    digits + N(0, 0.25²) pixel noise 0.25, on 50/50 blends of two digits 0.11. An MLPClassifier
+    (128 hidden) was as accurate but called 63 % of uniform noise confident, and a logistic
+    regression (C = 10) 46 %: they cannot tell a digit from noise.
+    """
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.svm import SVC
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("digit metrics need scikit-learn: pip install 'fastddpm[digits]'") from exc
+    d = load_digits()
+    return SVC(probability=True, random_state=0).fit(d.data / 16.0, d.target)
+
+
+def _digit_inputs(samples) -> np.ndarray:
+    """Samples [n, 1, 8, 8] or [n, 64] in data space (pixels 0 … 16) → [n, 64] in [0, 1]; values
+    outside the pixel range are clipped, as a rendered image would be."""
+    x = _as_2d(samples, "samples")
+    if x.shape[1] != 64:
+        raise ValueError(f"digit samples must have 64 pixels each ([n, 1, 8, 8] or [n, 64]), got {x.shape[1]}")
+    return np.clip(x / 16.0, 0.0, 1.0)
+
+
+def digit_features(samples) -> np.ndarray:
+    """The classifier's feature space: its one-vs-rest decision values [n, 10]."""
+    return digits_classifier().decision_function(_digit_inputs(samples))
+
+
+def frechet_distance(a, b) -> float:
+    """Fréchet distance between Gaussians fit to feature sets a [n, F] and b [m, F]:
+    ‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½) (the FID formula)."""
+    from scipy import linalg
+
+    a, b = _as_2d(a, "a"), _as_2d(b, "b")
+    if a.shape[1] != b.shape[1] or a.shape[0] < 2 or b.shape[0] < 2:
+        raise ValueError(f"a and b need >= 2 rows and the same feature count, got {a.shape} and {b.shape}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = linalg.sqrtm(cov_a @ cov_b)
+    if np.iscomplexobj(covmean):
+        covmean = covmean.real  # round-off gives tiny imaginary parts
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * covmean))
+
+
+def digit_scores(samples, seed: int = 0) -> dict[str, Any]:
+    """Classifier-based quality of digit samples [n, 1, 8, 8] in data space (pixels 0 … 16).
+
+    ``confident``: share of samples whose top class probability is ≥ :data:`CONFIDENCE`;
+    ``class_hist``: share of samples per predicted class 0 … 9 (real digits: ≈ 0.1 each);
+    ``frechet``: Fréchet distance in the classifier's feature space between the samples and all
+    1797 real digits; ``frechet_floor``: the same between two random halves of the real digits
+    (what a perfect model scores, at half the size); ``real_confident``: ``confident`` of the
+    real digits (the classifier was fit on them, so close to 1; held-out real digits score
+    0.80, see :func:`digits_classifier`); ``class_hist_max_dev``: max |share − 0.1|.
+    """
+    from sklearn.datasets import load_digits
+
+    clf = digits_classifier()
+    x = _digit_inputs(samples)
+    proba = clf.predict_proba(x)
+    pred = proba.argmax(1)
+    real = load_digits().data
+    real_feat = digit_features(real)
+    perm = np.random.default_rng(seed).permutation(len(real))
+    half = len(real) // 2
+    return {
+        "n": int(x.shape[0]), "confidence_threshold": CONFIDENCE,
+        "confident": float((proba.max(1) >= CONFIDENCE).mean()),
+        "class_hist": np.bincount(pred, minlength=10).astype(np.float64).__truediv__(len(pred)).tolist(),
+        "frechet": frechet_distance(digit_features(samples), real_feat),
+        "frechet_floor": frechet_distance(real_feat[perm[:half]], real_feat[perm[half:2 * half]]),
+        "real_confident": float((clf.predict_proba(real / 16.0).max(1) >= CONFIDENCE).mean()),
+        "class_hist_max_dev": float(np.abs(np.bincount(pred, minlength=10) / len(pred) - 0.1).max()),
+    }
+
+
 def summary(x) -> dict[str, Any]:
     """Mean and standard deviation per element, plus the range."""
     x = _as_2d(x, "x")
@@ -220,4 +311,6 @@ def evaluate(samples, dataset, n_ref: int | None = None, seed: int = 0, n_projec
     }
 
 
-__all__ = ["evaluate", "precision_recall", "sliced_wasserstein", "summary"]
+__all__ = ["CONFIDENCE", "QUANTILES", "SUPPORT_DATASETS", "digit_features", "digit_scores", "digits_classifier",
+           "evaluate", "frechet_distance", "precision_recall", "sliced_wasserstein", "summary", "support_distance",
+           "support_quantiles"]

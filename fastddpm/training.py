@@ -39,10 +39,13 @@ DEFAULT_NET = {
 }
 DEFAULTS = {"iters": 4000, "batch_size": 256, "lr": 2e-3, "lr_schedule": "cosine", "lr_warmup": 100,
             "ema": 0.999}
-# iters / batch_size when not given, per kind. Butterfly: 4000 × 256 gives a sliced-Wasserstein
-# ratio of 1.3 to fresh data (3000: 1.5, 2000: 1.85; bench/train_quality_sweep.py). Images: the
-# U-Net step costs ~40× the MLP's per sample, hence the smaller batch.
-KIND_DEFAULTS = {"vector": {"iters": 4000, "batch_size": 256}, "image": {"iters": 3000, "batch_size": 64}}
+# iters / batch_size when not given, per kind. Butterfly, ResMLP(64, 3 blocks, 16 Fourier
+# frequencies to 25), fresh data, warm-up + cosine lr 2e-3, 4000 ddpm-1000 samples
+# (bench/train_recipe_sweep.py, 2-core EPYC, one seed each): 16,000 × 256 → distance to the curve
+# p50 0.0086 / p90 0.041, sliced-Wasserstein ratio 0.88, 231 s of CPU; 8,000 × 256 → p50 0.016 /
+# p90 0.059, ratio 1.43, 117 s CPU (ResMLP(128, 2): p50 0.012 / p90 0.049, ratio 1.26, 133 s CPU).
+# Images: the U-Net step costs ~40× the MLP's per sample, hence the smaller batch.
+KIND_DEFAULTS = {"vector": {"iters": 16000, "batch_size": 256}, "image": {"iters": 3000, "batch_size": 64}}
 LR_SCHEDULES = ("constant", "cosine")
 DATA_MODES = ("auto", "fresh", "fixed")
 # Settings that must match between a checkpoint and a run resuming from it.
