@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 DATASETS = ("constant", "gaussian", "butterfly", "moons", "swissroll", "checkerboard", "8gaussians", "digits")
+# Datasets with a generator: training draws fresh points of these every iteration (:func:`draw`).
+ANALYTIC = ("constant", "gaussian", "butterfly", "moons", "swissroll", "checkerboard", "8gaussians")
 
 # Default additive noise (data units) when ``noise=None``; None: the dataset takes no noise.
 DEFAULT_NOISE = {
@@ -187,6 +189,21 @@ _TOYS = {"butterfly": _butterfly, "moons": _moons, "swissroll": _swissroll,
          "checkerboard": _checkerboard, "8gaussians": _eight_gaussians}
 
 
+def draw(name: str, n: int, rng: np.random.Generator, noise: float | None = None) -> np.ndarray:
+    """``n`` fresh points of analytic dataset ``name`` in data space, float64 [n, D], from ``rng``.
+
+    ``noise``: the additive noise of the 2-D toys (``None``: :data:`DEFAULT_NOISE`). The one
+    generator behind :func:`load_dataset` and the fresh batches of training.
+    """
+    if name not in ANALYTIC:
+        raise ValueError(f"draw needs an analytic dataset, one of {', '.join(ANALYTIC)}; got {name!r}")
+    if name == "constant":
+        return np.full((n, 1), 5.0)
+    if name == "gaussian":
+        return 3.0 + rng.standard_normal((n, 1))
+    return _TOYS[name](n, rng, DEFAULT_NOISE[name] if noise is None else float(noise))
+
+
 def _digits(n):
     try:
         from sklearn.datasets import load_digits
@@ -264,12 +281,6 @@ def load_dataset(name: str, n: int | None = None, *, seed: int = 0, noise: float
         norm = Normalization(np.full((1, 1, 1), 8.0), np.full((1, 1, 1), 8.0))
         return Dataset(name, norm.normalize(raw).astype(np.float32), norm, params)
     n = _check_n(n, name)
-    rng = np.random.default_rng(seed)
-    if name == "constant":
-        raw = np.full((n, 1), 5.0)
-    elif name == "gaussian":
-        raw = 3.0 + rng.standard_normal((n, 1))
-    else:
-        raw = _TOYS[name](n, rng, noise)
+    raw = draw(name, n, np.random.default_rng(seed), noise)
     norm = Normalization.fit(raw)
     return Dataset(name, norm.normalize(raw).astype(np.float32), norm, params)

@@ -6,6 +6,7 @@ as NumPy arrays [n, …] (flattened to [n, D]). ``sliced_wasserstein`` uses POT
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,10 @@ def sliced_wasserstein(a, b, n_projections: int = 500, seed: int = 0, p: int = 2
     return float(ot.sliced_wasserstein_distance(a, b, n_projections=n_projections, p=p, seed=seed))
 
 
-def precision_recall(samples, reference, k: int = 3) -> tuple[float, float]:
+KNN_K = 3  # the k of the k-NN balls of precision_recall (Kynkäänniemi et al. use 3)
+
+
+def precision_recall(samples, reference, k: int = KNN_K) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN balls.
 
     precision: the fraction of samples inside some reference point's k-NN ball (fidelity);
@@ -62,6 +66,197 @@ def precision_recall(samples, reference, k: int = 3) -> tuple[float, float]:
         return float(inside.mean())
 
     return covered(samples, reference), covered(reference, samples)
+
+
+# -- distance to the support (datasets whose support is known in closed form) ------------------
+
+# Polyline vertices per curve: the butterfly (length ≈ 45 data units over θ ∈ [0, 2π)) gets a
+# vertex every ≈ 2e-4, so the polyline is within ~1e-8 of the curve (chord sag ≈ ds²·κ/8) and
+# point-to-segment distances are exact to well below the 0.02 that issue 13 asks of samples.
+CURVE_VERTICES = 2**18
+SUPPORT_DATASETS = ("constant", "butterfly", "moons", "swissroll", "checkerboard", "8gaussians")
+
+
+def _curve(name: str) -> np.ndarray:
+    """Vertices [M, 2] of the noise-free curve(s) of a 2-D toy (data space); NaN rows separate pieces."""
+    from .data import butterfly_curve
+
+    if name == "butterfly":  # data.py draws θ ~ U[0, 2π): the curve for θ ∈ [0, 2π]
+        return butterfly_curve(np.linspace(0.0, 2.0 * np.pi, CURVE_VERTICES))
+    if name == "moons":  # upper: (cos a, sin a); lower: (1 − cos a, 0.5 − sin a), a ∈ [0, π]
+        a = np.linspace(0.0, np.pi, CURVE_VERTICES // 2)
+        upper = np.stack([np.cos(a), np.sin(a)], 1)
+        lower = np.stack([1.0 - np.cos(a), 0.5 - np.sin(a)], 1)
+        return np.concatenate([upper, np.full((1, 2), np.nan), lower])
+    if name == "swissroll":  # (t cos t, t sin t), t ∈ [1.5π, 4.5π]
+        t = np.linspace(1.5 * np.pi, 4.5 * np.pi, CURVE_VERTICES)
+        return np.stack([t * np.cos(t), t * np.sin(t)], 1)
+    raise KeyError(name)
+
+
+def _polyline_distance(points: np.ndarray, vertices: np.ndarray, k: int = 8) -> np.ndarray:
+    """Euclidean distance [n] from points [n, 2] to the polyline through ``vertices`` [M, 2]
+    (NaN rows break it into pieces): exact point-to-segment distances over the segments next to
+    the k nearest vertices, which contain the nearest segment point whenever the vertex spacing
+    is small against the distance between separate branches of the curve."""
+    from scipy.spatial import cKDTree
+
+    finite = np.isfinite(vertices).all(1)
+    ids = np.flatnonzero(finite)
+    tree = cKDTree(vertices[ids])
+    _, near = tree.query(points, k=min(k, len(ids)))
+    near = ids[np.atleast_2d(near).reshape(len(points), -1)]  # vertex indices [n, k]
+    best = np.full(len(points), np.inf)
+    for shift in (0, -1):  # the segments (v, v+1) and (v−1, v)
+        a_idx = near + shift
+        b_idx = a_idx + 1
+        ok = (a_idx >= 0) & (b_idx < len(vertices))
+        a_idx, b_idx = np.clip(a_idx, 0, len(vertices) - 1), np.clip(b_idx, 0, len(vertices) - 1)
+        a, b = vertices[a_idx], vertices[b_idx]  # [n, k, 2]
+        ok &= np.isfinite(a).all(-1) & np.isfinite(b).all(-1)
+        ab = b - a
+        ap = points[:, None, :] - a
+        denom = np.where(ok, (ab * ab).sum(-1), 1.0)
+        u = np.clip((ap * ab).sum(-1) / np.where(denom > 0, denom, 1.0), 0.0, 1.0)
+        d = np.linalg.norm(ap - u[..., None] * ab, axis=-1)
+        best = np.minimum(best, np.where(ok, d, np.inf).min(1))
+    return best
+
+
+def _checkerboard_boxes() -> np.ndarray:
+    """[8, 4] boxes (x0, x1, y0, y1) of data.py's checkerboard: column c = ⌊x₁⌋ ∈ {−2 … 1} holds
+    rows r ∈ {p, p − 2} with p = c mod 2, square [c, c+1) × [r, r+1), everything scaled by 2."""
+    boxes = [(c, c + 1, r, r + 1) for c in (-2, -1, 0, 1) for r in (c % 2, c % 2 - 2)]
+    return 2.0 * np.asarray(boxes, dtype=np.float64)
+
+
+def support_distance(points, dataset: str) -> np.ndarray:
+    """Distance [n] of each point (data space) to the noise-free support of ``dataset``.
+
+    Supports (fastddpm.data's generators without their noise): ``butterfly`` the curve
+    r = e^{cos θ} − 2 cos 4θ + sin⁵(θ/12), θ ∈ [0, 2π]; ``moons`` the two half circles;
+    ``swissroll`` the spiral (t cos t, t sin t), t ∈ [1.5π, 4.5π]; ``checkerboard`` the eight
+    filled squares (0 inside); ``8gaussians`` the eight centres 2·(cos kπ/4, sin kπ/4);
+    ``constant`` the point 5.0. Datasets with default noise (moons 0.05, swissroll 0.25,
+    8gaussians 0.1) have data off the support too: compare with the data's own distances.
+    """
+    points = _as_2d(points, "points")
+    if dataset not in SUPPORT_DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(SUPPORT_DATASETS)} (a closed-form support); "
+                         f"got {dataset!r}")
+    want = 1 if dataset == "constant" else 2
+    if points.shape[1] != want:
+        raise ValueError(f"points must have shape [n, {want}] for {dataset!r}, got {points.shape}")
+    if dataset == "constant":
+        return np.abs(points[:, 0] - 5.0)
+    if dataset == "8gaussians":
+        angles = np.arange(8) * (np.pi / 4.0)
+        centres = 2.0 * np.stack([np.cos(angles), np.sin(angles)], 1)
+        return np.linalg.norm(points[:, None, :] - centres[None], axis=-1).min(1)
+    if dataset == "checkerboard":
+        b = _checkerboard_boxes()
+        dx = np.maximum(np.maximum(b[:, 0] - points[:, :1], points[:, :1] - b[:, 1]), 0.0)
+        dy = np.maximum(np.maximum(b[:, 2] - points[:, 1:], points[:, 1:] - b[:, 3]), 0.0)
+        return np.hypot(dx, dy).min(1)
+    return _polyline_distance(points, _curve(dataset))
+
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def support_quantiles(points, dataset: str, quantiles=QUANTILES) -> dict[str, float]:
+    """{"p50": …, "p90": …, "p99": …, "mean": …} of :func:`support_distance` (data units)."""
+    d = support_distance(points, dataset)
+    out = {f"p{round(100 * q):d}": float(np.quantile(d, q)) for q in quantiles}
+    out["mean"] = float(d.mean())
+    return out
+
+
+# -- digits: a classifier fit on the real digits -------------------------------------------------
+
+CONFIDENCE = 0.9  # a sample counts as a recognisable digit when the classifier is this sure
+
+
+@functools.lru_cache(maxsize=1)
+def digits_classifier():
+    """scikit-learn ``SVC`` (RBF kernel, Platt-scaled probabilities, seed 0) fit on all 1797 bundled
+    digits, pixels scaled to [0, 1]; fit once per process (0.3 s).
+
+    Chosen by measurement (70/30 split of the real digits, 2-core EPYC): held-out accuracy 0.991;
+    share with confidence ≥ 0.9 on held-out real digits 0.80, on uniform noise 0.000, on real
+    digits + N(0, 0.25²) pixel noise 0.25, on 50/50 blends of two digits 0.11. An MLPClassifier
+    (128 hidden) was as accurate but called 63 % of uniform noise confident, and a logistic
+    regression (C = 10) 46 %: they cannot tell a digit from noise.
+    """
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.svm import SVC
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("digit metrics need scikit-learn: pip install 'fastddpm[digits]'") from exc
+    d = load_digits()
+    return SVC(probability=True, random_state=0).fit(d.data / 16.0, d.target)
+
+
+def _digit_inputs(samples) -> np.ndarray:
+    """Samples [n, 1, 8, 8] or [n, 64] in data space (pixels 0 … 16) → [n, 64] in [0, 1]; values
+    outside the pixel range are clipped, as a rendered image would be."""
+    x = _as_2d(samples, "samples")
+    if x.shape[1] != 64:
+        raise ValueError(f"digit samples must have 64 pixels each ([n, 1, 8, 8] or [n, 64]), got {x.shape[1]}")
+    return np.clip(x / 16.0, 0.0, 1.0)
+
+
+def digit_features(samples) -> np.ndarray:
+    """The classifier's feature space: its one-vs-rest decision values [n, 10]."""
+    return digits_classifier().decision_function(_digit_inputs(samples))
+
+
+def frechet_distance(a, b) -> float:
+    """Fréchet distance between Gaussians fit to feature sets a [n, F] and b [m, F]:
+    ‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½) (the FID formula)."""
+    from scipy import linalg
+
+    a, b = _as_2d(a, "a"), _as_2d(b, "b")
+    if a.shape[1] != b.shape[1] or a.shape[0] < 2 or b.shape[0] < 2:
+        raise ValueError(f"a and b need >= 2 rows and the same feature count, got {a.shape} and {b.shape}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = linalg.sqrtm(cov_a @ cov_b)
+    if np.iscomplexobj(covmean):
+        covmean = covmean.real  # round-off gives tiny imaginary parts
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * covmean))
+
+
+def digit_scores(samples, seed: int = 0) -> dict[str, Any]:
+    """Classifier-based quality of digit samples [n, 1, 8, 8] in data space (pixels 0 … 16).
+
+    ``confident``: share of samples whose top class probability is ≥ :data:`CONFIDENCE`;
+    ``class_hist``: share of samples per predicted class 0 … 9 (real digits: ≈ 0.1 each);
+    ``frechet``: Fréchet distance in the classifier's feature space between the samples and all
+    1797 real digits; ``frechet_floor``: the same between two random halves of the real digits
+    (what a perfect model scores, at half the size); ``real_confident``: ``confident`` of the
+    real digits (the classifier was fit on them, so close to 1; held-out real digits score
+    0.80, see :func:`digits_classifier`); ``class_hist_max_dev``: max |share − 0.1|.
+    """
+    from sklearn.datasets import load_digits
+
+    clf = digits_classifier()
+    x = _digit_inputs(samples)
+    proba = clf.predict_proba(x)
+    pred = proba.argmax(1)
+    real = load_digits().data
+    real_feat = digit_features(real)
+    perm = np.random.default_rng(seed).permutation(len(real))
+    half = len(real) // 2
+    return {
+        "n": int(x.shape[0]), "confidence_threshold": CONFIDENCE,
+        "confident": float((proba.max(1) >= CONFIDENCE).mean()),
+        "class_hist": np.bincount(pred, minlength=10).astype(np.float64).__truediv__(len(pred)).tolist(),
+        "frechet": frechet_distance(digit_features(samples), real_feat),
+        "frechet_floor": frechet_distance(real_feat[perm[:half]], real_feat[perm[half:2 * half]]),
+        "real_confident": float((clf.predict_proba(real / 16.0).max(1) >= CONFIDENCE).mean()),
+        "class_hist_max_dev": float(np.abs(np.bincount(pred, minlength=10) / len(pred) - 0.1).max()),
+    }
 
 
 def summary(x) -> dict[str, Any]:
@@ -116,4 +311,6 @@ def evaluate(samples, dataset, n_ref: int | None = None, seed: int = 0, n_projec
     }
 
 
-__all__ = ["evaluate", "precision_recall", "sliced_wasserstein", "summary"]
+__all__ = ["CONFIDENCE", "QUANTILES", "SUPPORT_DATASETS", "digit_features", "digit_scores", "digits_classifier",
+           "evaluate", "frechet_distance", "precision_recall", "sliced_wasserstein", "summary", "support_distance",
+           "support_quantiles"]

@@ -1,7 +1,9 @@
 """Training ε-networks (or x0 / v networks) with torch, reproducibly and resumably.
 
-One iteration ``it`` (0-based) draws everything from pure functions of (seed, it): the batch
-indices and time steps from NumPy's Philox generator keyed by (seed, it), and the forward
+One iteration ``it`` (0-based) draws everything from pure functions of (seed, it): the time
+steps and the batch — fresh points of the analytic datasets (:data:`fastddpm.data.ANALYTIC`),
+else indices into the fixed training set — from NumPy's Philox generator keyed by (seed, it),
+and the forward
 noise from fastddpm's counter-based generator with stream ``TRAIN_STREAM + it`` inside
 ``fastddpm.q_sample`` (Numba on CPU, Triton on CUDA). So a run resumed from a checkpoint at
 iteration k makes exactly the same updates as an uninterrupted run, and a fixed seed gives
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from .data import Dataset, load_dataset
+from .data import ANALYTIC, Dataset, draw, load_dataset
 from .nets import MODEL_CLASSES, build
 from .ops import q_sample
 from .schedule import SCHEDULES, Schedule
@@ -33,18 +35,23 @@ DEFAULT_N = 10_000  # samples generated for a synthetic dataset given by name
 
 # Per-kind defaults: "vector" for [B, D] data (MLP), "image" for [B, C, H, W] (UNet).
 DEFAULT_NET = {
-    "vector": ("MLP", {"width": 128, "depth": 3, "activation": "silu", "time_embedding": "sinusoidal"}),
+    "vector": ("ResMLP", {"width": 64, "depth": 3, "fourier_features": 16, "fourier_scale": 25.0}),
     "image": ("UNet", {"base_channels": 16, "channel_mults": (1, 2), "num_res_blocks": 1, "attention": True}),
 }
-DEFAULTS = {"iters": 4000, "batch_size": 256, "lr": 2e-3, "lr_schedule": "constant", "ema": 0.999}
-# iters / batch_size when not given, per kind. Butterfly: 4000 × 256 gives a sliced-Wasserstein
-# ratio of 1.3 to fresh data (3000: 1.5, 2000: 1.85; bench/train_quality_sweep.py). Images: the
-# U-Net step costs ~40× the MLP's per sample, hence the smaller batch.
-KIND_DEFAULTS = {"vector": {"iters": 4000, "batch_size": 256}, "image": {"iters": 3000, "batch_size": 64}}
+DEFAULTS = {"iters": 4000, "batch_size": 256, "lr": 2e-3, "lr_schedule": "cosine", "lr_warmup": 100,
+            "ema": 0.999}
+# iters / batch_size when not given, per kind. Butterfly, ResMLP(64, 3 blocks, 16 Fourier
+# frequencies to 25), fresh data, warm-up + cosine lr 2e-3, 4000 ddpm-1000 samples
+# (bench/train_recipe_sweep.py, 2-core EPYC, one seed each): 16,000 × 256 → distance to the curve
+# p50 0.0086 / p90 0.041, sliced-Wasserstein ratio 0.88, 231 s of CPU; 8,000 × 256 → p50 0.016 /
+# p90 0.059, ratio 1.43, 117 s CPU (ResMLP(128, 2): p50 0.012 / p90 0.049, ratio 1.26, 133 s CPU).
+# Images: the U-Net step costs ~40× the MLP's per sample, hence the smaller batch.
+KIND_DEFAULTS = {"vector": {"iters": 16000, "batch_size": 256}, "image": {"iters": 3000, "batch_size": 64}}
 LR_SCHEDULES = ("constant", "cosine")
+DATA_MODES = ("auto", "fresh", "fixed")
 # Settings that must match between a checkpoint and a run resuming from it.
-_RESUME_KEYS = ("dataset", "model", "schedule", "batch_size", "lr", "lr_schedule", "ema", "seed", "prediction",
-                "min_snr_gamma", "grad_clip")
+_RESUME_KEYS = ("dataset", "model", "schedule", "batch_size", "lr", "lr_schedule", "lr_warmup", "ema", "seed",
+                "prediction", "min_snr_gamma", "grad_clip", "data")
 
 
 @dataclasses.dataclass
@@ -108,15 +115,15 @@ def _resolve_net(net, net_kwargs, dataset: Dataset, num_steps: int):
     kwargs = dict(DEFAULT_NET[kind][1]) if net == DEFAULT_NET[kind][0] else {}
     kwargs.update(net_kwargs or {})
     kwargs.setdefault("num_steps", num_steps)
-    if net == "MLP":
+    if net in ("MLP", "ResMLP"):
         if len(shape) != 1:
-            raise ValueError(f"the MLP takes vector data [n, D]; dataset {dataset.name!r} has samples of shape "
-                             f"{shape} (use net='UNet')")
+            raise ValueError(f"the {net} takes vector data [n, D]; dataset {dataset.name!r} has samples of "
+                             f"shape {shape} (use net='UNet')")
         kwargs.setdefault("dim", shape[0])
     elif net == "UNet":
         if len(shape) != 3:
             raise ValueError(f"the UNet takes images [n, C, H, W]; dataset {dataset.name!r} has samples of "
-                             f"shape {shape} (use net='MLP')")
+                             f"shape {shape} (use net='ResMLP')")
         kwargs.setdefault("in_channels", shape[0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # reseeded by train(); this only keeps the global RNG untouched
@@ -130,6 +137,26 @@ def _resolve_net(net, net_kwargs, dataset: Dataset, num_steps: int):
 def _batch_indices(seed: int, it: int, n: int, batch_size: int, num_steps: int):
     rng = np.random.Generator(np.random.Philox(key=[seed, it]))
     return rng.integers(0, n, batch_size), rng.integers(0, num_steps, batch_size)
+
+
+def fresh_batch(dataset: Dataset, seed: int, it: int, batch_size: int, num_steps: int):
+    """(x0 float32 [batch_size, …] in model space, t int64 [batch_size]) of iteration ``it``: a pure
+    function of (seed, it) — t, then the points, from NumPy's Philox keyed by (seed, it)."""
+    rng = np.random.Generator(np.random.Philox(key=[seed, it]))
+    t = rng.integers(0, num_steps, batch_size)
+    raw = draw(dataset.name, batch_size, rng, dataset.params.get("noise"))
+    return dataset.normalization.normalize(raw).astype(np.float32), t
+
+
+def learning_rate(it: int, iters: int, lr: float, schedule: str, warmup: int) -> float:
+    """lr at iteration ``it`` (0-based): linear warm-up lr·(it+1)/warmup over the first ``warmup``
+    iterations, then constant or cosine decay lr·½(1 + cos(π·(it − warmup)/(iters − warmup))) to 0.
+    A pure function of ``it``, so resuming needs no scheduler state."""
+    if it < warmup:
+        return lr * (it + 1) / warmup
+    if schedule == "constant":
+        return lr
+    return 0.5 * lr * (1.0 + math.cos(math.pi * (it - warmup) / max(1, iters - warmup)))
 
 
 def loss_weights(schedule: Schedule, t: torch.Tensor, prediction: str, min_snr_gamma: float | None):
@@ -169,7 +196,7 @@ def _ema_update(ema_params, params, decay: float) -> None:
 def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, schedule="linear",
           num_steps: int | None = None, iters: int | None = None, batch_size: int | None = None,
           lr: float = DEFAULTS["lr"], lr_schedule: str = DEFAULTS["lr_schedule"],
-          ema: float | None = DEFAULTS["ema"], seed: int = 0, device="cpu",
+          lr_warmup: int = DEFAULTS["lr_warmup"], ema: float | None = DEFAULTS["ema"], data: str = "auto", seed: int = 0, device="cpu",
           prediction: str = "epsilon", min_snr_gamma: float | None = None, grad_clip: float | None = 1.0,
           checkpoint_every: int | None = None, resume=False, n: int | None = None,
           num_threads: int | None = None, progress: bool = True, distributed=False) -> TrainResult:
@@ -182,10 +209,14 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     schedule: a :class:`Schedule` or a schedule name with ``num_steps`` (default 1000).
     iters, batch_size: default per data kind (:data:`KIND_DEFAULTS`): 4000 × 256 for vectors,
       3000 × 64 for images.
+    data: 'fresh' draws new points every iteration (analytic datasets only), 'fixed' samples
+      batches from ``dataset.x``; 'auto' is 'fresh' for the analytic datasets
+      (:data:`fastddpm.data.ANALYTIC`, loaded by name) and 'fixed' otherwise.
     Loss: mean squared error to the ``prediction`` target (ε, x0 or v) with t uniform in
     [0, T), optionally min-SNR-γ weighted; Adam(lr), gradient-norm clipping at ``grad_clip``,
-    learning rate constant or cosine-decayed from ``lr`` to 0 over ``iters`` (``lr_schedule``),
-    EMA of the weights with decay min(ema, (1+k)/(10+k)) at update k.
+    learning rate warmed up linearly over ``lr_warmup`` iterations, then constant or
+    cosine-decayed to 0 at ``iters`` (``lr_schedule``, :func:`learning_rate`), EMA of the
+    weights with decay min(ema, (1+k)/(10+k)) at update k (the warm-up of the EMA).
     checkpoint_every: also save to ``out`` every so many iterations (atomically).
     resume: True (resume from ``out``) or a checkpoint path: continue that run to ``iters``
       iterations in total (with the cosine lr schedule, the same ``iters`` as the run saved); the result equals an uninterrupted run with the same settings.
@@ -199,8 +230,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         num_threads = _check_positive_int(num_threads, "num_threads")
         with _threads(num_threads):
             return train(dataset, out, net=net, net_kwargs=net_kwargs, schedule=schedule, num_steps=num_steps,
-                         iters=iters, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, ema=ema,
-                         seed=seed, device=device,
+                         iters=iters, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
+                         lr_warmup=lr_warmup, ema=ema, data=data, seed=seed, device=device,
                          prediction=prediction, min_snr_gamma=min_snr_gamma, grad_clip=grad_clip,
                          checkpoint_every=checkpoint_every, resume=resume, n=n, progress=progress,
                          distributed=distributed)
@@ -218,6 +249,11 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {', '.join(map(repr, LR_SCHEDULES))}; got {lr_schedule!r}")
+    if isinstance(lr_warmup, bool) or not isinstance(lr_warmup, (int, np.integer)) or lr_warmup < 0:
+        raise ValueError(f"lr_warmup must be an integer >= 0 (iterations), got {lr_warmup!r}")
+    lr_warmup = int(lr_warmup)
+    if data not in DATA_MODES:
+        raise ValueError(f"data must be one of {', '.join(map(repr, DATA_MODES))}; got {data!r}")
     if ema is not None and not (isinstance(ema, (int, float)) and 0.0 <= ema < 1.0):
         raise ValueError(f"ema must be None or a decay in [0, 1), got {ema!r}")
     ema = None if ema in (None, 0, 0.0) else float(ema)
@@ -247,6 +283,11 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         name = str(dataset)
         dataset = load_dataset(name, n if n is not None or name in ("digits",) or name.endswith(".npy")
                                else DEFAULT_N, seed=seed)
+    analytic = dataset.name in ANALYTIC and "seed" in dataset.params  # built by load_dataset
+    if data == "fresh" and not analytic:
+        raise ValueError(f"data='fresh' needs an analytic dataset loaded by name ({', '.join(ANALYTIC)}); "
+                         f"{dataset.name!r} can only be trained with data='fixed' (or 'auto')")
+    data = ("fresh" if analytic else "fixed") if data == "auto" else data
     kind = KIND_DEFAULTS["vector" if len(dataset.sample_shape) == 1 else "image"]
     iters = kind["iters"] if iters is None else int(iters)
     batch_size = kind["batch_size"] if batch_size is None else int(batch_size)
@@ -268,7 +309,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         "dataset": dataset.to_config(),
         "model": model_config or {"class": type(model).__name__},
         "schedule": schedule.to_config(),
-        "iters": iters, "batch_size": batch_size, "lr": float(lr), "lr_schedule": lr_schedule, "ema": ema,
+        "iters": iters, "batch_size": batch_size, "lr": float(lr), "lr_schedule": lr_schedule,
+        "lr_warmup": lr_warmup, "ema": ema, "data": data,
         "seed": int(seed),
         "prediction": prediction, "min_snr_gamma": None if min_snr_gamma is None else float(min_snr_gamma),
         "grad_clip": None if grad_clip is None else float(grad_clip),
@@ -290,8 +332,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         if start > iters:
             raise ValueError(f"checkpoint {resume_path} is already at iteration {start} > iters={iters}")
 
-    data = torch.as_tensor(dataset.x, device=device)
-    n_data = data.shape[0]
+    data_x = torch.as_tensor(dataset.x, device=device)
+    n_data = data_x.shape[0]
     loss_buf = torch.empty(iters - start, device=device)
     params = [p for p in model.parameters()]
     # Distributed: this rank's rows [lo, hi) of every global batch, their noise at offset lo·D.
@@ -319,15 +361,17 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
                unit="it", dynamic_ncols=True)
     tic = time.perf_counter()
     for it in range(start, iters):
-        idx, t_np = _batch_indices(int(seed), it, n_data, batch_size, schedule.num_steps)
-        idx, t_np = idx[lo:hi], t_np[lo:hi]
-        idx = torch.from_numpy(idx).to(device)
-        t = torch.from_numpy(t_np).to(device)
-        x0 = data[idx]
+        if data == "fresh":
+            x0_np, t_np = fresh_batch(dataset, int(seed), it, batch_size, schedule.num_steps)
+            x0 = torch.from_numpy(x0_np[lo:hi]).to(device)
+            t = torch.from_numpy(t_np[lo:hi]).to(device)
+        else:
+            idx, t_np = _batch_indices(int(seed), it, n_data, batch_size, schedule.num_steps)
+            x0 = data_x[torch.from_numpy(idx[lo:hi]).to(device)]
+            t = torch.from_numpy(t_np[lo:hi]).to(device)
         x_t, noise = q_sample(schedule, x0, t, seed=int(seed), stream=TRAIN_STREAM + it, offset=noise_offset)
-        if lr_schedule == "cosine":  # a pure function of it, so resume needs no scheduler state
-            for group in optimizer.param_groups:
-                group["lr"] = 0.5 * float(lr) * (1.0 + math.cos(math.pi * it / iters))
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(it, iters, float(lr), lr_schedule, lr_warmup)
         target = training_target(schedule, x0, noise, t, prediction)
         per_sample = F.mse_loss(forward(x_t, t), target, reduction="none").flatten(1).mean(1)
         weights = loss_weights(schedule, t, prediction, min_snr_gamma)
@@ -407,4 +451,5 @@ def json_roundtrip(obj):
     return json.loads(json.dumps(obj))
 
 
-__all__ = ["DEFAULTS", "DEFAULT_NET", "TrainResult", "loss_weights", "train", "training_target"]
+__all__ = ["DEFAULTS", "DEFAULT_NET", "TrainResult", "fresh_batch", "learning_rate", "loss_weights", "train",
+           "training_target"]

@@ -67,7 +67,8 @@ def test_demo_samples_and_metrics(demo_run):
         assert x.shape == (1000, 2) and x.dtype == np.float32 and np.isfinite(x).all()
         # Samples are in data space: the butterfly spans roughly [-3, 3] on both axes.
         assert 1.0 < np.abs(x).max() < 10.0
-        assert set(m[name]) == {"sliced_wasserstein", "sw_baseline", "sw_ratio", "precision", "recall"}
+        assert set(m[name]) == {"sliced_wasserstein", "sw_baseline", "sw_ratio", "precision", "recall",
+                                "support_p50", "support_p90"}
         assert all(np.isfinite(v) for v in m[name].values())
         assert m[name]["sw_ratio"] == pytest.approx(m[name]["sliced_wasserstein"] / m[name]["sw_baseline"])
     # The two samplers drew different numbers (not one array saved twice).

@@ -83,9 +83,11 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, lr_schedule):
 
 
 def test_extending_a_finished_run_equals_uninterrupted(tmp_path):
-    full = train("butterfly", tmp_path / "full", iters=40, seed=1, checkpoint_every=20, **SMALL)
-    train("butterfly", tmp_path / "half", iters=20, seed=1, **SMALL)
-    resumed = train("butterfly", tmp_path / "half", iters=40, seed=1, resume=True, **SMALL)
+    # Extending needs an lr that does not depend on iters (the default cosine decay does).
+    kw = dict(seed=1, lr_schedule="constant", **SMALL)
+    full = train("butterfly", tmp_path / "full", iters=40, checkpoint_every=20, **kw)
+    train("butterfly", tmp_path / "half", iters=20, **kw)
+    resumed = train("butterfly", tmp_path / "half", iters=40, resume=True, **kw)
     _assert_same_weights(resumed.model, full.model)
     _assert_same_weights(resumed.ema_model, full.ema_model)
     assert resumed.losses == full.losses
@@ -97,8 +99,11 @@ def test_resume_refuses_changed_settings(tmp_path):
     train("gaussian", tmp_path / "g", iters=5, **SMALL)
     with pytest.raises(ValueError, match="settings differ.*lr"):
         train("gaussian", tmp_path / "g", iters=10, lr=5e-2, resume=True, **SMALL)
+    with pytest.raises(ValueError, match="settings differ.*iters"):  # cosine lr(it) depends on iters
+        train("gaussian", tmp_path / "g", iters=10, resume=True, **SMALL)
+    train("gaussian", tmp_path / "c", iters=5, lr_schedule="constant", **SMALL)
     with pytest.raises(ValueError, match="already at iteration 5"):
-        train("gaussian", tmp_path / "g", iters=3, resume=True, **SMALL)
+        train("gaussian", tmp_path / "c", iters=3, lr_schedule="constant", resume=True, **SMALL)
 
 
 def test_checkpoint_loads_and_matches_result(tmp_path):
@@ -177,7 +182,7 @@ def test_bad_arguments(kwargs, match):
 def test_cli_train_and_resume(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["train", "--dataset", "constant", "--out", str(out), "--width", "16", "--depth", "1",
-            "--batch-size", "32", "--num-steps", "50", "--quiet"]
+            "--batch-size", "32", "--num-steps", "50", "--lr-schedule", "constant", "--quiet"]
     assert main(args + ["--iters", "10"]) == 0
     c = fastddpm.load(out)
     assert c.schedule.num_steps == 50 and c.config["model"]["kwargs"]["width"] == 16

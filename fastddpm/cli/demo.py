@@ -36,10 +36,11 @@ def run(args) -> int:
     res = run_demo(args.dataset, args.out, args.budget, seed=args.seed, device=args.device,
                    progress=progress(args), log=lambda msg: say(args, msg))
     say(args, "")
-    say(args, f"  {'sampler':12s} {'sliced W':>9s} {'floor':>7s} {'ratio':>6s}  (sliced Wasserstein to fresh data;"
-              " floor = data vs data)")
+    say(args, f"  {'sampler':12s} {'sliced W':>9s} {'floor':>7s} {'ratio':>6s} {'p50':>7s} {'p90':>7s}"
+              "  (sliced Wasserstein to fresh data; floor = data vs data; p50/p90 distance to the support)")
     for name, v in res.metrics.items():
-        say(args, f"  {name:12s} {v['sliced_wasserstein']:9.4f} {v['sw_baseline']:7.4f} {v['sw_ratio']:6.2f}")
+        say(args, f"  {name:12s} {v['sliced_wasserstein']:9.4f} {v['sw_baseline']:7.4f} {v['sw_ratio']:6.2f} "
+                  f"{v.get('support_p50', float('nan')):7.4f} {v.get('support_p90', float('nan')):7.4f}")
     c = res.constant
     say(args, f"  constant-5.0 model: sample mean {c['mean']:.4f}, std {c['std']:.4f}")
     say(args, f"\ndone in {time.perf_counter() - tic:.0f} s. Everything is in {res.out}/:")

@@ -39,7 +39,17 @@ def run(args) -> int:
     if tuple(probe.sample_shape) != tuple(samples.shape[1:]):
         raise ValueError(f"{path} holds samples of shape {tuple(samples.shape[1:])} but dataset {args.dataset!r} "
                          f"has shape {tuple(probe.sample_shape)}")
-    metrics = evaluate(np.asarray(samples), args.dataset, n_ref=n_ref, seed=args.seed)
+    from .. import metrics as m
+
+    x = np.asarray(samples)
+    metrics = evaluate(x, args.dataset, n_ref=n_ref, seed=args.seed)
+    metrics["knn_k"] = m.KNN_K
+    if args.dataset in m.SUPPORT_DATASETS:  # distance to the closed-form support, and the data's own
+        metrics["support_distance"] = m.support_quantiles(x, args.dataset)
+        metrics["support_distance_data"] = m.support_quantiles(
+            load_dataset(args.dataset, n_ref, seed=10**6 + args.seed).raw(), args.dataset)
+    if args.dataset == "digits":
+        metrics["digits"] = m.digit_scores(x, seed=args.seed)
     text = json.dumps({"file": str(path), "dataset": args.dataset, "n": int(samples.shape[0]),
                        "n_ref": int(n_ref), **metrics}, indent=2)
     print(text)

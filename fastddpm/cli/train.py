@@ -24,22 +24,31 @@ def add_parser(subparsers, parents):
     p.add_argument("--noise", type=float, default=None, help="noise of the 2-D toy sets (default: per dataset)")
     p.add_argument("--schedule", default="linear", choices=SCHEDULES, help="noise schedule")
     p.add_argument("--num-steps", type=int, default=1000, help="diffusion steps T")
-    p.add_argument("--net", default="auto", choices=("auto", "MLP", "UNet"),
-                   help="network: auto = MLP for vector data, UNet for images")
+    p.add_argument("--net", default="auto", choices=("auto", "ResMLP", "MLP", "UNet"),
+                   help="network: auto = ResMLP for vector data, UNet for images")
     p.add_argument("--width", type=int, default=None,
-                   help="MLP hidden width (default 128) / UNet base channels (default 16)")
+                   help="ResMLP/MLP hidden width / UNet base channels (defaults: fastddpm.training.DEFAULT_NET)")
     p.add_argument("--depth", type=int, default=None,
-                   help="MLP hidden layers (default 3) / UNet residual blocks per level (default 1)")
-    p.add_argument("--activation", default=None, help="MLP activation (relu, silu, gelu, tanh, ...; default silu)")
+                   help="ResMLP residual blocks / MLP hidden layers / UNet residual blocks per level")
+    p.add_argument("--fourier-features", type=int, default=None,
+                   help="ResMLP: Fourier frequencies of x (0: off; default 16)")
+    p.add_argument("--fourier-scale", type=float, default=None,
+                   help="ResMLP: highest Fourier frequency, rad per normalised unit (default 25)")
+    p.add_argument("--activation", default=None,
+                   help="ResMLP/MLP activation (relu, silu, gelu, tanh, ...; default silu)")
     p.add_argument("--time-embedding", default=None, choices=("sinusoidal", "learned"),
                    help="MLP time embedding (default sinusoidal)")
     p.add_argument("--iters", type=int, default=None,
-                   help="optimisation steps (default: 4000 for vector data, 3000 for images)")
+                   help="optimisation steps (default per data kind: fastddpm.training.KIND_DEFAULTS)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="samples per step (default: 256 for vector data, 64 for images)")
+                   help="samples per step (default per data kind: fastddpm.training.KIND_DEFAULTS)")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
     p.add_argument("--lr-schedule", default=DEFAULTS["lr_schedule"], choices=("constant", "cosine"),
-                   help="learning rate: constant, or cosine decay to 0 over --iters")
+                   help="learning rate after the warm-up: constant, or cosine decay to 0 at --iters")
+    p.add_argument("--lr-warmup", type=int, default=DEFAULTS["lr_warmup"],
+                   help="iterations of linear learning-rate warm-up")
+    p.add_argument("--data", default="auto", choices=("auto", "fresh", "fixed"),
+                   help="fresh points every batch (analytic datasets; auto picks it for them) or a fixed set")
     p.add_argument("--ema", type=float, default=DEFAULTS["ema"], help="EMA decay (0: no EMA)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation, batches and noise")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -74,16 +83,21 @@ def run(args) -> int:
     dataset = load_dataset(name, n, seed=args.seed, noise=args.noise)
     net = args.net
     if net == "auto":
-        net = "MLP" if len(dataset.sample_shape) == 1 else "UNet"
+        net = "ResMLP" if len(dataset.sample_shape) == 1 else "UNet"
     net_kwargs = {}
-    if net == "MLP":
+    fourier = (("fourier_features", args.fourier_features), ("fourier_scale", args.fourier_scale))
+    if net != "ResMLP" and any(v is not None for _, v in fourier):
+        raise ValueError("--fourier-features and --fourier-scale apply to --net ResMLP only")
+    if net != "MLP" and args.time_embedding is not None:
+        raise ValueError("--time-embedding applies to --net MLP only")
+    if net in ("MLP", "ResMLP"):
         for key, value in (("width", args.width), ("depth", args.depth), ("activation", args.activation),
-                           ("time_embedding", args.time_embedding)):
+                           ("time_embedding", args.time_embedding), *fourier):
             if value is not None:
                 net_kwargs[key] = value
     else:
-        if args.activation is not None or args.time_embedding is not None:
-            raise ValueError("--activation and --time-embedding apply to --net MLP only")
+        if args.activation is not None:
+            raise ValueError("--activation applies to --net ResMLP and MLP only")
         if args.width is not None:
             net_kwargs["base_channels"] = args.width
         if args.depth is not None:
@@ -97,6 +111,7 @@ def run(args) -> int:
         result = train(
             dataset, args.out, net=net, net_kwargs=net_kwargs, schedule=args.schedule, num_steps=args.num_steps,
             iters=args.iters, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+            lr_warmup=args.lr_warmup, data=args.data,
             ema=args.ema or None, seed=args.seed, device=ctx.device if ctx else args.device,
             prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
             grad_clip=args.grad_clip or None, checkpoint_every=args.checkpoint_every, resume=args.resume,

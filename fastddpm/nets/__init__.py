@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from .embedding import TIME_EMBEDDINGS, SinusoidalEmbedding, time_rows
 from .mlp import ACTIVATIONS, MLP
+from .resmlp import ResMLP
 from .unet import UNet
 
-MODEL_CLASSES = {"MLP": MLP, "UNet": UNet}
+MODEL_CLASSES = {"MLP": MLP, "ResMLP": ResMLP, "UNet": UNet}
 
 
 def build(class_name: str, **kwargs):
@@ -25,4 +26,5 @@ def build(class_name: str, **kwargs):
     return MODEL_CLASSES[class_name](**kwargs)
 
 
-__all__ = ["ACTIVATIONS", "MLP", "MODEL_CLASSES", "SinusoidalEmbedding", "TIME_EMBEDDINGS", "UNet", "build", "time_rows"]
+__all__ = ["ACTIVATIONS", "MLP", "MODEL_CLASSES", "ResMLP", "SinusoidalEmbedding", "TIME_EMBEDDINGS", "UNet", "build",
+           "time_rows"]
