@@ -77,11 +77,13 @@ def test_unet_bad_arguments(kwargs, match):
 
 
 def test_registry_and_build():
-    assert MODEL_CLASSES == {"MLP": MLP, "UNet": UNet}
+    from fastddpm.nets import ResMLP
+
+    assert MODEL_CLASSES == {"MLP": MLP, "ResMLP": ResMLP, "UNet": UNet}
     m = build("MLP", dim=2, width=8, depth=1)
     assert isinstance(m, MLP) and m.config["width"] == 8
     assert build("UNet", base_channels=8).config["base_channels"] == 8
-    with pytest.raises(ValueError, match="unknown model class 'Transformer'.*MLP, UNet"):
+    with pytest.raises(ValueError, match="unknown model class 'Transformer'.*MLP, ResMLP, UNet"):
         build("Transformer")
 
 

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from .embedding import SinusoidalEmbedding, check_int
+from .embedding import SinusoidalEmbedding, check_int, time_rows
 from .mlp import ACTIVATIONS
 
 
@@ -119,9 +119,7 @@ class ResMLP(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t: float [B, dim]; t: int64 [B] (or [1], or a stride-0 [B] view) in [0, num_steps)."""
-        if t.dim() == 1 and t.stride(0) == 0:  # one t for all: embed it once, broadcast [1, E]
-            t = t[:1]
-        emb = self.time_embed(t)  # [1, E] or [B, E]
+        emb = self.time_embed(time_rows(t))  # [1, E] when all samples share t (embedded once), else [B, E]
         h = self.inp(self.features(x_t))
         for block in self.blocks:
             h = block(h, emb)
