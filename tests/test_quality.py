@@ -31,11 +31,7 @@ def _samples(result, n=5000):
 
 def test_butterfly_default_training_matches_fresh_data():
     pytest.importorskip("ot")
-    # The default recipe (ResMLP, 16,000 iterations) took ~10 min here with the suite's 1 thread;
-    # CI trains the default net for the previous default budget (4,000 × 256) and keeps the
-    # bound this test had for the old MLP at that budget: a regression check, not the issue-13
-    # targets (those are measured by `make demo` / `fastddpm eval`, docs/training.md).
-    result = train("butterfly", progress=False, num_threads=1, iters=4000)
+    result = train("butterfly", progress=False, num_threads=1)  # the defaults of `fastddpm train`
     samples = _samples(result)
     fresh_a = load_dataset("butterfly", 5000, seed=101).raw()
     fresh_b = load_dataset("butterfly", 5000, seed=202).raw()
@@ -45,13 +41,13 @@ def test_butterfly_default_training_matches_fresh_data():
 
 
 def test_constant_model_learns_five():
-    result = train("constant", progress=False, num_threads=1, iters=4000)  # the old default budget
+    result = train("constant", progress=False, num_threads=1)  # defaults: 4000 × 256
     samples = _samples(result)
     assert abs(samples.mean() - 5.0) <= 0.01, samples.mean()
 
 
 def test_gaussian_model_learns_mean_and_std():
-    result = train("gaussian", progress=False, num_threads=1, iters=4000)  # the old default budget
+    result = train("gaussian", progress=False, num_threads=1)
     samples = _samples(result)
     assert abs(samples.mean() - 3.0) <= 0.05, samples.mean()
     assert abs(samples.std() - 1.0) <= 0.05, samples.std()
