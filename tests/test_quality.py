@@ -8,8 +8,11 @@ import torch
 
 import fastddpm
 from fastddpm.data import load_dataset
-from fastddpm.metrics import sliced_wasserstein
-from fastddpm.training import train
+from fastddpm.metrics import sliced_wasserstein, support_quantiles
+from fastddpm.training import RESMLP_RECIPE, train
+
+# The issue-13 recipe (ResMLP, fresh data, warm-up + cosine); not the default yet (training.py).
+RECIPE = {**RESMLP_RECIPE, "data": "auto", "progress": False, "num_threads": 1}
 
 pytestmark = pytest.mark.slow
 
@@ -29,25 +32,35 @@ def _samples(result, n=5000):
     return result.dataset.normalization.denormalize(x)
 
 
-def test_butterfly_default_training_matches_fresh_data():
+def test_butterfly_resmlp_recipe_is_crisp():
+    # The ResMLP recipe (fresh data, warm-up + cosine) at half its 16,000
+    # iterations to fit CI. Measured (bench/train_recipe_sweep.py, one seed, 4000 ddpm-1000
+    # samples, 2-core EPYC): 8,000 iterations p50 0.0155, p90 0.0585, SW ratio 1.43; 16,000:
+    # 0.0086 / 0.041 / 0.88. Bounds: ~1.4–1.6× the 8,000-iteration numbers, a margin from two
+    # budgets, not from repeated seeds (not yet measured).
     pytest.importorskip("ot")
-    result = train("butterfly", progress=False, num_threads=1)  # the defaults of `fastddpm train`
-    samples = _samples(result)
-    fresh_a = load_dataset("butterfly", 5000, seed=101).raw()
-    fresh_b = load_dataset("butterfly", 5000, seed=202).raw()
+    result = train("butterfly", **{**RECIPE, "iters": 8000})
+    samples = _samples(result, n=4000)
+    q = support_quantiles(samples, "butterfly")
+    assert q["p50"] <= 0.025 and q["p90"] <= 0.08, q
+    fresh_a = load_dataset("butterfly", 4000, seed=101).raw()
+    fresh_b = load_dataset("butterfly", 4000, seed=202).raw()
     sw_model = sliced_wasserstein(samples, fresh_a, n_projections=500, seed=0)
     sw_fresh = sliced_wasserstein(fresh_b, fresh_a, n_projections=500, seed=0)
     assert sw_model <= 2.0 * sw_fresh, (sw_model, sw_fresh)
 
 
 def test_constant_model_learns_five():
-    result = train("constant", progress=False, num_threads=1)  # defaults: 4000 × 256
+    # 4000 iterations (a quarter of the default): measured mean 5.000008, std 0.0003.
+    result = train("constant", **{**RECIPE, "iters": 4000})
     samples = _samples(result)
-    assert abs(samples.mean() - 5.0) <= 0.01, samples.mean()
+    assert abs(samples.mean() - 5.0) <= 0.005, samples.mean()
 
 
 def test_gaussian_model_learns_mean_and_std():
-    result = train("gaussian", progress=False, num_threads=1)
+    # 4000 iterations: measured mean 3.029, std 1.031 (the issue's ±0.03 is met only at the edge
+    # here; the bound stays the earlier ±0.05).
+    result = train("gaussian", **{**RECIPE, "iters": 4000})
     samples = _samples(result)
     assert abs(samples.mean() - 3.0) <= 0.05, samples.mean()
     assert abs(samples.std() - 1.0) <= 0.05, samples.std()

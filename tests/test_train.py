@@ -99,8 +99,9 @@ def test_resume_refuses_changed_settings(tmp_path):
     train("gaussian", tmp_path / "g", iters=5, **SMALL)
     with pytest.raises(ValueError, match="settings differ.*lr"):
         train("gaussian", tmp_path / "g", iters=10, lr=5e-2, resume=True, **SMALL)
+    train("gaussian", tmp_path / "cos", iters=5, lr_schedule="cosine", **SMALL)
     with pytest.raises(ValueError, match="settings differ.*iters"):  # cosine lr(it) depends on iters
-        train("gaussian", tmp_path / "g", iters=10, resume=True, **SMALL)
+        train("gaussian", tmp_path / "cos", iters=10, lr_schedule="cosine", resume=True, **SMALL)
     train("gaussian", tmp_path / "c", iters=5, lr_schedule="constant", **SMALL)
     with pytest.raises(ValueError, match="already at iteration 5"):
         train("gaussian", tmp_path / "c", iters=3, lr_schedule="constant", resume=True, **SMALL)

@@ -25,7 +25,7 @@ def add_parser(subparsers, parents):
     p.add_argument("--schedule", default="linear", choices=SCHEDULES, help="noise schedule")
     p.add_argument("--num-steps", type=int, default=1000, help="diffusion steps T")
     p.add_argument("--net", default="auto", choices=("auto", "ResMLP", "MLP", "UNet"),
-                   help="network: auto = ResMLP for vector data, UNet for images")
+                   help="network: auto = MLP for vector data, UNet for images")
     p.add_argument("--width", type=int, default=None,
                    help="ResMLP/MLP hidden width / UNet base channels (defaults: fastddpm.training.DEFAULT_NET)")
     p.add_argument("--depth", type=int, default=None,
@@ -47,7 +47,7 @@ def add_parser(subparsers, parents):
                    help="learning rate after the warm-up: constant, or cosine decay to 0 at --iters")
     p.add_argument("--lr-warmup", type=int, default=DEFAULTS["lr_warmup"],
                    help="iterations of linear learning-rate warm-up")
-    p.add_argument("--data", default="auto", choices=("auto", "fresh", "fixed"),
+    p.add_argument("--data", default="fixed", choices=("auto", "fresh", "fixed"),
                    help="fresh points every batch (analytic datasets; auto picks it for them) or a fixed set")
     p.add_argument("--ema", type=float, default=DEFAULTS["ema"], help="EMA decay (0: no EMA)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation, batches and noise")
@@ -83,7 +83,7 @@ def run(args) -> int:
     dataset = load_dataset(name, n, seed=args.seed, noise=args.noise)
     net = args.net
     if net == "auto":
-        net = "ResMLP" if len(dataset.sample_shape) == 1 else "UNet"
+        net = "MLP" if len(dataset.sample_shape) == 1 else "UNet"
     net_kwargs = {}
     fourier = (("fourier_features", args.fourier_features), ("fourier_scale", args.fourier_scale))
     if net != "ResMLP" and any(v is not None for _, v in fourier):
