@@ -275,15 +275,20 @@ def test_second_writer_refuses_at_once_naming_the_first(tmp_path, schedule, mode
 
 
 _SLOW_WRITER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     sys.path.insert(0, {tests!r})
     import fastddpm
     from fastddpm.sampling import sample
     from _sampling_models import GaussianEps
 
     class Slow(GaussianEps):
+        # argv[2]: a gate file, or "" for none. With a gate the run stays in progress (after its
+        # progress record is written) until the test creates the file, so the
+        # overlap does not depend on how fast a second Python starts on a loaded machine.
         def __call__(self, x, t):
-            time.sleep(float(sys.argv[2]))
+            gate, deadline = sys.argv[2], time.monotonic() + 120
+            while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+                time.sleep(0.01)
             return super().__call__(x, t)
 
     s = fastddpm.Schedule.linear({T})
@@ -296,16 +301,21 @@ def test_two_sampling_processes_on_one_output(tmp_path, schedule, model):
     """The campaign's case: two runs with the same out. The first finishes intact; the second refuses."""
     script = _SLOW_WRITER.format(tests=HERE, T=T)
     out = tmp_path / "s.npy"
-    first = subprocess.Popen([sys.executable, "-c", script, str(out), "0.05"], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "s.npy.progress.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert first.poll() is None, first.stderr.read()
-    second = subprocess.run([sys.executable, "-c", script, str(out), "0"], stderr=subprocess.PIPE, text=True,
-                            timeout=120)
+    gate = tmp_path / "gate"
+    first = subprocess.Popen([sys.executable, "-c", script, str(out), str(gate)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "s.npy.progress.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.poll() is None, first.stderr.read()
+        second = subprocess.run([sys.executable, "-c", script, str(out), ""], stderr=subprocess.PIPE, text=True,
+                                timeout=120)
+    finally:
+        gate.touch()
     assert second.returncode != 0
     assert f"another process (pid {first.pid}" in second.stderr
     assert first.wait(timeout=120) == 0, first.stderr.read()
+    gate.unlink()
     np.testing.assert_array_equal(np.load(out), sample(model, schedule, 200, **KW))
     assert _listing(tmp_path) == ["s.npy"]
 
