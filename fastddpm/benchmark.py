@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+from ._io import atomic_open, write_json
+
 SECTIONS = ("throughput", "tiny", "quality", "kernel", "memory", "batch")
 QUALITY_CONFIGS = (("ddpm", 1000), ("ddpm", 250), ("ddim", 50), ("ddim", 20), ("dpmpp2m", 20), ("dpmpp2m", 10))
 
@@ -561,27 +563,21 @@ def format_rows(rows, info=None) -> str:
 
 
 def write_rows(rows, info, path) -> None:
-    """Rows to .json (with the machine) or .csv (one line per row)."""
-    from .sampling.bulk import _write_json_atomic
+    """Rows to .json (with the machine) or .csv (one line per row), atomically."""
+    import csv
 
     path = os.fspath(path)
     if path.endswith(".json"):
-        from pathlib import Path
-
-        _write_json_atomic(Path(path), {"machine": info, "rows": rows})
+        write_json(path, {"machine": info, "rows": rows})
         return
     if not path.endswith(".csv"):
         raise ValueError(f"output must end in .json or .csv, got {path!r}")
-    import csv
-
     keys = ["section", "name"] + sorted({k for r in rows for k in r} - {"section", "name"})
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         for r in rows:
             w.writerow(r)
-    os.replace(tmp, path)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

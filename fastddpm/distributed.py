@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import OutputLock, crash_point, fsync_dir, reserve
+from ._io import OutputLock, atomic_open, crash_point, remove_stale_temps, reserve
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT = 600.0  # s: rendezvous, init and the argument check
@@ -546,7 +546,8 @@ def assemble(out, n: int, world_size: int, block: int = 1, *, keep_shards: bool 
 
     ``block``: the batch size the shards were cut with (see :func:`shard_range`). The temp file's
     space is reserved up front (a full disk is a clear ENOSPC error, not a SIGBUS) and filled
-    with ``pwrite``; it is fsynced before the rename, and the shards are removed only after it.
+    with ``pwrite`` (:func:`fastddpm._io.atomic_open`: fsynced, renamed, the folder fsynced);
+    the shards are removed only after the rename.
     ``lock``: hold ``OUT.lock`` meanwhile (sample_distributed already holds it).
     """
     out = Path(out)
@@ -574,11 +575,11 @@ def assemble(out, n: int, world_size: int, block: int = 1, *, keep_shards: bool 
 
     head = npy_header(dtype, (n,) + tuple(shape))
     row_bytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
-    tmp = out.with_name(f".{out.name}.assembling")
+    remove_stale_temps(out)  # of an assembly killed before its rename (we hold OUT.lock)
     try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            reserve(fd, len(head) + n * row_bytes, tmp)
+        with atomic_open(out, "wb", crash="assemble") as f:
+            fd = f.fileno()
+            reserve(fd, len(head) + n * row_bytes, out)
             crash_point("assemble.reserved")
             os.pwrite(fd, head, 0)
             step = max(1, _COPY_ROWS_BYTES // row_bytes)
@@ -591,15 +592,8 @@ def assemble(out, n: int, world_size: int, block: int = 1, *, keep_shards: bool 
                         data, pos = data[wrote:], pos + wrote
                 crash_point("assemble.part_copied")
             os.fsync(fd)
-        finally:
-            os.close(fd)
-        crash_point("assemble.synced")
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
+            crash_point("assemble.synced")
         crash_point("assemble.renamed")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         del parts
     if not keep_shards:

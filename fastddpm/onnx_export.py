@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 
 import numpy as np
 
 from . import __version__
+from ._io import write_bytes
 from .runtime.metadata import check_prediction, check_sample_shape, encode
 from .schedule import Schedule
 
@@ -139,7 +139,7 @@ def export_onnx(model_or_checkpoint, path, *, opset: int | None = None, dynamic_
     proto.doc_string = "fastddpm epsilon-network; sample with fastddpm.OnnxSampler or `fastddpm sample FILE`"
     if check:
         onnx.checker.check_model(proto, full_check=True)
-    return _write_atomic(proto.SerializeToString(), os.fspath(path))
+    return _write(proto.SerializeToString(), os.fspath(path))
 
 
 def _trace(module, sample_shape, opset: int, dynamic_batch: bool, dynamo: bool, shared_t: bool = False):
@@ -199,21 +199,11 @@ def _keep_inputs(proto, batch):
     return proto
 
 
-def _write_atomic(data: bytes, path: str) -> str:
+def _write(data: bytes, path: str) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot write {path!r}: directory {directory!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, data, crash="onnx")
     return path
 
 

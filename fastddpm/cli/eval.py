@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import write_text
+
 
 def add_parser(subparsers, parents):
     p = subparsers.add_parser("eval", parents=parents, help="metrics of samples (.npy) against a dataset, as JSON",
@@ -54,8 +56,6 @@ def run(args) -> int:
                        "n_ref": int(n_ref), **metrics}, indent=2)
     print(text)
     if args.out:
-        from ..sampling.bulk import _write_json_atomic
-
-        _write_json_atomic(Path(args.out), json.loads(text))
+        write_text(args.out, text)
     sys.stdout.flush()
     return 0
