@@ -16,12 +16,12 @@ read; absolute numbers depend on the machine (named in the table). Sections:
 - ``memory``: peak RSS of ``sample(out=…)`` for n = 10^5 and 10^6 (subprocesses).
 - ``batch``: fastddpm throughput vs batch size (how the CPU default was chosen).
 
-``run(...)`` returns rows (dicts); ``format_rows`` prints them as tables; ``main`` is the CLI
-(``bench/throughput.py`` and ``fastddpm bench`` call it).
+``run(...)`` returns rows (dicts); ``format_rows`` prints them as tables; ``write_rows`` writes
+them. The command line is ``fastddpm bench`` (fastddpm/cli/bench.py; ``bench/throughput.py``
+runs it).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import subprocess
@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from ._io import atomic_open, write_json
+from .sampling.options import DEFAULTS
 
 SECTIONS = ("throughput", "tiny", "quality", "kernel", "memory", "batch")
 QUALITY_CONFIGS = (("ddpm", 1000), ("ddpm", 250), ("ddim", 50), ("ddim", 20), ("dpmpp2m", 20), ("dpmpp2m", 10))
@@ -217,13 +218,10 @@ def bench_throughput(model, schedule, n, steps, batch_size=None, device="cpu", m
     rows pass a stride-0 t ([B] view of one t; the ORT twin then runs it as [1]), so the
     network's time path runs once there too — the ratio to those is the engine's alone.
     """
-    from .sampling import SamplingRun, sample
+    from .sampling import sample
 
-    if batch_size is None:
-        batch_size = SamplingRun(model, schedule, n, sampler="ddpm", steps=steps, spacing="leading", eta=0.0,
-                                 prediction="epsilon", variance="fixed_small", clip=None, seed=0, batch_size=None,
-                                 device=device, backend="auto", dtype="float32", progress=False, check_finite=True,
-                                 sample_shape=_shape(model), cuda_graph=None).batch_size
+    if batch_size is None:  # the loop's default, the same for all three
+        batch_size = DEFAULTS.resolved_batch_size(int(np.prod(_shape(model))), n, str(device).split(":")[0])
     twin = _onnx_twin(model, schedule) if device == "cpu" else None
     fns = {
         "fastddpm": lambda: sample(model, schedule, n, steps=steps, batch_size=batch_size, device=device, progress=False),
@@ -578,39 +576,3 @@ def write_rows(rows, info, path) -> None:
         w.writeheader()
         for r in rows:
             w.writerow(r)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--sections", default="throughput,tiny,quality,kernel,memory",
-                   help=f"comma-separated, from {','.join(SECTIONS)}")
-    p.add_argument("--quick", action="store_true", help="small sizes (minutes on 2 cores)")
-    p.add_argument("--checkpoint", default=None, help="trained checkpoint (needed for quality; default model otherwise)")
-    p.add_argument("--n", type=int, default=None, help="samples for the throughput section (default 100000)")
-    p.add_argument("--steps", type=int, default=1000, help="ddpm steps for throughput/tiny")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dataset", default="butterfly")
-    p.add_argument("--output", default=None, help="also write rows to this .json or .csv file")
-    return p
-
-
-def main(argv=None) -> int:
-    p = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                              formatter_class=argparse.ArgumentDefaultsHelpFormatter))
-    args = p.parse_args(argv)
-    return run_cli(args)
-
-
-def run_cli(args) -> int:
-    info = machine()
-    rows = run(tuple(s for s in args.sections.split(",") if s), quick=args.quick, checkpoint=args.checkpoint,
-               n=args.n, steps=args.steps, batch_size=args.batch_size, device=args.device, dataset=args.dataset,
-               log=sys.stderr)
-    print(format_rows(rows, info))
-    if args.output:
-        write_rows(rows, info, args.output)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

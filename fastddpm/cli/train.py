@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import add_distributed_arguments
+
 
 def add_parser(subparsers, parents):
     from ..data import DATASETS
@@ -62,8 +64,6 @@ def add_parser(subparsers, parents):
                    help="also save to --out every so many iterations")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out up to --iters iterations (same settings)")
-    from ..distributed import add_distributed_arguments
-
     add_distributed_arguments(p)
     return p
 

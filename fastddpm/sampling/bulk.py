@@ -98,6 +98,21 @@ def npy_header(dtype, shape) -> bytes:
     return buf.getvalue()
 
 
+def complete_npy_header(path: Path):
+    """(shape, dtype) of a complete .npy file, or None when it is missing or not a .npy."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            data_start = f.tell()
+        if path.stat().st_size != data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            return None
+        return tuple(shape), dtype
+    except (OSError, ValueError):
+        return None
+
+
 def _tag(record: dict) -> str:
     body = {k: v for k, v in record.items() if k != "tag"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
