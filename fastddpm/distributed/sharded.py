@@ -73,6 +73,7 @@ def sample_distributed(model, schedule, n, *, out, device=None, ctx: RankContext
     if out is None:
         raise ValueError("out is required: distributed sampling writes a .npy file")
     out = bulk_paths(out)[0].absolute()
+    options = {**options, "out": out}  # resume/overwrite are checked against it; each rank writes its shard
     pipe = model if isinstance(model, Pipeline) else None
     if pipe is not None:
         if schedule is not None:
@@ -116,7 +117,7 @@ def sample_distributed(model, schedule, n, *, out, device=None, ctx: RankContext
         shard_dir(out).mkdir(parents=True, exist_ok=True)  # rank 0 made it; other nodes may not share it
         a, b = ctx.rows(n, batch_size)
         shard = shard_path(out, ctx.rank, ctx.world_size)
-        header = completecomplete_npy_header(shard) if opts.resume else None
+        header = complete_npy_header(shard) if opts.resume else None
         if b > a and not (header is not None and header[0][0] == b - a):
             mine = opts.replace(start=a, out=shard, progress=opts.progress and ctx.is_main,
                                 device=ctx.device if kind == "torch" else None)
