@@ -30,8 +30,18 @@ import time
 
 import numpy as np
 
+import fastddpm
+
 from ._io import atomic_open, write_json
+from .data import load_dataset
+from .metrics import sliced_wasserstein
+from .onnx_export import export_onnx
+from .runtime import OnnxModel
+from .sampling import make_plan, sample
+from .sampling.guard import finite_check
 from .sampling.options import DEFAULTS
+from .sampling.pipeline import Pipeline
+from .sampling.steppers import HostStepper
 
 SECTIONS = ("throughput", "tiny", "quality", "kernel", "memory", "batch")
 QUALITY_CONFIGS = (("ddpm", 1000), ("ddpm", 250), ("ddim", 50), ("ddim", 20), ("dpmpp2m", 20), ("dpmpp2m", 10))
@@ -108,8 +118,6 @@ def default_model(checkpoint=None, device="cpu"):
     """(model, schedule, normalization) from ``checkpoint``, or the default butterfly MLP
     (fastddpm.nets.MLP(), random weights: throughput does not depend on training)."""
     import torch
-
-    import fastddpm
 
     if checkpoint:
         from .checkpoint import load
@@ -218,8 +226,6 @@ def bench_throughput(model, schedule, n, steps, batch_size=None, device="cpu", m
     rows pass a stride-0 t ([B] view of one t; the ORT twin then runs it as [1]), so the
     network's time path runs once there too — the ratio to those is the engine's alone.
     """
-    from .sampling import sample
-
     if batch_size is None:  # the loop's default, the same for all three
         batch_size = DEFAULTS.resolved_batch_size(int(np.prod(_shape(model))), n, str(device).split(":")[0])
     twin = _onnx_twin(model, schedule) if device == "cpu" else None
@@ -274,9 +280,6 @@ def _onnx_twin(model, schedule):
     if id(model) not in _ONNX_TWINS:
         import tempfile
 
-        from .onnx_export import export_onnx
-        from .runtime import OnnxModel
-
         path = os.path.join(tempfile.mkdtemp(prefix="fastddpm-bench-"), "model.onnx")
         export_onnx(model, path, sample_shape=_shape(model), schedule=schedule)
         _ONNX_TWINS[id(model)] = OnnxModel(path, ["CPUExecutionProvider"])
@@ -293,10 +296,6 @@ def bench_tiny(model, schedule, steps=1000, device="cpu", rounds=7):
     NaN guard, the two pieces of engine work per step besides the loop itself.
     """
     import torch
-
-    from .sampling import make_plan, sample
-    from .sampling.guard import finite_check
-    from .sampling.steppers import HostStepper
 
     shape = _shape(model)
     plan = make_plan(schedule, "ddpm", steps)
@@ -349,10 +348,6 @@ def bench_tiny(model, schedule, steps=1000, device="cpu", rounds=7):
 
 def bench_quality(checkpoint, dataset="butterfly", n=20000, configs=QUALITY_CONFIGS, seed=0, device="cpu"):
     """Sliced Wasserstein distance of samples (data space) to fresh data, per sampler config."""
-    from .data import load_dataset
-    from .metrics import sliced_wasserstein
-    from .sampling.pipeline import Pipeline
-
     pipe = Pipeline.from_checkpoint(checkpoint, device=device)
     ref = load_dataset(dataset, n, seed=seed + 1).raw()
     rows = []
@@ -376,8 +371,6 @@ def bench_quality(checkpoint, dataset="butterfly", n=20000, configs=QUALITY_CONF
 def bench_kernel(n=2**22, repeat=5):
     """One fused ddpm_step over n float32 elements: fastddpm (numba) vs diffusers vs torch eager."""
     import torch
-
-    import fastddpm
 
     schedule = fastddpm.Schedule.linear(1000)
     # [n/2, 2]: diffusers' step reads shape[1]
@@ -464,8 +457,6 @@ def bench_memory(sizes=(10**5, 10**6), workdir=None):
 
 
 def bench_batch(model, schedule, n=32768, steps=20, sizes=(256, 1024, 4096, 8192, 16384, 32768), device="cpu"):
-    from .sampling import sample
-
     sample(model, schedule, 64, steps=2, spacing="linspace", device=device, progress=False)
     rows = []
     for bs in sizes:

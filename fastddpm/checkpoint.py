@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from . import __version__
 from ._io import OutputLock, crash_point, fsync_dir, fsync_file
 from .data import Normalization
 from .schedule import Schedule
@@ -167,7 +168,6 @@ def save(path, model: torch.nn.Module, schedule: Schedule, *, ema_model: torch.n
     "losses": [float, ...], ...}`` for resume; ``sample_shape`` defaults to the model's
     ``sample_shape`` attribute and must be given for nets without one (e.g. UNet).
     """
-    from . import __version__
     from .nets import build  # noqa: F401  (fail early if the nets cannot be imported)
 
     if not isinstance(schedule, Schedule):

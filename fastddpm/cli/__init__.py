@@ -21,6 +21,7 @@ import os
 import pkgutil
 import sys
 
+from .. import __version__
 from ..distributed.context import DEFAULT_TIMEOUT
 
 ORDER = ("train", "sample", "eval", "export", "plot", "bench", "demo")
@@ -94,8 +95,6 @@ def _subcommands():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = _Parser(
         prog="fastddpm",
         description="Fast, reproducible DDPM training and bulk sampling "

@@ -5,12 +5,13 @@ import argparse
 import sys
 import time
 
+from . import UserError, add_distributed_arguments, check_device
+from ..distributed import init, sample_distributed
 from ..sampling.engines import ENGINES
 from ..sampling.options import DEFAULTS, LOOP_BACKENDS
 from ..sampling.pipeline import OnnxSampler, Pipeline
 from ..sampling.plan import SAMPLERS
 from ..sampling.timesteps import SPACINGS
-from . import add_distributed_arguments
 
 
 def _spacing(value: str):
@@ -39,7 +40,8 @@ def add_parser(subparsers, parents):
     p.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM eta (0: deterministic)")
     p.add_argument("--clip", type=float, default=DEFAULTS.clip, help="clip the predicted x0 to [-CLIP, CLIP]")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="noise seed (same seed, same samples)")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="samples per batch (default: cache-sized on CPU)")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                   help="samples per batch (default: cache-sized on CPU)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--backend", choices=LOOP_BACKENDS, default=DEFAULTS.backend,
                    help="update kernels (auto: numba on CPU, the fused Triton kernel on CUDA; triton on the CPU "
@@ -60,8 +62,6 @@ def add_parser(subparsers, parents):
 def run(args) -> int:
     from pathlib import Path
 
-    from . import UserError, check_device
-
     if Path(args.out).is_dir():  # refuse before loading or sampling anything (--overwrite too)
         raise UserError(f"--out {args.out} is a directory; give the path of a .npy file to write")
     onnx = str(args.checkpoint).endswith(".onnx")  # torch-free: onnxruntime + the fused kernels
@@ -71,11 +71,9 @@ def run(args) -> int:
     else:
         check_device(args.device)
     options = dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta, seed=args.seed,
-                   batch_size=args.batch_size, backend=args.backend, resume=args.resume, overwrite=args.overwrite,
-                   progress=not args.quiet, dtype=args.dtype)
+                   batch_size=args.batch_size, backend=args.backend, resume=args.resume,
+                   overwrite=args.overwrite, progress=not args.quiet, dtype=args.dtype)
     if args.distributed:  # under torchrun: every rank writes a shard, rank 0 assembles --out
-        from ..distributed import init, sample_distributed
-
         with init(args.device, timeout=args.dist_timeout) as ctx:
             if not onnx:
                 pipe = _load(args, ctx.device)

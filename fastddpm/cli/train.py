@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import add_distributed_arguments
+from . import add_distributed_arguments, check_device
+from ..data import DATASETS, load_dataset
+from ..distributed import init
+from ..schedule import SCHEDULES
 
 
 def add_parser(subparsers, parents):
-    from ..data import DATASETS
-    from ..schedule import SCHEDULES
     from ..training import DEFAULTS
 
     p = subparsers.add_parser(
@@ -69,9 +70,7 @@ def add_parser(subparsers, parents):
 
 
 def run(args) -> int:
-    from ..data import load_dataset
     from ..training import train
-    from . import check_device
 
     check_device(args.device)
     name = args.dataset
@@ -104,8 +103,6 @@ def run(args) -> int:
             net_kwargs["num_res_blocks"] = args.depth
     ctx = None
     if args.distributed:  # under torchrun: DDP, every rank takes its rows of each batch; rank 0 saves
-        from ..distributed import init
-
         ctx = init(args.device, timeout=args.dist_timeout)
     try:
         result = train(
