@@ -16,7 +16,7 @@ _LAZY = {
     "save": "fastddpm.checkpoint",
     "train": "fastddpm.training",
     "export_onnx": "fastddpm.onnx_export",
-    "OnnxSampler": "fastddpm.runtime",
+    "OnnxSampler": "fastddpm.sampling",
 }
 
 

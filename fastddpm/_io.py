@@ -1,8 +1,10 @@
 """Safe file writes: atomic replacement, exclusive output locks, reserved disk space.
 
-- :func:`atomic_open` / :func:`write_text`: write to a temp file in the target's folder, fsync,
-  then rename over the target; a reader (or a crash) never sees a half-written file under the
-  final name.
+- :func:`atomic_open` (and :func:`write_text`, :func:`write_json`, :func:`write_bytes` on top of
+  it): write to a temp file in the target's folder, fsync, rename over the target, fsync the
+  folder; a reader (or a crash) never sees a half-written file under the final name. Every
+  file fastddpm writes in one piece goes through it (ONNX exports and their cache, progress
+  records, benchmark rows, metrics, figures, the assembled distributed output).
 - :class:`OutputLock`: an exclusive ``flock`` on ``NAME.lock`` beside an output, held for a whole
   run; a second process refuses at once, naming the file and the pid that holds it.
 - :func:`reserve`: ``posix_fallocate`` the full size of a file before any row is written, so a
@@ -13,6 +15,8 @@
 from __future__ import annotations
 
 import errno
+import glob
+import json
 import os
 import shutil
 import tempfile
@@ -56,22 +60,29 @@ def fsync_dir(path) -> None:
 
 
 @contextmanager
-def atomic_open(path, mode: str = "wb", **kwargs):
+def atomic_open(path, mode: str = "wb", *, crash: str = "atomic", **kwargs):
     """``with atomic_open(path) as f: ...`` — ``path`` appears (or is replaced) only when the
-    block finishes without an exception, with its data fsynced; otherwise the temp file is
-    removed."""
+    block finishes without an exception, with its data and the rename fsynced; otherwise the
+    temp file is removed. The one atomic file writer of fastddpm.
+
+    The temp file is ``.tmp-NAME.XXXXXXXX`` beside ``path`` (a unique name per writer, so two
+    processes writing the same path at once each rename a complete file of their own; the
+    last rename wins). A kill leaves it behind: a writer that holds the output's lock removes
+    such leftovers with :func:`remove_stale_temps`. ``crash`` names the two crash points
+    (``CRASH.written`` once the data is flushed, ``CRASH.before_replace`` once it is fsynced).
+    ``f.fileno()`` may be written with ``os.pwrite``; the data is fsynced either way.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=path.suffix, dir=path.parent)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
-            crash_point("atomic.written")
+            crash_point(f"{crash}.written")
             os.fsync(f.fileno())
-        crash_point("atomic.before_replace")
+        crash_point(f"{crash}.before_replace")
         os.replace(tmp, path)
-        crash_point("atomic.replaced")
     except BaseException:
         try:
             os.unlink(tmp)
@@ -81,9 +92,43 @@ def atomic_open(path, mode: str = "wb", **kwargs):
     fsync_dir(path.parent)
 
 
-def write_text(path, text: str) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as f:
+def _temp_prefix(path: Path) -> str:
+    return f".tmp-{path.name}."
+
+
+def remove_stale_temps(path) -> None:
+    """Remove the temp files that killed :func:`atomic_open` writers of ``path`` left behind.
+
+    Only for a caller that holds ``path``'s :class:`OutputLock` (otherwise another process's
+    temp file, still being written, could be removed under it).
+    """
+    path = Path(path)
+    for stale in path.parent.glob(glob.escape(_temp_prefix(path)) + "*"):
+        stale.unlink(missing_ok=True)
+
+
+def write_text(path, text: str, *, crash: str = "atomic") -> None:
+    with atomic_open(path, "w", encoding="utf-8", crash=crash) as f:
         f.write(text)
+
+
+def write_json(path, obj, *, crash: str = "atomic", **dump_kwargs) -> None:
+    """``obj`` as JSON in ``path``, atomically (see :func:`atomic_open`)."""
+    write_text(path, json.dumps(obj, **dump_kwargs), crash=crash)
+
+
+def write_bytes(path, data: bytes, *, crash: str = "atomic") -> None:
+    with atomic_open(path, "wb", crash=crash) as f:
+        f.write(data)
+
+
+def fsync_file(path) -> None:
+    """fsync a file that is already written and closed (e.g. by a library that does not sync)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # -- locks -----------------------------------------------------------------------------------

@@ -16,12 +16,12 @@ read; absolute numbers depend on the machine (named in the table). Sections:
 - ``memory``: peak RSS of ``sample(out=…)`` for n = 10^5 and 10^6 (subprocesses).
 - ``batch``: fastddpm throughput vs batch size (how the CPU default was chosen).
 
-``run(...)`` returns rows (dicts); ``format_rows`` prints them as tables; ``main`` is the CLI
-(``bench/throughput.py`` and ``fastddpm bench`` call it).
+``run(...)`` returns rows (dicts); ``format_rows`` prints them as tables; ``write_rows`` writes
+them. The command line is ``fastddpm bench`` (fastddpm/cli/bench.py; ``bench/throughput.py``
+runs it).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import subprocess
@@ -29,6 +29,19 @@ import sys
 import time
 
 import numpy as np
+
+import fastddpm
+
+from ._io import atomic_open, write_json
+from .data import load_dataset
+from .metrics import sliced_wasserstein
+from .onnx_export import export_onnx
+from .runtime import OnnxModel
+from .sampling import make_plan, sample
+from .sampling.guard import finite_check
+from .sampling.options import DEFAULTS
+from .sampling.pipeline import Pipeline
+from .sampling.steppers import HostStepper
 
 SECTIONS = ("throughput", "tiny", "quality", "kernel", "memory", "batch")
 QUALITY_CONFIGS = (("ddpm", 1000), ("ddpm", 250), ("ddim", 50), ("ddim", 20), ("dpmpp2m", 20), ("dpmpp2m", 10))
@@ -105,8 +118,6 @@ def default_model(checkpoint=None, device="cpu"):
     """(model, schedule, normalization) from ``checkpoint``, or the default butterfly MLP
     (fastddpm.nets.MLP(), random weights: throughput does not depend on training)."""
     import torch
-
-    import fastddpm
 
     if checkpoint:
         from .checkpoint import load
@@ -215,13 +226,8 @@ def bench_throughput(model, schedule, n, steps, batch_size=None, device="cpu", m
     rows pass a stride-0 t ([B] view of one t; the ORT twin then runs it as [1]), so the
     network's time path runs once there too — the ratio to those is the engine's alone.
     """
-    from .sampling import SamplingRun, sample
-
-    if batch_size is None:
-        batch_size = SamplingRun(model, schedule, n, sampler="ddpm", steps=steps, spacing="leading", eta=0.0,
-                                 prediction="epsilon", variance="fixed_small", clip=None, seed=0, batch_size=None,
-                                 device=device, backend="auto", dtype="float32", progress=False, check_finite=True,
-                                 sample_shape=_shape(model), cuda_graph=None).batch_size
+    if batch_size is None:  # the loop's default, the same for all three
+        batch_size = DEFAULTS.resolved_batch_size(int(np.prod(_shape(model))), n, str(device).split(":")[0])
     twin = _onnx_twin(model, schedule) if device == "cpu" else None
     fns = {
         "fastddpm": lambda: sample(model, schedule, n, steps=steps, batch_size=batch_size, device=device, progress=False),
@@ -274,9 +280,6 @@ def _onnx_twin(model, schedule):
     if id(model) not in _ONNX_TWINS:
         import tempfile
 
-        from .onnx_export import export_onnx
-        from .runtime import OnnxModel
-
         path = os.path.join(tempfile.mkdtemp(prefix="fastddpm-bench-"), "model.onnx")
         export_onnx(model, path, sample_shape=_shape(model), schedule=schedule)
         _ONNX_TWINS[id(model)] = OnnxModel(path, ["CPUExecutionProvider"])
@@ -293,10 +296,6 @@ def bench_tiny(model, schedule, steps=1000, device="cpu", rounds=7):
     NaN guard, the two pieces of engine work per step besides the loop itself.
     """
     import torch
-
-    from .sampling import make_plan, sample
-    from .sampling.guard import finite_check
-    from .sampling.steppers import HostStepper
 
     shape = _shape(model)
     plan = make_plan(schedule, "ddpm", steps)
@@ -349,10 +348,6 @@ def bench_tiny(model, schedule, steps=1000, device="cpu", rounds=7):
 
 def bench_quality(checkpoint, dataset="butterfly", n=20000, configs=QUALITY_CONFIGS, seed=0, device="cpu"):
     """Sliced Wasserstein distance of samples (data space) to fresh data, per sampler config."""
-    from .data import load_dataset
-    from .metrics import sliced_wasserstein
-    from .sampling.pipeline import Pipeline
-
     pipe = Pipeline.from_checkpoint(checkpoint, device=device)
     ref = load_dataset(dataset, n, seed=seed + 1).raw()
     rows = []
@@ -376,8 +371,6 @@ def bench_quality(checkpoint, dataset="butterfly", n=20000, configs=QUALITY_CONF
 def bench_kernel(n=2**22, repeat=5):
     """One fused ddpm_step over n float32 elements: fastddpm (numba) vs diffusers vs torch eager."""
     import torch
-
-    import fastddpm
 
     schedule = fastddpm.Schedule.linear(1000)
     # [n/2, 2]: diffusers' step reads shape[1]
@@ -464,8 +457,6 @@ def bench_memory(sizes=(10**5, 10**6), workdir=None):
 
 
 def bench_batch(model, schedule, n=32768, steps=20, sizes=(256, 1024, 4096, 8192, 16384, 32768), device="cpu"):
-    from .sampling import sample
-
     sample(model, schedule, 64, steps=2, spacing="linspace", device=device, progress=False)
     rows = []
     for bs in sizes:
@@ -561,60 +552,18 @@ def format_rows(rows, info=None) -> str:
 
 
 def write_rows(rows, info, path) -> None:
-    """Rows to .json (with the machine) or .csv (one line per row)."""
-    from .sampling.bulk import _write_json_atomic
+    """Rows to .json (with the machine) or .csv (one line per row), atomically."""
+    import csv
 
     path = os.fspath(path)
     if path.endswith(".json"):
-        from pathlib import Path
-
-        _write_json_atomic(Path(path), {"machine": info, "rows": rows})
+        write_json(path, {"machine": info, "rows": rows})
         return
     if not path.endswith(".csv"):
         raise ValueError(f"output must end in .json or .csv, got {path!r}")
-    import csv
-
     keys = ["section", "name"] + sorted({k for r in rows for k in r} - {"section", "name"})
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         for r in rows:
             w.writerow(r)
-    os.replace(tmp, path)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--sections", default="throughput,tiny,quality,kernel,memory",
-                   help=f"comma-separated, from {','.join(SECTIONS)}")
-    p.add_argument("--quick", action="store_true", help="small sizes (minutes on 2 cores)")
-    p.add_argument("--checkpoint", default=None, help="trained checkpoint (needed for quality; default model otherwise)")
-    p.add_argument("--n", type=int, default=None, help="samples for the throughput section (default 100000)")
-    p.add_argument("--steps", type=int, default=1000, help="ddpm steps for throughput/tiny")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dataset", default="butterfly")
-    p.add_argument("--output", default=None, help="also write rows to this .json or .csv file")
-    return p
-
-
-def main(argv=None) -> int:
-    p = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                              formatter_class=argparse.ArgumentDefaultsHelpFormatter))
-    args = p.parse_args(argv)
-    return run_cli(args)
-
-
-def run_cli(args) -> int:
-    info = machine()
-    rows = run(tuple(s for s in args.sections.split(",") if s), quick=args.quick, checkpoint=args.checkpoint,
-               n=args.n, steps=args.steps, batch_size=args.batch_size, device=args.device, dataset=args.dataset,
-               log=sys.stderr)
-    print(format_rows(rows, info))
-    if args.output:
-        write_rows(rows, info, args.output)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -24,6 +24,9 @@ the old or the new checkpoint. Where the exchange is unavailable, the old direct
 missing for an instant, and :func:`load` (and the next :func:`save`) then finds the complete
 ``.NAME.old-*``. A save holds an exclusive lock ``NAME.lock`` beside the directory, so two
 processes never save to one path at once; the one that comes second refuses, naming the first.
+The unit that is replaced atomically is the directory, so its files are written plainly inside
+the private temp directory and fsynced (``fastddpm._io.fsync_file``) before the swap; single
+files elsewhere go through ``fastddpm._io.atomic_open``.
 """
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ from typing import Any
 
 import torch
 
-from ._io import OutputLock, crash_point, fsync_dir
+from . import __version__
+from ._io import OutputLock, crash_point, fsync_dir, fsync_file
 from .data import Normalization
 from .schedule import Schedule
 
@@ -143,14 +147,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _is_checkpoint_dir(path: Path) -> bool:
     try:
         with open(path / CONFIG) as f:
@@ -172,7 +168,6 @@ def save(path, model: torch.nn.Module, schedule: Schedule, *, ema_model: torch.n
     "losses": [float, ...], ...}`` for resume; ``sample_shape`` defaults to the model's
     ``sample_shape`` attribute and must be given for nets without one (e.g. UNet).
     """
-    from . import __version__
     from .nets import build  # noqa: F401  (fail early if the nets cannot be imported)
 
     if not isinstance(schedule, Schedule):
@@ -237,7 +232,7 @@ def _write_and_switch(path: Path, config: dict, model, ema_model, train_state) -
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         crash_point("checkpoint.config_written")
         for name in [*files, *json_files, CONFIG]:
-            _fsync(tmp / name)
+            fsync_file(tmp / name)
         fsync_dir(tmp)
         crash_point("checkpoint.synced")
         _replace_dir(tmp, path)

@@ -30,8 +30,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import plots
+from . import __version__, metrics, plots
 from ._io import atomic_open, write_text
+from .benchmark import cpu_model
+from .data import DATASETS, Dataset, Normalization, load_dataset
+from .sampling import Pipeline, make_plan
 from .schedule import Schedule
 
 SAMPLERS = (("ddpm", 1000), ("dpmpp2m", 20))
@@ -86,8 +89,6 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 def make_data(name: str, n: int, *, seed: int, model_space: bool = False) -> np.ndarray:
     """``n`` points of a built-in dataset (``fastddpm.data``), in data space by default."""
-    from .data import load_dataset
-
     ds = load_dataset(name, n, seed=seed)
     return ds.x if model_space else ds.raw()
 
@@ -129,8 +130,6 @@ def read_losses(source) -> dict:
 
 def evaluate(samples: np.ndarray, dataset: str, *, n_ref: int, seed: int = 0) -> dict:
     """Scalar metrics of :func:`fastddpm.metrics.evaluate` (samples in data space vs fresh data)."""
-    from . import metrics
-
     m = metrics.evaluate(samples, dataset, n_ref=n_ref, seed=seed)
     out = {k: float(m[k]) for k in METRICS}
     if dataset in metrics.SUPPORT_DATASETS:
@@ -149,8 +148,6 @@ def plot_reverse_from_checkpoint(checkpoint, out, *, n=2000, sampler="ddpm", ste
                                  seed=0, paths_out=None, progress=True) -> list[str]:
     """Sample ``n`` points from a checkpoint with a trajectory and draw the reverse process
     (and, for a 1-D model, the per-sample paths). Returns the written paths."""
-    from .sampling import Pipeline, make_plan
-
     pipe = Pipeline.from_checkpoint(checkpoint)
     K = make_plan(pipe.schedule, sampler, steps).num_steps
     x, traj = _sample(pipe, n, sampler, steps, seed=seed, progress=progress,
@@ -176,8 +173,6 @@ def run_demo(dataset: str = "butterfly", out="runs/demo", budget: str = "full", 
              device: str = "cpu", progress: bool = True, log: Callable[[str], None] | None = None
              ) -> DemoResult:
     """Train, sample (ddpm-1000 and dpmpp2m-20), evaluate, draw and report; see the module doc."""
-    from .data import DATASETS
-    from .sampling import Pipeline
     from .training import train
 
     if budget not in BUDGETS:
@@ -278,14 +273,10 @@ def run_demo(dataset: str = "butterfly", out="runs/demo", budget: str = "full", 
 def _constant_dataset(n: int):
     """The constant-5.0 data with identity normalisation, so the model itself maps N(0, 1)
     noise to 5.0 as in the introduction (the built-in dataset would learn the point 0)."""
-    from .data import Dataset, Normalization
-
     return Dataset("constant", np.full((n, 1), CONSTANT_VALUE, dtype=np.float32), Normalization.identity(1))
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -299,8 +290,6 @@ def _json_default(obj):
 
 def machine_name() -> str:
     """'AMD EPYC 7B13, 2 cores, Linux' (or the GPU name when torch sees one)."""
-    from .benchmark import cpu_model
-
     name = f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()}"
     try:
         import torch

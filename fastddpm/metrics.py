@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .data import DATASETS, Dataset, butterfly_curve, load_dataset
+
 
 def _as_2d(x, name: str) -> np.ndarray:
     if type(x).__module__.startswith("torch"):
@@ -79,8 +81,6 @@ SUPPORT_DATASETS = ("constant", "butterfly", "moons", "swissroll", "checkerboard
 
 def _curve(name: str) -> np.ndarray:
     """Vertices [M, 2] of the noise-free curve(s) of a 2-D toy (data space); NaN rows separate pieces."""
-    from .data import butterfly_curve
-
     if name == "butterfly":  # data.py draws θ ~ U[0, 2π): the curve for θ ∈ [0, 2π]
         return butterfly_curve(np.linspace(0.0, 2.0 * np.pi, CURVE_VERTICES))
     if name == "moons":  # upper: (cos a, sin a); lower: (1 − cos a, 0.5 − sin a), a ∈ [0, π]
@@ -279,8 +279,6 @@ def evaluate(samples, dataset, n_ref: int | None = None, seed: int = 0, n_projec
     model scores at this size), ``sw_ratio`` = sliced_wasserstein / sw_baseline, and k-NN
     ``precision``/``recall`` against the first reference set.
     """
-    from .data import DATASETS, Dataset, load_dataset
-
     samples = _as_2d(samples, "samples")
     n = samples.shape[0]
     n_ref = n if n_ref is None else int(n_ref)

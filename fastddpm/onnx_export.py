@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 
 import numpy as np
 
 from . import __version__
+from ._io import write_bytes
 from .runtime.metadata import check_prediction, check_sample_shape, encode
 from .schedule import Schedule
 
@@ -139,7 +139,7 @@ def export_onnx(model_or_checkpoint, path, *, opset: int | None = None, dynamic_
     proto.doc_string = "fastddpm epsilon-network; sample with fastddpm.OnnxSampler or `fastddpm sample FILE`"
     if check:
         onnx.checker.check_model(proto, full_check=True)
-    return _write_atomic(proto.SerializeToString(), os.fspath(path))
+    return _write(proto.SerializeToString(), os.fspath(path))
 
 
 def _trace(module, sample_shape, opset: int, dynamic_batch: bool, dynamo: bool, shared_t: bool = False):
@@ -199,114 +199,9 @@ def _keep_inputs(proto, batch):
     return proto
 
 
-def _write_atomic(data: bytes, path: str) -> str:
+def _write(data: bytes, path: str) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot write {path!r}: directory {directory!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, data, crash="onnx")
     return path
-
-
-# -- the CPU sampling default: torch checkpoints run through a cached ONNX export -------------
-#
-# bench/onnx_vs_torch.py (docs/onnx.md): on the 2-core EPYC, onnxruntime runs the butterfly MLP
-# and the digits UNet 1.25–5× faster per call than torch eager at equal thread counts, and whole
-# DDPM loops 4–11× faster on the loaded machine; so Pipeline.sample(engine="auto") on the CPU
-# exports the network once (cached by its weights) and samples through onnxruntime.
-
-ENGINES = ("auto", "torch", "onnx")
-
-
-def cache_dir() -> str:
-    """$FASTDDPM_CACHE, else $XDG_CACHE_HOME/fastddpm, else ~/.cache/fastddpm (+ /onnx)."""
-    root = os.environ.get("FASTDDPM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastddpm")
-    return os.path.join(root, "onnx")
-
-
-def _weights_key(module, sample_shape, schedule, prediction, normalization, opset) -> str:
-    """Digest of everything the exported file depends on (weights included, so no stale hits)."""
-    import hashlib
-    import json
-
-    import torch
-
-    h = hashlib.sha256()
-    h.update(json.dumps([__version__, torch.__version__, opset, type(module).__qualname__, list(sample_shape),
-                         None if schedule is None else schedule.to_config(), prediction,
-                         _jsonable(normalization), _jsonable(getattr(module, "config", None))],
-                        sort_keys=True, default=str).encode())
-    for name, tensor in module.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tensor.dtype).encode())
-        h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:24]
-
-
-def cached_export(pipeline, directory: str | None = None) -> str:
-    """Path of the ONNX export of a Pipeline's (or Checkpoint's) network, exported on first use."""
-    module, shape = pipeline.model, tuple(pipeline.sample_shape)
-    key = _weights_key(module, shape, pipeline.schedule, pipeline.prediction, pipeline.normalization,
-                       DEFAULT_OPSET)
-    directory = directory or cache_dir()
-    path = os.path.join(directory, f"{type(module).__name__}-{key}.onnx")
-    if not os.path.exists(path):
-        os.makedirs(directory, exist_ok=True)
-        export_onnx(module, path, sample_shape=shape, schedule=pipeline.schedule, prediction=pipeline.prediction,
-                    normalization=pipeline.normalization)
-    return path
-
-
-def engine_model(pipeline, engine: str = "auto", *, device=None, backend: str = "auto", dtype="float32"):
-    """The network Pipeline.sample should call: an OnnxModel of the torch net, or None (torch).
-
-    engine: "torch" → None; "onnx" → the cached export on onnxruntime's CPU provider (an error
-    if that cannot be done); "auto" → "onnx" when the sampling runs on the CPU, onnx and
-    onnxruntime are installed and the export works (a warning and torch otherwise).
-    """
-    import importlib.util
-    import sys
-
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}; got {engine!r}")
-    model = pipeline.model
-    torch = sys.modules.get("torch")
-    if engine == "torch" or torch is None or not isinstance(model, torch.nn.Module):
-        return None  # already a NumPy-API model (e.g. an OnnxSampler's), or torch asked for
-    on_cpu = (device is None or torch.device(device).type == "cpu") and backend in ("auto", "numba", "numpy")
-    on_cpu = on_cpu and all(p.device.type == "cpu" for p in model.parameters())
-    if not on_cpu or str(dtype).replace("torch.", "") != "float32":
-        if engine == "onnx":
-            raise ValueError("engine='onnx' samples in float32 on the CPU (onnxruntime's CPU provider with the Numba "
-                             "update); for a GPU export the net (fastddpm export) and use fastddpm.OnnxSampler with "
-                             "onnxruntime-gpu, or use engine='torch'")
-        return None
-    if engine == "auto" and (importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None):
-        return None
-    from .runtime import OnnxModel
-
-    try:
-        path = cached_export(pipeline)
-        session = getattr(pipeline, "_onnx_engine", None)
-        if session is None or session.path != path:  # one session per pipeline and weights
-            session = OnnxModel(path, ["CPUExecutionProvider"])
-            pipeline._onnx_engine = session
-        return session
-    except Exception as exc:
-        if engine == "onnx":
-            raise
-        warnings.warn(f"sampling with torch: exporting {type(model).__name__} to ONNX for the faster CPU path "
-                      f"failed ({type(exc).__name__}: {exc}); pass engine='torch' to skip the attempt",
-                      RuntimeWarning, stacklevel=3)
-        return None

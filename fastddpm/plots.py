@@ -17,6 +17,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from . import ops
+from ._io import atomic_open
 from .schedule import Schedule
 
 __all__ = [
@@ -44,8 +46,6 @@ def _plt():
 
 def save_figure(fig, path) -> str:
     """Write ``fig`` as PNG to ``path`` atomically and close it; returns ``str(path)``."""
-    from ._io import atomic_open
-
     plt = _plt()
     try:
         with atomic_open(path, "wb") as f:
@@ -206,8 +206,6 @@ def plot_forward(path, schedule: Schedule, x0, ts: Sequence[int], *, seed: int =
     1-D data as histograms with N(0, 1) drawn for reference, points as scatter plots, images as
     a grid (4×4 images per t).
     """
-    from .ops import q_sample
-
     plt = _plt()
     ts = [int(t) for t in ts]
     if not ts:
@@ -223,7 +221,7 @@ def plot_forward(path, schedule: Schedule, x0, ts: Sequence[int], *, seed: int =
         x0 = x0[:max_points]
     panels = [("x₀ (data)", x0)]
     for t in ts:
-        xt, _ = q_sample(schedule, x0, np.full(len(x0), t, dtype=np.int64), seed=seed, stream=t + 1)
+        xt, _ = ops.q_sample(schedule, x0, np.full(len(x0), t, dtype=np.int64), seed=seed, stream=t + 1)
         panels.append((f"t = {t}   √ᾱ = {schedule.sqrt_alphas_cumprod[t]:.3f}", xt))
     _panels(plt, panels, kind, title or f"Forward process q(x_t | x_0), {_schedule_label(schedule)}",
             normal_ref=kind == "1d")
@@ -237,11 +235,9 @@ def plot_forward_path_1d(path, schedule: Schedule, x0: float = 5.0, *, n_paths: 
     Draws ``n_paths`` noise paths (the sequence x_0, x_1, … of the Markov chain, each step
     x_t = √α_t·x_{t−1} + √β_t·ε_t) and the band mean ± 2 std of the closed form.
     """
-    from .ops import randn
-
     plt = _plt()
     T = schedule.num_steps
-    eps = randn((T, n_paths), seed=seed, stream=0, dtype=np.float64)
+    eps = ops.randn((T, n_paths), seed=seed, stream=0, dtype=np.float64)
     x = np.empty((T + 1, n_paths))
     x[0] = x0
     a, b = np.sqrt(schedule.alphas), np.sqrt(schedule.betas)

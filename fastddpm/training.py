@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint as ckpt
+from . import __version__, checkpoint as ckpt
 from .data import ANALYTIC, Dataset, draw, load_dataset
+from .distributed import RankContext, init
 from .nets import MODEL_CLASSES, build
 from .ops import q_sample
 from .schedule import SCHEDULES, Schedule
@@ -241,8 +242,6 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
                          prediction=prediction, min_snr_gamma=min_snr_gamma, grad_clip=grad_clip,
                          checkpoint_every=checkpoint_every, resume=resume, n=n, progress=progress,
                          distributed=distributed)
-    from . import __version__
-
     if iters is not None:
         _check_positive_int(iters, "iters")
     if batch_size is not None:
@@ -275,8 +274,6 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
             raise ValueError("checkpoint_every needs out (the checkpoint directory)")
     ctx = None
     if distributed:
-        from .distributed import RankContext, init
-
         ctx = distributed if isinstance(distributed, RankContext) else init(device)
         device = ctx.device
     device = _resolve_device(device)

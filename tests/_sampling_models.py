@@ -1,4 +1,7 @@
 """Models for the sampling tests: an exact ε-model of a Gaussian target and a tiny torch MLP."""
+import os
+import textwrap
+
 import numpy as np
 
 
@@ -22,6 +25,46 @@ class GaussianEps:
         ab = self.ac[t].reshape((-1,) + (1,) * (x.ndim - 1))
         eps = np.sqrt(1 - ab) * (x - np.sqrt(ab) * self.mu) / (ab * self.s**2 + 1 - ab)
         return eps.astype(x.dtype)
+
+
+class FailAt:
+    """``inner`` that raises KeyboardInterrupt at its ``fail_call``-th call (an interrupted run)."""
+
+    array_api = "numpy"
+
+    def __init__(self, inner, fail_call):
+        self.inner, self.fail_call, self.calls = inner, fail_call, 0
+        self.sample_shape = inner.sample_shape
+
+    def __call__(self, x, t):
+        self.calls += 1
+        if self.calls == self.fail_call:
+            raise KeyboardInterrupt
+        return self.inner(x, t)
+
+
+_SLOW_PRELUDE = """\
+import sys, time
+sys.path.insert(0, {tests!r})
+import fastddpm
+from fastddpm.sampling import sample
+from _sampling_models import GaussianEps
+
+class Slow(GaussianEps):
+    def __call__(self, x, t):
+        time.sleep(float(sys.argv[2]))
+        return super().__call__(x, t)
+
+s = fastddpm.Schedule.linear({T})
+m = Slow(s, [1.0, -1.0], [0.5, 2.0])
+"""
+
+
+def slow_writer_script(T: int, call: str) -> str:
+    """Source of a child process that samples from a GaussianEps slowed by sys.argv[2] seconds per
+    model call (a writer still running when the test looks, or one to kill part-way): ``m`` and
+    ``s`` (linear(T)) are defined, ``call`` is the rest, e.g. ``sample(m, s, 200, out=sys.argv[1])``."""
+    return _SLOW_PRELUDE.format(tests=os.path.dirname(os.path.abspath(__file__)), T=T) + textwrap.dedent(call)
 
 
 def tiny_mlp(dim=2, hidden=32, seed=0):

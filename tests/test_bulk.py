@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import fastddpm
 from fastddpm.sampling import sample
 
-from _sampling_models import GaussianEps
+from _sampling_models import FailAt, GaussianEps, slow_writer_script
 
 T = 50
 
@@ -52,20 +51,6 @@ def test_existing_file_and_bad_names(tmp_path, schedule, model):
         sample(model, schedule, 5, progress=False, out=tmp_path / "t.npy", return_trajectory=True)
 
 
-class _FailAt:
-    array_api = "numpy"
-
-    def __init__(self, inner, fail_call):
-        self.inner, self.fail_call, self.calls = inner, fail_call, 0
-        self.sample_shape = inner.sample_shape
-
-    def __call__(self, x, t):
-        self.calls += 1
-        if self.calls == self.fail_call:
-            raise KeyboardInterrupt
-        return self.inner(x, t)
-
-
 def test_interrupted_run_leaves_no_final_file_and_resumes(tmp_path, schedule, model, monkeypatch):
     import fastddpm.sampling.bulk as bulk
 
@@ -73,7 +58,7 @@ def test_interrupted_run_leaves_no_final_file_and_resumes(tmp_path, schedule, mo
     out = tmp_path / "s.npy"
     ref = sample(model, schedule, 30, sampler="ddim", steps=10, seed=1, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        sample(_FailAt(model, 10 * 2 + 5), schedule, 30, sampler="ddim", steps=10, seed=1, progress=False,
+        sample(FailAt(model, 10 * 2 + 5), schedule, 30, sampler="ddim", steps=10, seed=1, progress=False,
                out=out, batch_size=4)
     assert not out.exists()
     record = json.loads((tmp_path / "s.npy.progress.json").read_text())
@@ -93,20 +78,7 @@ def test_resume_without_record_starts_over(tmp_path, schedule, model):
     np.testing.assert_array_equal(np.load(out), sample(model, schedule, 9, seed=1, progress=False))
 
 
-_KILL_SCRIPT = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, {tests!r})
-    import fastddpm
-    from fastddpm.sampling import sample
-    from _sampling_models import GaussianEps
-
-    class Slow(GaussianEps):
-        def __call__(self, x, t):
-            time.sleep(float(sys.argv[2]))
-            return super().__call__(x, t)
-
-    s = fastddpm.Schedule.linear({T})
-    m = Slow(s, [1.0, -1.0], [0.5, 2.0])
+_KILL_SCRIPT = slow_writer_script(T, """
     sample(m, s, 400, sampler="ddpm", steps=20, spacing="linspace", seed=11, batch_size=int(sys.argv[3]),
            out=sys.argv[1], resume=True, progress=False)
 """)
@@ -118,7 +90,7 @@ def _run(script, *args, **kw):
 
 
 def test_sigkill_then_resume_is_byte_identical(tmp_path):
-    script = _KILL_SCRIPT.format(tests=os.path.dirname(__file__), T=T)
+    script = _KILL_SCRIPT
     full = tmp_path / "full.npy"
     proc = _run(script, full, 0, 64)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()

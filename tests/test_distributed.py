@@ -16,7 +16,11 @@ import time
 import numpy as np
 import pytest
 
-from fastddpm.distributed import DistributedError, KILL_ENV, init, shard_path, shard_range
+from fastddpm.distributed import DistributedError, init, shard_path, shard_range
+
+from _kill_rank import KILL_ENV
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 T = 20  # diffusion steps of the tiny checkpoint
 N = 23  # odd, and not a multiple of the batch size
@@ -38,9 +42,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(args, *, env=None, timeout=150):
+def _torchrun(args, *, env=None, timeout=150, module="fastddpm"):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "fastddpm", "--", *map(str, args)]
+           "--master_port", str(_free_port()), "-m", module, "--", *map(str, args)]
     return subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -94,7 +98,9 @@ def test_two_ranks_write_the_single_process_file(ckpt, reference, tmp_path):
 def test_killed_rank_resumes_to_the_same_file(ckpt, reference, tmp_path):
     out = tmp_path / "x.npy"
     # Rank 1 holds rows [12, 23): 3 batches of T model calls. Kill it in its third batch.
-    killed = _torchrun(_sample_args(ckpt, out, "--quiet"), env=_env(**{KILL_ENV: f"1:{2 * T + 5}"}))
+    kill = _env(**{KILL_ENV: f"1:{2 * T + 5}"})
+    kill["PYTHONPATH"] = os.pathsep.join([HERE, kill.get("PYTHONPATH", "")])  # for -m _kill_rank
+    killed = _torchrun(_sample_args(ckpt, out, "--quiet"), env=kill, module="_kill_rank")
     assert killed.returncode != 0
     assert not out.exists()
     shard1 = shard_path(out, 1, 2)
@@ -192,7 +198,7 @@ def test_shards_cover_whole_batches_in_order(n, world, block):
 
 
 def test_output_state_refuses_what_it_would_clobber(tmp_path):
-    from fastddpm.distributed import _output_state
+    from fastddpm.distributed.sharded import _output_state
 
     out = tmp_path / "x.npy"
     assert _output_state(out, 5, 2, resume=False, overwrite=False) == "run"  # fresh: makes the shard dir

@@ -25,10 +25,9 @@ import fastddpm
 from fastddpm import _io
 from fastddpm.sampling import bulk, sample
 
-from _sampling_models import GaussianEps
+from _sampling_models import FailAt, GaussianEps, slow_writer_script
 
 T = 20
-HERE = os.path.dirname(__file__)
 
 
 # -- the kill harness --------------------------------------------------------------------------
@@ -146,20 +145,6 @@ def test_bulk_killed_at_every_step_then_resumed_is_byte_identical(tmp_path, sche
         assert _listing(d) == ["s.npy"], f"{name}#{k}: leftovers {_listing(d)}"
 
 
-class _FailAt:
-    array_api = "numpy"
-
-    def __init__(self, inner, fail_call):
-        self.inner, self.fail_call, self.calls = inner, fail_call, 0
-        self.sample_shape = inner.sample_shape
-
-    def __call__(self, x, t):
-        self.calls += 1
-        if self.calls == self.fail_call:
-            raise KeyboardInterrupt
-        return self.inner(x, t)
-
-
 def _retag(record):
     record["tag"] = bulk._tag(record)
     return record
@@ -217,7 +202,7 @@ def test_damaged_resume_state_is_refused_and_kept(tmp_path, schedule, model, sma
     out = tmp_path / "s.npy"
     ref = sample(model, schedule, 30, **KW)
     with pytest.raises(KeyboardInterrupt):
-        sample(_FailAt(model, 4 * 3 + 2), schedule, 30, out=out, batch_size=4, **KW)  # 3 batches done
+        sample(FailAt(model, 4 * 3 + 2), schedule, 30, out=out, batch_size=4, **KW)  # 3 batches done
     record, partial = tmp_path / "s.npy.progress.json", tmp_path / "s.npy.partial"
     assert json.loads(record.read_text())["done"] == 12
     apply, match = DAMAGE[damage]
@@ -238,7 +223,7 @@ def test_damaged_resume_state_is_refused_and_kept(tmp_path, schedule, model, sma
 def test_intact_state_resumes(tmp_path, schedule, model, small_chunks):
     out = tmp_path / "s.npy"
     with pytest.raises(KeyboardInterrupt):
-        sample(_FailAt(model, 4 * 3 + 2), schedule, 30, out=out, batch_size=4, **KW)
+        sample(FailAt(model, 4 * 3 + 2), schedule, 30, out=out, batch_size=4, **KW)
     sample(model, schedule, 30, out=out, batch_size=5, resume=True, **KW)
     np.testing.assert_array_equal(np.load(out), sample(model, schedule, 30, **KW))
 
@@ -274,48 +259,26 @@ def test_second_writer_refuses_at_once_naming_the_first(tmp_path, schedule, mode
     assert _listing(tmp_path) == ["s.npy"]
 
 
-_SLOW_WRITER = textwrap.dedent("""
-    import os, sys, time
-    sys.path.insert(0, {tests!r})
-    import fastddpm
-    from fastddpm.sampling import sample
-    from _sampling_models import GaussianEps
-
-    class Slow(GaussianEps):
-        # argv[2]: a gate file, or "" for none. With a gate the run stays in progress (after its
-        # progress record is written) until the test creates the file, so the
-        # overlap does not depend on how fast a second Python starts on a loaded machine.
-        def __call__(self, x, t):
-            gate, deadline = sys.argv[2], time.monotonic() + 120
-            while gate and not os.path.exists(gate) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            return super().__call__(x, t)
-
-    s = fastddpm.Schedule.linear({T})
-    sample(Slow(s, [1.0, -1.0], [0.5, 2.0]), s, 200, sampler="ddim", steps=4, seed=5, batch_size=20,
-           out=sys.argv[1], progress=False, backend="numpy")
+_SLOW_WRITER = slow_writer_script(T, """
+    sample(m, s, 200, sampler="ddim", steps=4, seed=5, batch_size=20, out=sys.argv[1], progress=False,
+           backend="numpy")
 """)
 
 
 def test_two_sampling_processes_on_one_output(tmp_path, schedule, model):
     """The campaign's case: two runs with the same out. The first finishes intact; the second refuses."""
-    script = _SLOW_WRITER.format(tests=HERE, T=T)
+    script = _SLOW_WRITER
     out = tmp_path / "s.npy"
-    gate = tmp_path / "gate"
-    first = subprocess.Popen([sys.executable, "-c", script, str(out), str(gate)], stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "s.npy.progress.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert first.poll() is None, first.stderr.read()
-        second = subprocess.run([sys.executable, "-c", script, str(out), ""], stderr=subprocess.PIPE, text=True,
-                                timeout=120)
-    finally:
-        gate.touch()
+    first = subprocess.Popen([sys.executable, "-c", script, str(out), "0.05"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "s.npy.progress.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.poll() is None, first.stderr.read()
+    second = subprocess.run([sys.executable, "-c", script, str(out), "0"], stderr=subprocess.PIPE, text=True,
+                            timeout=120)
     assert second.returncode != 0
     assert f"another process (pid {first.pid}" in second.stderr
     assert first.wait(timeout=120) == 0, first.stderr.read()
-    gate.unlink()
     np.testing.assert_array_equal(np.load(out), sample(model, schedule, 200, **KW))
     assert _listing(tmp_path) == ["s.npy"]
 

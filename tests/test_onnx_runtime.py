@@ -14,7 +14,8 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
 import fastddpm  # noqa: E402
-from fastddpm.runtime import OnnxModel, OnnxSampler  # noqa: E402
+from fastddpm.runtime import OnnxModel  # noqa: E402
+from fastddpm.sampling import OnnxSampler  # noqa: E402
 from fastddpm.runtime.metadata import encode  # noqa: E402
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64

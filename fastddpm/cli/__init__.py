@@ -21,6 +21,9 @@ import os
 import pkgutil
 import sys
 
+from .. import __version__
+from ..distributed.context import DEFAULT_TIMEOUT
+
 ORDER = ("train", "sample", "eval", "export", "plot", "bench", "demo")
 # Exceptions that carry a message meant for the user. Anything else is a bug: traceback.
 USER_ERRORS = (ValueError, TypeError, OSError, KeyError, ImportError, FloatingPointError,
@@ -73,14 +76,25 @@ def check_device(device) -> None:
                         f"cuda:0 … cuda:{torch.cuda.device_count() - 1}")
 
 
+def add_distributed_arguments(parser, *, sampling: bool = False) -> None:
+    """The --distributed flags shared by ``fastddpm sample`` and ``fastddpm train``."""
+    group = parser.add_argument_group("distributed (start with torchrun; see docs/distributed.md)")
+    group.add_argument("--distributed", action="store_true",
+                       help="run as one rank of a torchrun job (gloo on CPU, NCCL with --device cuda: "
+                            "each rank uses cuda:LOCAL_RANK)")
+    group.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help="limit for the rendezvous and the cross-rank argument check")
+    if sampling:
+        group.add_argument("--keep-shards", action="store_true",
+                           help="keep OUT.shards/ (one .npy per rank) after assembling OUT")
+
+
 def _subcommands():
     names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
     return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = _Parser(
         prog="fastddpm",
         description="Fast, reproducible DDPM training and bulk sampling "

@@ -7,6 +7,8 @@ CSV and/or JSON (atomically).
 from __future__ import annotations
 
 import argparse
+from . import UserError, say
+from .. import benchmark
 
 DEFAULT_SECTIONS = "throughput,tiny,quality,kernel,memory"
 
@@ -36,9 +38,6 @@ def add_parser(subparsers, parents):
 
 def run(args) -> int:
     import sys
-
-    from .. import benchmark
-    from . import UserError, say
 
     for flag, path, ext in (("--csv", args.csv, ".csv"), ("--json", args.json, ".json")):
         if path is not None and not path.endswith(ext):

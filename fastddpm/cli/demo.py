@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from . import progress, say
+from . import check_device, progress, say
+from ..data import DATASETS
+from ..demo import run_demo
 
 
 def add_parser(subparsers, parents):
@@ -13,8 +15,6 @@ def add_parser(subparsers, parents):
         description="Train the default model on a toy dataset, draw 10,000 samples with "
                     "ddpm-1000 and dpmpp2m-20, evaluate both against fresh data, train the 1-D "
                     "constant-5.0 example, and write the figures and report.md.")
-    from ..data import DATASETS
-
     p.add_argument("--dataset", default="butterfly", choices=[d for d in DATASETS if d != "digits"],
                    help="toy dataset to train on")
     p.add_argument("--out", default="runs/demo", help="output folder")
@@ -27,9 +27,6 @@ def add_parser(subparsers, parents):
 
 def run(args) -> int:
     import time
-
-    from ..demo import run_demo
-    from . import check_device
 
     check_device(args.device)
     tic = time.perf_counter()

@@ -8,6 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import metrics as m
+from .._io import write_text
+from ..data import load_dataset
+from ..metrics import evaluate
+
 
 def add_parser(subparsers, parents):
     p = subparsers.add_parser("eval", parents=parents, help="metrics of samples (.npy) against a dataset, as JSON",
@@ -21,9 +26,6 @@ def add_parser(subparsers, parents):
 
 
 def run(args) -> int:
-    from ..data import load_dataset
-    from ..metrics import evaluate
-
     path = Path(args.file)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (write it with `fastddpm sample ... --out {path}`)")
@@ -39,8 +41,6 @@ def run(args) -> int:
     if tuple(probe.sample_shape) != tuple(samples.shape[1:]):
         raise ValueError(f"{path} holds samples of shape {tuple(samples.shape[1:])} but dataset {args.dataset!r} "
                          f"has shape {tuple(probe.sample_shape)}")
-    from .. import metrics as m
-
     x = np.asarray(samples)
     metrics = evaluate(x, args.dataset, n_ref=n_ref, seed=args.seed)
     metrics["knn_k"] = m.KNN_K
@@ -54,8 +54,6 @@ def run(args) -> int:
                        "n_ref": int(n_ref), **metrics}, indent=2)
     print(text)
     if args.out:
-        from ..sampling.bulk import _write_json_atomic
-
-        _write_json_atomic(Path(args.out), json.loads(text))
+        write_text(args.out, text)
     sys.stdout.flush()
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from ..onnx_export import export_onnx
 
 
 def add_parser(subparsers, parents):
@@ -23,8 +24,6 @@ def add_parser(subparsers, parents):
 
 
 def run(args) -> int:
-    from ..onnx_export import export_onnx
-
     if os.path.exists(args.out) and not args.force:
         raise FileExistsError(f"{args.out!r} exists; pass --force to overwrite it")
     path = export_onnx(args.checkpoint, args.out, opset=args.opset, dynamic_batch=not args.fixed_batch)

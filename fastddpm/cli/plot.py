@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 
 from . import UserError
+from .. import plots
+from ..data import load_dataset
+from ..demo import make_data, plot_reverse_from_checkpoint, read_losses
+from ..schedule import Schedule
 
 SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
 
@@ -97,10 +101,6 @@ def _load_data(args):
         return x[: args.n] if args.n else x
     if args.dataset is None:
         return None
-    from ..demo import make_data
-
-    from ..data import load_dataset
-
     if args.dataset == "digits":  # a fixed bundled set: take up to --n of it
         ds = load_dataset("digits")
         x = ds.x if args.space == "model" else ds.raw()
@@ -118,9 +118,6 @@ def _load_npy(path):
 
 
 def run(args) -> int:
-    from .. import plots
-    from ..schedule import Schedule
-
     if args.what == "schedules":
         names = [n.strip() for n in args.schedules.split(",") if n.strip()]
         scheds = {n: Schedule.create(n, args.num_steps) for n in names}
@@ -141,8 +138,6 @@ def run(args) -> int:
         samples = {os.path.basename(p): _load_npy(p) for p in args.samples}
         out = plots.plot_samples(args.out, samples, _load_data(args))
     elif args.what == "reverse":
-        from ..demo import plot_reverse_from_checkpoint
-
         outs = plot_reverse_from_checkpoint(
             args.checkpoint, args.out, n=args.n, sampler=args.sampler, steps=args.steps,
             panels=args.panels, seed=args.seed, paths_out=args.paths_out,
@@ -150,8 +145,6 @@ def run(args) -> int:
         print("\n".join(outs))
         return 0
     elif args.what == "loss":
-        from ..demo import read_losses
-
         out = plots.plot_loss(args.out, read_losses(args.source))
     else:  # pragma: no cover - argparse restricts WHAT
         raise UserError(f"unknown figure {args.what!r}")

@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import add_distributed_arguments, check_device
+from ..data import DATASETS, load_dataset
+from ..distributed import init
+from ..schedule import SCHEDULES
+
 
 def add_parser(subparsers, parents):
-    from ..data import DATASETS
-    from ..schedule import SCHEDULES
     from ..training import DEFAULTS
 
     p = subparsers.add_parser(
@@ -62,16 +65,12 @@ def add_parser(subparsers, parents):
                    help="also save to --out every so many iterations")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out up to --iters iterations (same settings)")
-    from ..distributed import add_distributed_arguments
-
     add_distributed_arguments(p)
     return p
 
 
 def run(args) -> int:
-    from ..data import load_dataset
     from ..training import train
-    from . import check_device
 
     check_device(args.device)
     name = args.dataset
@@ -104,8 +103,6 @@ def run(args) -> int:
             net_kwargs["num_res_blocks"] = args.depth
     ctx = None
     if args.distributed:  # under torchrun: DDP, every rank takes its rows of each batch; rank 0 saves
-        from ..distributed import init
-
         ctx = init(args.device, timeout=args.dist_timeout)
     try:
         result = train(

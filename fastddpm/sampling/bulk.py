@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import OutputLock, _no_space, crash_point, fsync_dir, reserve
+from .._io import OutputLock, _no_space, crash_point, fsync_dir, remove_stale_temps, reserve, write_json
 
 # Write the progress record at most this often (each write is a small file + rename, after an
 # fdatasync of the rows); a resumed run redoes at most the batches finished in this window.
@@ -89,17 +89,6 @@ def paths(out) -> tuple[Path, Path, Path]:
     return final, final.with_name(final.name + ".partial"), final.with_name(final.name + ".progress.json")
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        crash_point("json.written")
-        os.fsync(f.fileno())
-    crash_point("json.before_replace")
-    os.replace(tmp, path)
-
-
 def npy_header(dtype, shape) -> bytes:
     """The ``.npy`` header ``np.save`` writes for a C-order array of ``dtype`` and ``shape``."""
     buf = io.BytesIO()
@@ -107,6 +96,21 @@ def npy_header(dtype, shape) -> bytes:
         buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
               "shape": tuple(int(s) for s in shape)})
     return buf.getvalue()
+
+
+def complete_npy_header(path: Path):
+    """(shape, dtype) of a complete .npy file, or None when it is missing or not a .npy."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            data_start = f.tell()
+        if path.stat().st_size != data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            return None
+        return tuple(shape), dtype
+    except (OSError, ValueError):
+        return None
 
 
 def _tag(record: dict) -> str:
@@ -272,8 +276,7 @@ def write_samples(run, out, *, resume: bool = False, overwrite: bool = False, po
 
 
 def _write_locked(run, final: Path, partial: Path, progress: Path, *, resume, overwrite, postprocess) -> str:
-    for stale in final.parent.glob(f"{progress.name}.tmp*"):  # a record write cut short by a kill
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(progress)  # a record write cut short by a kill
     if final.exists() and progress.exists() and not partial.exists():
         progress.unlink()  # killed between the final rename and the record removal: the run had finished
     if final.exists() and not overwrite:
@@ -306,7 +309,7 @@ def _write_locked(run, final: Path, partial: Path, progress: Path, *, resume, ov
             crash_point("bulk.reserved")
             _pwrite_all(fd, layout.header, 0, partial)
             os.fsync(fd)
-            _write_json_atomic(progress, _record(layout, settings, sums))
+            write_json(progress, _record(layout, settings, sums), crash="json")
             crash_point("bulk.record_started")
         _fill(run, fd, layout, sums, settings, partial, progress, postprocess)
         os.fsync(fd)
@@ -343,7 +346,7 @@ def _fill(run, fd, layout: _Layout, sums: _Checksums, settings, partial: Path, p
             if now - last_write >= PROGRESS_EVERY_S or s1 == run.n:
                 os.fdatasync(fd)  # the rows are on disk before the record claims them
                 crash_point("bulk.rows_synced")
-                _write_json_atomic(progress, _record(layout, settings, sums))
+                write_json(progress, _record(layout, settings, sums), crash="json")
                 crash_point("bulk.record_written")
                 last_write = now
     finally:

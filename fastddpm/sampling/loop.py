@@ -21,7 +21,8 @@ Paths:
 from __future__ import annotations
 
 import contextlib
-import numbers
+import dataclasses
+import inspect
 import sys
 import warnings
 import weakref
@@ -31,26 +32,13 @@ import numpy as np
 
 from ..backends import BackendUnavailableError, interpreting_triton, kernels
 from ..schedule import Schedule
+from .adapters import as_fastddpm_model
+from .bulk import write_samples
 from .guard import finite_check, nonfinite_error
 from .models import check_output, host_model, model_device, model_kind
+from .options import SamplingOptions, check_int
 from .plan import make_plan
 from .steppers import HostStepper, TorchStepper, numba_randn
-
-LOOP_BACKENDS = ("auto", "numpy", "numba", "torch", "triton")
-
-# Default CPU batch: the number of elements (B·D) per batch. `bench/throughput.py --sections
-# batch` on the 2-core EPYC (butterfly MLP, loaded machine): 4096 samples (8192 elements) gave
-# 365k sample-steps/s, 8192 → 346k, 16384 → 320k, 32768 → 265k, 1024 → 319k (docs/sampling.md).
-DEFAULT_CPU_BATCH_ELEMENTS = 2**13
-# On a GPU one batch should fill the device: up to 2^26 elements (256 MiB of float32) at a time.
-DEFAULT_GPU_BATCH_ELEMENTS = 2**26
-
-
-def default_batch_size(sample_elements: int, device_type: str) -> int:
-    """Samples per batch when batch_size=None: a cache-sized batch on CPU, a device-filling one on CUDA."""
-    elements = DEFAULT_GPU_BATCH_ELEMENTS if device_type == "cuda" else DEFAULT_CPU_BATCH_ELEMENTS
-    return max(1, elements // sample_elements)
-
 
 @dataclass
 class Trajectory:
@@ -61,14 +49,6 @@ class Trajectory:
     positions: list
     timesteps: list
     x: object
-
-
-def _check_int(value, name: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {low}, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
-    return int(value)
 
 
 def _check_shape_fits(model, shape: tuple) -> None:
@@ -151,45 +131,38 @@ def trajectory_positions(num_steps: int, trajectory_steps) -> list:
 class SamplingRun:
     """A validated sampling request; ``run_batch(s0, s1)`` produces samples s0 … s1−1."""
 
-    def __init__(self, model, schedule, n, *, sampler, steps, spacing, eta, prediction, variance, clip,
-                 seed, batch_size, device, backend, dtype, progress, check_finite, sample_shape,
-                 cuda_graph, start=0):
-        from .adapters import as_fastddpm_model
-
+    def __init__(self, model, schedule, n, options: SamplingOptions | None = None, **kwargs):
+        """``options``: a :class:`SamplingOptions`, or its fields as keywords (output ones ignored)."""
+        opts = options if options is not None else SamplingOptions(**kwargs)
+        if options is not None and kwargs:
+            raise TypeError("pass a SamplingOptions or keywords, not both")
         model = as_fastddpm_model(model)  # a diffusers UNet2DModel → forward(x, t) -> tensor
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a fastddpm.Schedule, got {type(schedule).__name__}")
-        self.n = _check_int(n, "n")
+        self.n = check_int(n, "n")
+        self.options = opts
         # Global index of this run's first sample: sample s of the run is sample start + s of the
         # whole request (its noise sits at global offset (start + s)·D), so shards of one request
         # run as separate runs (fastddpm.distributed).
-        self.start = _check_int(start, "start", 0)
+        self.start = opts.start
         self.kind = model_kind(model)
-        if backend not in LOOP_BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(map(repr, LOOP_BACKENDS))}; got {backend!r}")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
-            raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-        self.seed = int(seed)
-        self.plan = make_plan(schedule, sampler, steps, spacing, eta=eta, prediction=prediction,
-                              variance=variance, clip=clip)
+        backend = opts.backend
+        self.seed = opts.seed
+        self.plan = make_plan(schedule, opts.sampler, opts.steps, opts.spacing, eta=opts.eta,
+                              prediction=opts.prediction, variance=opts.variance, clip=opts.clip)
         self.schedule, self.model = schedule, model
-        shape = sample_shape if sample_shape is not None else getattr(model, "sample_shape", None)
-        if shape is None:
-            raise ValueError("sample_shape is required (the shape of one sample, e.g. (2,) or (1, 28, 28)) "
-                             "unless the model has a sample_shape attribute")
-        self.shape = tuple(_check_int(s, "sample_shape entries") for s in (
-            (shape,) if isinstance(shape, numbers.Integral) else shape))
+        self.shape = opts.resolved_shape(model)
         _check_shape_fits(model, self.shape)
         self.D = int(np.prod(self.shape, dtype=np.int64))
-        self.check_finite = bool(check_finite)
-        self.progress = progress
+        self.check_finite = bool(opts.check_finite)
+        self.progress = opts.progress
 
-        self.device = self._device(device)
+        self.device = self._device(opts.device)
         self.on_torch = self.device is not None and (self.device.type != "cpu" or backend in ("torch", "triton"))
         if self.on_torch:
-            self._torch_setup(backend, dtype, cuda_graph)
+            self._torch_setup(backend, opts.dtype, opts.cuda_graph)
         else:
-            self.dtype = _np_dtype(dtype)
+            self.dtype = _np_dtype(opts.dtype)
             self.kernel_backend = "numpy" if backend == "numpy" else "numba"
             if self.kernel_backend == "numba":
                 try:
@@ -201,9 +174,7 @@ class SamplingRun:
             self.timesteps = self.plan.t.tolist()
             self.network = host_model(model, self.kind, self.dtype, self.timesteps)
             self.cuda_graph = False
-        if batch_size is None:
-            batch_size = default_batch_size(self.D, self.device.type if self.on_torch else "cpu")
-        self.batch_size = min(_check_int(batch_size, "batch_size"), self.n)
+        self.batch_size = opts.resolved_batch_size(self.D, self.n, self.device.type if self.on_torch else "cpu")
         self.model_id = None  # identifies the weights in a bulk progress record (set by Pipeline)
 
     def _torch_setup(self, backend, dtype, cuda_graph) -> None:
@@ -470,15 +441,13 @@ def _inference_mode():
     return torch.inference_mode()
 
 
-def sample(model, schedule, n, *, sampler="ddpm", steps=None, spacing="leading", eta=0.0,
-           prediction="epsilon", variance="fixed_small", clip=None, seed=0, batch_size=None, device=None,
-           backend="auto", dtype=np.float32, return_trajectory=False, trajectory_steps=None, progress=True,
-           out=None, resume=False, overwrite=False, check_finite=True, sample_shape=None, cuda_graph=None,
-           start=0):
+def sample(model, schedule, n, **options):
     """Draw ``n`` samples [n, *sample_shape] from ``model`` with one of the samplers.
 
     model: torch nn.Module ``model(x [B, …], t int64 [B])`` or an object with
     ``array_api == "numpy"``; sample_shape: one sample's shape (default ``model.sample_shape``).
+    The keywords are the fields of :class:`~fastddpm.sampling.options.SamplingOptions` (their
+    defaults are in this function's signature):
     sampler: "ddpm" (ancestral; steps < T respaces), "ddim" (eta), "dpmpp2m" (DPM-Solver++ 2M).
     steps: None → T for ddpm, 50 for ddim, 20 for dpmpp2m; spacing: "leading" | "trailing" |
     "linspace" | a list of timesteps (see fastddpm.sampling.timesteps).
@@ -496,20 +465,27 @@ def sample(model, schedule, n, *, sampler="ddpm", steps=None, spacing="leading",
     start: the global index of the first sample: the result is samples start … start+n−1 of the
     request with this seed (a shard of a larger run; see fastddpm.distributed).
     """
-    run = SamplingRun(model, schedule, n, sampler=sampler, steps=steps, spacing=spacing, eta=eta,
-                      prediction=prediction, variance=variance, clip=clip, seed=seed, batch_size=batch_size,
-                      device=device, backend=backend, dtype=dtype, progress=progress,
-                      check_finite=check_finite, sample_shape=sample_shape, cuda_graph=cuda_graph,
-                      start=start)
-    if out is not None:
-        if return_trajectory:
-            raise ValueError("return_trajectory=True cannot be combined with out= (trajectories stay in memory)")
-        from .bulk import write_samples
+    return execute(model, schedule, n, SamplingOptions.from_kwargs(options, where="fastddpm.sample"))
 
-        return write_samples(run, out, resume=resume, overwrite=overwrite)
-    if resume:
-        raise ValueError("resume=True needs out= (a .npy path to continue writing)")
-    return run_in_memory(run, return_trajectory=return_trajectory, trajectory_steps=trajectory_steps)
+
+sample.__signature__ = inspect.Signature(
+    [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in ("model", "schedule", "n")]
+    + [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+       for f in dataclasses.fields(SamplingOptions)])
+
+
+def execute(model, schedule, n, options: SamplingOptions, *, model_id=None, postprocess=None):
+    """Run one request: into ``options.out`` (a path comes back) or in memory (an array, and a
+    Trajectory with ``return_trajectory``). ``model_id`` goes into the resume record;
+    ``postprocess`` maps each written batch (e.g. to data space; in-memory results are the
+    caller's to map)."""
+    run = SamplingRun(model, schedule, n, options)
+    run.model_id = model_id
+    if options.out is not None:
+        return write_samples(run, options.out, resume=options.resume, overwrite=options.overwrite,
+                             postprocess=postprocess)
+    return run_in_memory(run, return_trajectory=options.return_trajectory,
+                         trajectory_steps=options.trajectory_steps)
 
 
 def run_in_memory(run: SamplingRun, *, return_trajectory=False, trajectory_steps=None):

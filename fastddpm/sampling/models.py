@@ -10,6 +10,8 @@ Two kinds of model are accepted:
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 
 import numpy as np
@@ -115,3 +117,41 @@ class _TorchNet:
                 out = out.to(dt)
             return out.contiguous().numpy()
         return net
+
+
+def model_identity(obj) -> str:
+    """What identifies the weights a run samples from: 16 hex digits (``onnx:`` + 16 for a file).
+
+    The one definition behind every "same weights?" question: the resume record of a bulk
+    write (a resume with other weights is refused), the cross-rank check of distributed
+    sampling and the ONNX export cache. ``obj``:
+
+    - a checkpoint (``fastddpm.load``, ``Pipeline.from_diffusers``'s): the SHA-256s of its files
+      as its config.json records them, and which weights (EMA or raw) it holds — nothing is
+      re-hashed at load;
+    - a torch module: SHA-256 over its state (names, dtypes, shapes and bytes);
+    - an ONNX model (an object with ``array_api == "numpy"`` and a ``path``): SHA-256 of the file;
+    - any other NumPy-API model: its type name (its weights are not visible).
+    """
+    config = getattr(obj, "config", None)
+    files = config.get("files") if isinstance(config, dict) else None
+    if files is not None and hasattr(obj, "model"):
+        ident = {"files": files, "weights": getattr(obj, "weights", None)}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if hasattr(obj, "model") and not callable(obj):  # a checkpoint-like record without file digests
+        obj = obj.model
+    h = hashlib.sha256()
+    if getattr(obj, "array_api", None) == "numpy":
+        path = getattr(obj, "path", None)
+        if path is None:
+            return hashlib.sha256(type(obj).__qualname__.encode()).hexdigest()[:16]
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return "onnx:" + h.hexdigest()[:16]
+    if model_kind(obj) == "torch":
+        for name, tensor in obj.state_dict().items():
+            t = tensor.detach().to("cpu").contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(-1).view(dtype=sys.modules["torch"].uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]

@@ -1,35 +1,103 @@
-"""Pipeline: sampling from a saved checkpoint, in data space (diffusers-like entry point)."""
+"""Pipeline: sampling from a saved checkpoint or an ONNX file, in data space (diffusers-like entry point)."""
 from __future__ import annotations
 
-import hashlib
-import json
-
-from .loop import SamplingRun, run_in_memory
+from ..data import Normalization
+from ..runtime import OnnxModel
+from ..runtime.metadata import check_prediction, check_sample_shape
+from ..schedule import Schedule
+from . import engines
+from .loop import execute
+from .models import model_identity
+from .options import SamplingOptions
 
 
 class Pipeline:
-    """A loaded checkpoint ready to sample: ``Pipeline.from_checkpoint(path).sample(n, ...)``.
+    """A loaded network ready to sample: ``Pipeline.from_checkpoint(path).sample(n, ...)``.
 
-    ``sample`` takes the keywords of :func:`fastddpm.sample` (sampler, steps, spacing, eta, seed,
-    batch_size, backend, out, resume, …); the prediction type and sample shape come from the
-    checkpoint, and results are de-normalised with the checkpoint's normalisation (pass
-    ``denormalize=False`` for model space).
+    ``Pipeline(checkpoint)`` takes a :class:`fastddpm.checkpoint.Checkpoint`;
+    ``Pipeline(OnnxModel(path))`` (or :meth:`from_onnx`, :class:`OnnxSampler`) an ONNX file
+    exported by fastddpm, sampled without torch. ``sample`` takes the keywords of
+    :func:`fastddpm.sample` (sampler, steps, spacing, eta, seed, batch_size, backend, out,
+    resume, …); the prediction type and sample shape come from the checkpoint or file, and
+    results are de-normalised with its normalisation (pass ``denormalize=False`` for model space).
     """
 
-    def __init__(self, checkpoint):
+    def __init__(self, checkpoint, *, schedule: Schedule | None = None, prediction: str | None = None,
+                 sample_shape=None):
+        if isinstance(checkpoint, OnnxModel):
+            self._from_onnx_model(checkpoint, schedule, prediction, sample_shape)
+            return
         for attr in ("model", "schedule", "normalization", "prediction", "sample_shape"):
             if not hasattr(checkpoint, attr):
-                raise TypeError(f"Pipeline needs a fastddpm.checkpoint.Checkpoint (missing {attr!r}); "
-                                "use Pipeline.from_checkpoint(path)")
+                raise TypeError(f"Pipeline needs a fastddpm.checkpoint.Checkpoint (missing {attr!r}) or a "
+                                "fastddpm.runtime.OnnxModel; use Pipeline.from_checkpoint(path) or "
+                                "Pipeline.from_onnx(path)")
+        if (schedule, prediction, sample_shape) != (None, None, None):
+            raise TypeError("schedule, prediction and sample_shape come from the checkpoint; they are options "
+                            "of an ONNX model only")
         self.checkpoint = checkpoint
         self.model = checkpoint.model
         self.schedule = checkpoint.schedule
         self.normalization = checkpoint.normalization
         self.prediction = checkpoint.prediction
         self.sample_shape = tuple(checkpoint.sample_shape)
-        config = getattr(checkpoint, "config", {}) or {}
-        ident = {"files": config.get("files"), "weights": getattr(checkpoint, "weights", None)}
-        self.model_id = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.model_id = model_identity(checkpoint)
+
+    def _from_onnx_model(self, model: OnnxModel, schedule, prediction, sample_shape) -> None:
+        """The parts from the file's fastddpm metadata; the arguments override them."""
+        meta = model.metadata
+        if schedule is None:
+            schedule = meta.schedule
+            if schedule is None:
+                raise ValueError(
+                    f"{model.path!r} has no fastddpm schedule metadata ("
+                    + ("a file not exported by fastddpm" if not meta.present else "exported without a schedule")
+                    + "); pass schedule=fastddpm.Schedule.linear(1000) (or the one the network was trained "
+                    "with), or export it with fastddpm export CKPT --out FILE")
+        elif not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a fastddpm.Schedule, got {type(schedule).__name__}")
+        if sample_shape is not None:
+            sample_shape = check_sample_shape(sample_shape)
+            if model.sample_shape is not None and sample_shape != model.sample_shape:
+                raise ValueError(f"sample_shape {sample_shape} does not match the model's input 'x' "
+                                 f"[B, {', '.join(map(str, model.sample_shape))}]")
+        else:
+            sample_shape = model.sample_shape
+            if sample_shape is None:
+                raise ValueError(f"{model.path!r} has symbolic sample axes and no fastddpm metadata; "
+                                 "pass sample_shape=(…) (the shape of one sample)")
+        self.checkpoint = None
+        self.model = model
+        self.schedule = schedule
+        self.normalization = _normalization(meta.normalization, sample_shape)
+        self.prediction = check_prediction(prediction or meta.prediction or "epsilon")
+        self.sample_shape = tuple(sample_shape)
+        self.model_id = model_identity(model)  # resume records name the exact file
+
+    @classmethod
+    def from_onnx(cls, path, providers=None, schedule: Schedule | None = None, *, prediction: str | None = None,
+                  sample_shape=None, session_options=None) -> "Pipeline":
+        """An ONNX ε-network exported by fastddpm, run in onnxruntime (no torch needed).
+
+        providers: onnxruntime execution providers (default: CUDA when this onnxruntime has it,
+        else CPU); schedule: required when the file has no fastddpm metadata (a foreign export),
+        otherwise it overrides the stored one. ``prediction`` and ``sample_shape`` likewise
+        default to the stored values (prediction "epsilon" when absent); the stored
+        normalisation (none: identity) maps samples back to data space. On onnxruntime's CUDA
+        provider with torch and Triton importable, x_t stays on the GPU (IO binding, Triton
+        update; see :mod:`fastddpm.runtime.cuda`); otherwise the network runs in the session and
+        the update in the Numba kernels on the host.
+        """
+        return cls(OnnxModel(path, providers, session_options=session_options), schedule=schedule,
+                   prediction=prediction, sample_shape=sample_shape)
+
+    @property
+    def providers(self) -> list[str]:
+        """onnxruntime's execution providers (a Pipeline on an ONNX file)."""
+        if not isinstance(self.model, OnnxModel):
+            raise AttributeError("providers: this Pipeline runs a torch network (engine='auto' on the CPU "
+                                 "exports it to onnxruntime's CPU provider)")
+        return self.model.providers
 
     @classmethod
     def from_checkpoint(cls, path, *, device="cpu", ema: bool = True) -> "Pipeline":
@@ -54,48 +122,35 @@ class Pipeline:
         return pipeline
 
     def __repr__(self) -> str:
-        return (f"Pipeline({type(self.model).__name__}, {self.schedule!r}, prediction={self.prediction!r}, "
-                f"sample_shape={self.sample_shape})")
+        if isinstance(self.model, OnnxModel):
+            return (f"{type(self).__name__}({self.model.path!r}, providers={self.providers}, {self.schedule!r}, "
+                    f"prediction={self.prediction!r}, sample_shape={self.sample_shape})")
+        return (f"{type(self).__name__}({type(self.model).__name__}, {self.schedule!r}, "
+                f"prediction={self.prediction!r}, sample_shape={self.sample_shape})")
 
-    def sample(self, n: int, *, denormalize: bool = True, out=None, resume: bool = False, overwrite: bool = False,
-               return_trajectory: bool = False, trajectory_steps=None, engine: str = "auto", **kwargs):
+    def sample(self, n: int, *, denormalize: bool = True, engine: str = "auto", **kwargs):
         """``n`` samples [n, *sample_shape] in data space (a NumPy array; a path with ``out``).
 
-        engine: "auto" (on the CPU, run the network through a cached ONNX export in onnxruntime
-        when onnx and onnxruntime are installed — faster than torch eager, see docs/onnx.md),
-        "torch" or "onnx". The samples agree to float32 rounding of the network either way.
+        Keywords: those of :func:`fastddpm.sample` (:class:`~fastddpm.sampling.options.SamplingOptions`)
+        but prediction and sample_shape, which come from the checkpoint.
+        engine: "auto" (on the CPU, run a torch network through a cached ONNX export in
+        onnxruntime when onnx and onnxruntime are installed — faster than torch eager, see
+        docs/onnx.md), "torch" or "onnx" (see :mod:`fastddpm.sampling.engines`). The samples
+        agree to float32 rounding of the network either way.
 
         With ``return_trajectory`` also a :class:`~fastddpm.sampling.Trajectory` (de-normalised too).
         """
-        for key in ("prediction", "sample_shape"):
-            if key in kwargs:
-                raise TypeError(f"{key} comes from the checkpoint; it cannot be passed to Pipeline.sample")
-        defaults = dict(sampler="ddpm", steps=None, spacing="leading", eta=0.0, variance="fixed_small", clip=None,
-                        seed=0, batch_size=None, device=None, backend="auto", dtype="float32", progress=True,
-                        check_finite=True, cuda_graph=None, start=0)
-        defaults.update(getattr(self, "sampling_defaults", {}))  # from_diffusers: the scheduler's settings
-        unknown = set(kwargs) - set(defaults)
-        if unknown:
-            raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; allowed: {sorted(defaults)}")
-        defaults.update(kwargs)
-        from ..onnx_export import engine_model
+        return self.run(n, self.options(kwargs), engine=engine, denormalize=denormalize)
 
-        onnx_model = engine_model(self, engine, device=defaults["device"], backend=defaults["backend"],
-                                  dtype=defaults["dtype"])
-        run = SamplingRun(self.model if onnx_model is None else onnx_model, self.schedule, n,
-                          prediction=self.prediction, sample_shape=self.sample_shape, **defaults)
-        run.model_id = self.model_id if onnx_model is None else self.model_id + ":onnx"
+    def run(self, n: int, options: SamplingOptions, *, engine: str = "auto", denormalize: bool = True):
+        """:meth:`sample` with its keywords already in a SamplingOptions (see :meth:`options`)."""
+        model, model_id, options = engines.choose(self, engine, options)
+        options = options.replace(prediction=self.prediction, sample_shape=self.sample_shape)
         post = self._to_data if denormalize else None
-        if out is not None:
-            if return_trajectory:
-                raise ValueError("return_trajectory=True cannot be combined with out=")
-            from .bulk import write_samples
-
-            return write_samples(run, out, resume=resume, overwrite=overwrite, postprocess=post)
-        if resume:
-            raise ValueError("resume=True needs out= (a .npy path to continue writing)")
-        result = run_in_memory(run, return_trajectory=return_trajectory, trajectory_steps=trajectory_steps)
-        if return_trajectory:
+        result = execute(model, self.schedule, n, options, model_id=model_id, postprocess=post)
+        if options.out is not None:
+            return result
+        if options.return_trajectory:
             x, traj = result
             x = self._host(x)
             traj.x = self._host(traj.x)
@@ -104,6 +159,13 @@ class Pipeline:
             return x, traj
         x = self._host(result)
         return post(x) if post is not None else x
+
+    def options(self, kwargs: dict) -> SamplingOptions:
+        """``Pipeline.sample``'s keywords as SamplingOptions: prediction and sample_shape are the
+        checkpoint's; a diffusers pipeline's scheduler settings are the defaults."""
+        return SamplingOptions.from_kwargs(
+            kwargs, where="Pipeline.sample", defaults=getattr(self, "sampling_defaults", None),
+            fixed={"prediction": "comes from the checkpoint", "sample_shape": "comes from the checkpoint"})
 
     def _to_data(self, x):
         return self.normalization.denormalize(x)
@@ -114,3 +176,25 @@ class Pipeline:
             return x
         x = x.detach()
         return (x.float() if str(x.dtype) == "torch.bfloat16" else x).cpu().numpy()  # NumPy has no bfloat16
+
+
+class OnnxSampler(Pipeline):
+    """``Pipeline.from_onnx`` under its own name: ``OnnxSampler(path).sample(n, seed=0)``.
+
+    The arguments are :meth:`Pipeline.from_onnx`'s; ``sample`` is :meth:`Pipeline.sample`.
+    """
+
+    def __init__(self, path, providers=None, schedule: Schedule | None = None, *, prediction: str | None = None,
+                 sample_shape=None, session_options=None):
+        super().__init__(OnnxModel(path, providers, session_options=session_options), schedule=schedule,
+                         prediction=prediction, sample_shape=sample_shape)
+
+
+def _normalization(config, sample_shape):
+    """The stored normalisation as a fastddpm.data.Normalization (identity when none is stored)."""
+    if config is None:
+        return Normalization.identity(len(sample_shape))
+    if isinstance(config, dict):
+        return Normalization.from_config(config)
+    raise ValueError(f"unsupported normalization metadata {config!r}; expected "
+                     "{'shape': [...], 'mean': [...], 'std': [...]}")

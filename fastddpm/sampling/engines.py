@@ -1,0 +1,128 @@
+"""Which runtime runs a Pipeline's network: torch, or onnxruntime (a cached export on the CPU).
+
+bench/onnx_vs_torch.py (docs/onnx.md): on the 2-core EPYC, onnxruntime runs the butterfly MLP
+and the digits UNet 1.25–5× faster per call than torch eager at equal thread counts, and whole
+DDPM loops 4–11× faster on the loaded machine; so ``Pipeline.sample(engine="auto")`` on the CPU
+exports a torch network once (cached on disk by its weights) and samples through onnxruntime.
+
+A Pipeline on an ONNX file (``Pipeline(OnnxModel(...))``, ``OnnxSampler``) runs the session
+itself; on onnxruntime's CUDA provider with torch and Triton importable, through the IO-binding
+module of :mod:`fastddpm.runtime.cuda`, so x_t stays on the GPU.
+
+The export cache is safe for concurrent processes without a lock: each exporter writes its own
+temp file and renames it over the cache entry (``fastddpm._io.atomic_open``), so a reader sees
+no file or a complete one, and two exporters of the same weights write equivalent files.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import warnings
+
+from .. import __version__
+from ..onnx_export import DEFAULT_OPSET, export_onnx
+from ..runtime import OnnxModel
+from ..runtime.cuda import cuda_iobinding_available, torch_module
+from .models import model_identity
+from .options import SamplingOptions
+
+ENGINES = ("auto", "torch", "onnx")
+
+
+def cache_dir() -> str:
+    """$FASTDDPM_CACHE, else $XDG_CACHE_HOME/fastddpm, else ~/.cache/fastddpm (+ /onnx)."""
+    root = os.environ.get("FASTDDPM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastddpm")
+    return os.path.join(root, "onnx")
+
+
+def _export_key(pipeline) -> str:
+    """Digest of everything the exported file depends on (the weights included: no stale hits)."""
+    module, torch = pipeline.model, sys.modules["torch"]
+    norm = pipeline.normalization
+    settings = [__version__, torch.__version__, DEFAULT_OPSET, type(module).__qualname__,
+                list(pipeline.sample_shape), None if pipeline.schedule is None else pipeline.schedule.to_config(),
+                pipeline.prediction, norm.to_config() if hasattr(norm, "to_config") else norm,
+                getattr(module, "config", None)]
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    h.update(model_identity(module).encode())
+    return h.hexdigest()[:24]
+
+
+def cached_export(pipeline, directory: str | None = None) -> str:
+    """Path of the ONNX export of a Pipeline's (or Checkpoint's) torch network, exported on first use."""
+    directory = directory or cache_dir()
+    path = os.path.join(directory, f"{type(pipeline.model).__name__}-{_export_key(pipeline)}.onnx")
+    if not os.path.exists(path):
+        os.makedirs(directory, exist_ok=True)
+        export_onnx(pipeline.model, path, sample_shape=tuple(pipeline.sample_shape), schedule=pipeline.schedule,
+                    prediction=pipeline.prediction, normalization=pipeline.normalization)
+    return path
+
+
+def choose(pipeline, engine: str, options: SamplingOptions):
+    """(network to call, its identity, the options to run it with) for ``Pipeline.sample``.
+
+    engine: "torch" → the torch module; "onnx" → the cached export on onnxruntime's CPU provider
+    (an error if that cannot be done); "auto" → "onnx" when the sampling runs on the CPU in
+    float32, onnx and onnxruntime are installed and the export works (torch otherwise, with a
+    warning when the export failed). A Pipeline on an ONNX file always runs its session.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}; got {engine!r}")
+    model = pipeline.model
+    if isinstance(model, OnnxModel):
+        return _onnx_file(pipeline, options)
+    torch = sys.modules.get("torch")
+    if engine == "torch" or torch is None or not isinstance(model, torch.nn.Module):
+        return model, pipeline.model_id, options
+    device = options.device
+    on_cpu = (device is None or torch.device(device).type == "cpu") and options.backend in ("auto", "numba", "numpy")
+    on_cpu = on_cpu and all(p.device.type == "cpu" for p in model.parameters())
+    if not on_cpu or str(options.dtype).replace("torch.", "") != "float32":
+        if engine == "onnx":
+            raise ValueError("engine='onnx' samples in float32 on the CPU (onnxruntime's CPU provider with the Numba "
+                             "update); for a GPU export the net (fastddpm export) and use fastddpm.OnnxSampler with "
+                             "onnxruntime-gpu, or use engine='torch'")
+        return model, pipeline.model_id, options
+    if engine == "auto" and (importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None):
+        return model, pipeline.model_id, options
+    try:
+        path = cached_export(pipeline)
+        session = getattr(pipeline, "_onnx_engine", None)
+        if session is None or session.path != path:  # one session per pipeline and weights
+            session = OnnxModel(path, ["CPUExecutionProvider"])
+            pipeline._onnx_engine = session
+    except Exception as exc:
+        if engine == "onnx":
+            raise
+        warnings.warn(f"sampling with torch: exporting {type(model).__name__} to ONNX for the faster CPU path "
+                      f"failed ({type(exc).__name__}: {exc}); pass engine='torch' to skip the attempt",
+                      RuntimeWarning, stacklevel=3)
+        return model, pipeline.model_id, options
+    return session, pipeline.model_id + ":onnx", options
+
+
+def _onnx_file(pipeline, options: SamplingOptions):
+    """A Pipeline on an ONNX file: the session, or on CUDA its IO-binding torch module."""
+    model = pipeline.model
+    if options.backend in ("auto", "triton") and wants_cuda(options.device):
+        cuda = getattr(pipeline, "_cuda", False)
+        if cuda is False:  # decided once per pipeline
+            cuda = pipeline._cuda = torch_module(model) if cuda_iobinding_available(model) else None
+        if cuda is not None:
+            device = str(next(iter(cuda.buffers())).device)
+            # an onnxruntime run cannot be captured in a torch CUDA graph
+            return cuda, pipeline.model_id, options.replace(device=device, cuda_graph=False)
+    return model, pipeline.model_id, options
+
+
+def wants_cuda(device) -> bool:
+    """device=None (use CUDA when it can run), "cuda", "cuda:i" or a torch.device of type cuda."""
+    if device is None:
+        return True
+    kind = getattr(device, "type", None)
+    return (kind if kind is not None else str(device).split(":", 1)[0]) == "cuda"

@@ -1,0 +1,141 @@
+"""The keywords of one sampling request: their defaults and the checks that need no model.
+
+``fastddpm.sample``, ``SamplingRun``, ``Pipeline.sample`` (and ``OnnxSampler.sample``),
+``fastddpm.distributed.sample_distributed`` and ``fastddpm sample`` (its flags' defaults) all
+take these keywords; :class:`SamplingOptions` is where they are written down once. The checks
+that need the schedule or the model (sampler, steps, spacing, eta, dtype, sample_shape against
+the net) stay with the plan and the loop, which see those.
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any
+
+LOOP_BACKENDS = ("auto", "numpy", "numba", "torch", "triton")
+
+# Default CPU batch: the number of elements (B·D) per batch. `fastddpm bench --sections batch`
+# on the 2-core EPYC (butterfly MLP, loaded machine): 4096 samples (8192 elements) gave 365k
+# sample-steps/s, 8192 → 346k, 16384 → 320k, 32768 → 265k, 1024 → 319k (docs/sampling.md).
+DEFAULT_CPU_BATCH_ELEMENTS = 2**13
+# On a GPU one batch should fill the device: up to 2^26 elements (256 MiB of float32) at a time.
+DEFAULT_GPU_BATCH_ELEMENTS = 2**26
+
+
+def default_batch_size(sample_elements: int, device_type: str) -> int:
+    """Samples per batch when batch_size=None: a cache-sized batch on CPU, a device-filling one on CUDA."""
+    elements = DEFAULT_GPU_BATCH_ELEMENTS if device_type == "cuda" else DEFAULT_CPU_BATCH_ELEMENTS
+    return max(1, elements // sample_elements)
+
+
+def check_int(value, name: str, low: int = 1) -> int:
+    """``value`` as an int >= ``low``, or a TypeError/ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {low}, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """Everything of a sampling request but the model, the schedule and n.
+
+    sampler: "ddpm" | "ddim" | "dpmpp2m"; steps: None → T for ddpm, 50 for ddim, 20 for dpmpp2m;
+    spacing: "leading" | "trailing" | "linspace" | a list of timesteps; eta: DDIM's η;
+    prediction / variance / clip: the network's output type, the DDPM variance, x̂0 clipping;
+    seed: the noise seed in [0, 2**32); batch_size: samples per batch (None: cache-sized on
+    CPU, device-sized on CUDA; the samples do not depend on it); device / backend / dtype /
+    cuda_graph: where and how the loop runs; progress: a progress bar; check_finite: stop at a
+    NaN/inf model output; sample_shape: one sample's shape (None: ``model.sample_shape``);
+    start: the global index of the first sample (a shard of a larger request).
+
+    out: a ``.npy`` path to write (``resume`` continues a killed run, ``overwrite`` replaces a
+    file); otherwise the samples come back in memory, with ``return_trajectory`` also a
+    Trajectory at ``trajectory_steps``.
+    """
+
+    sampler: str = "ddpm"
+    steps: int | None = None
+    spacing: Any = "leading"
+    eta: float = 0.0
+    prediction: str = "epsilon"
+    variance: str = "fixed_small"
+    clip: float | None = None
+    seed: int = 0
+    batch_size: int | None = None
+    device: Any = None
+    backend: str = "auto"
+    dtype: Any = "float32"
+    progress: bool = True
+    check_finite: bool = True
+    sample_shape: Any = None
+    cuda_graph: bool | None = None
+    start: int = 0
+    out: Any = None
+    resume: bool = False
+    overwrite: bool = False
+    return_trajectory: bool = False
+    trajectory_steps: Any = None
+
+    def __post_init__(self):
+        if self.backend not in LOOP_BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, LOOP_BACKENDS))}; got {self.backend!r}")
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+        object.__setattr__(self, "seed", int(seed))
+        object.__setattr__(self, "start", check_int(self.start, "start", 0))
+        if self.batch_size is not None:
+            object.__setattr__(self, "batch_size", check_int(self.batch_size, "batch_size"))
+        if self.out is not None and self.return_trajectory:
+            raise ValueError("return_trajectory=True cannot be combined with out= (trajectories stay in memory)")
+        if self.out is None and self.resume:
+            raise ValueError("resume=True needs out= (a .npy path to continue writing)")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict, *, fixed: dict | None = None, defaults: dict | None = None,
+                    where: str = "sample") -> "SamplingOptions":
+        """Options from keyword arguments, refusing unknown ones (TypeError naming the allowed).
+
+        fixed: ``{name: reason}`` of keywords the caller sets itself (e.g. a checkpoint's
+        prediction); passing one is a TypeError with that reason. defaults: the caller's own
+        defaults (e.g. a diffusers scheduler's settings), under the given keywords.
+        """
+        for key, reason in (fixed or {}).items():
+            if key in kwargs:
+                raise TypeError(f"{key} {reason}; it cannot be passed to {where}")
+        allowed = set(cls.names()) - set(fixed or ())
+        unknown = set(kwargs) - allowed
+        if unknown:
+            raise TypeError(f"{where}: unexpected keyword argument(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        return cls(**{**(defaults or {}), **kwargs})
+
+    def replace(self, **changes) -> "SamplingOptions":
+        return dataclasses.replace(self, **changes)
+
+    def resolved_shape(self, model) -> tuple[int, ...]:
+        """One sample's shape: ``sample_shape``, else the model's ``sample_shape`` attribute."""
+        shape = self.sample_shape if self.sample_shape is not None else getattr(model, "sample_shape", None)
+        if shape is None:
+            raise ValueError("sample_shape is required (the shape of one sample, e.g. (2,) or (1, 28, 28)) "
+                             "unless the model has a sample_shape attribute")
+        return tuple(check_int(s, "sample_shape entries") for s in (
+            (shape,) if isinstance(shape, numbers.Integral) else shape))
+
+    def resolved_batch_size(self, sample_elements: int, n: int, device_type: str) -> int:
+        """``batch_size`` (default: :func:`default_batch_size`), at most n."""
+        bs = self.batch_size if self.batch_size is not None else default_batch_size(sample_elements, device_type)
+        return min(bs, n)
+
+    def loop_kwargs(self) -> dict:
+        """The options that shape the loop (all but the output ones)."""
+        return {k: getattr(self, k) for k in self.names() if k not in OUTPUT_OPTIONS}
+
+
+OUTPUT_OPTIONS = ("out", "resume", "overwrite", "return_trajectory", "trajectory_steps")
+DEFAULTS = SamplingOptions()
