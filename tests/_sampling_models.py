@@ -44,15 +44,23 @@ class FailAt:
 
 
 _SLOW_PRELUDE = """\
-import sys, time
+import os, sys, time
 sys.path.insert(0, {tests!r})
 import fastddpm
 from fastddpm.sampling import sample
 from _sampling_models import GaussianEps
 
 class Slow(GaussianEps):
+    # sys.argv[2]: seconds per call, or "gate:PATH": every call waits until PATH exists (at most
+    # 120 s), so a test can keep a run in progress for as long as it needs on a loaded machine.
     def __call__(self, x, t):
-        time.sleep(float(sys.argv[2]))
+        arg = sys.argv[2]
+        if arg.startswith("gate:"):
+            deadline = time.monotonic() + 120
+            while not os.path.exists(arg[5:]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:
+            time.sleep(float(arg))
         return super().__call__(x, t)
 
 s = fastddpm.Schedule.linear({T})

@@ -269,16 +269,22 @@ def test_two_sampling_processes_on_one_output(tmp_path, schedule, model):
     """The campaign's case: two runs with the same out. The first finishes intact; the second refuses."""
     script = _SLOW_WRITER
     out = tmp_path / "s.npy"
-    first = subprocess.Popen([sys.executable, "-c", script, str(out), "0.05"], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "s.npy.progress.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert first.poll() is None, first.stderr.read()
-    second = subprocess.run([sys.executable, "-c", script, str(out), "0"], stderr=subprocess.PIPE, text=True,
-                            timeout=120)
+    gate = tmp_path / "gate"  # the first run stays in progress until the second has refused
+    first = subprocess.Popen([sys.executable, "-c", script, str(out), f"gate:{gate}"], stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "s.npy.progress.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.poll() is None, first.stderr.read()
+        second = subprocess.run([sys.executable, "-c", script, str(out), "0"], stderr=subprocess.PIPE, text=True,
+                                timeout=120)
+    finally:
+        gate.touch()
     assert second.returncode != 0
     assert f"another process (pid {first.pid}" in second.stderr
     assert first.wait(timeout=120) == 0, first.stderr.read()
+    gate.unlink()
     np.testing.assert_array_equal(np.load(out), sample(model, schedule, 200, **KW))
     assert _listing(tmp_path) == ["s.npy"]
 
