@@ -226,16 +226,6 @@ def test_more_than_2_pow_24_elements():
             np.testing.assert_allclose(y[s:s + 1, j0:j1], ref, rtol=0, atol=NOISE_ATOL)
 
 
-def test_schedule_tables_kernel_matches_reference():
-    from fastddpm.kernels import numba as NB
-
-    for betas in (R.betas_cosine(1000), R.betas_sigmoid(17), np.array([0.3, 0.01])):
-        got, ref = NB.schedule_tables(betas), R.schedule_tables(betas)
-        assert set(got) == set(ref)
-        for key in ref:
-            np.testing.assert_allclose(got[key], ref[key], rtol=1e-14, atol=0, err_msg=key)
-
-
 # Uniform (t, t′): the sampling loop's case, where a chunk is one vectorised loop whatever D is.
 # (D, B): D = 1, 2, 3, 7, 4096; n = B·D below and above PARALLEL_MIN_ELEMENTS (2¹⁶); for D = 3
 # and 7 the 4096-element chunk boundaries fall inside samples.
