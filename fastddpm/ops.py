@@ -10,11 +10,8 @@ import numpy as np
 
 from . import _validate as V
 from .backends import is_torch_tensor, kernels, resolve
-from .kernels.reference import PREDICTIONS, VARIANCES
+from .kernels.coefficients import PREDICTIONS, VARIANCES
 from .schedule import Schedule
-
-_PRED_CODE = {name: i for i, name in enumerate(PREDICTIONS)}
-_VAR_CODE = {name: i for i, name in enumerate(VARIANCES)}
 
 
 def _check_schedule(schedule) -> Schedule:
@@ -161,7 +158,7 @@ def ddpm_step(schedule: Schedule, x_t, model_output, t, *, prev_t=None, predicti
               variance: str = "fixed_small", clip: float | None = None, noise=None, seed: int = 0,
               stream: int = 1, offset: int = 0, out=None, backend: str = "auto",
               check_finite: bool = False):
-    """One fused ancestral step x_t → x_{prev_t} (DESIGN.md, "DDPM").
+    """One fused ancestral step x_t → x_{prev_t} (docs/sampling.md, "Step math").
 
     x_t, model_output: [B, …]; t: int or int [B] in [0, T); prev_t: None (t − 1), int or
     int [B] in [−1, t) for respaced sequences (−1: the final step, no noise added).
@@ -189,7 +186,7 @@ def ddpm_step(schedule: Schedule, x_t, model_output, t, *, prev_t=None, predicti
         return y
     kernels("numba").ddpm_step(
         x_np.reshape(-1), m_np.reshape(-1), y_np.reshape(-1), t_np, p_np, schedule.alphas_cumprod,
-        _PRED_CODE[prediction], _VAR_CODE[variance], clip,
+        prediction, variance, clip,
         None if noise_np is None else noise_np.reshape(-1), seed, stream, offset, per_sample,
     )
     return y
@@ -199,7 +196,7 @@ def ddim_step(schedule: Schedule, x_t, model_output, t, *, prev_t=None, eta: flo
               prediction: str = "epsilon", clip: float | None = None, noise=None, seed: int = 0,
               stream: int = 1, offset: int = 0, out=None, backend: str = "auto",
               check_finite: bool = False):
-    """One fused DDIM(η) step x_t → x_{prev_t} (DESIGN.md, "DDIM"); same conventions as
+    """One fused DDIM(η) step x_t → x_{prev_t} (docs/sampling.md, "Step math"); same conventions as
     :func:`ddpm_step`. Noise is drawn only when η > 0.
     """
     _check_schedule(schedule)
@@ -225,7 +222,7 @@ def ddim_step(schedule: Schedule, x_t, model_output, t, *, prev_t=None, eta: flo
         return y
     kernels("numba").ddim_step(
         x_np.reshape(-1), m_np.reshape(-1), y_np.reshape(-1), t_np, p_np, schedule.alphas_cumprod,
-        _PRED_CODE[prediction], float(eta), clip,
+        prediction, float(eta), clip,
         None if noise_np is None else noise_np.reshape(-1), seed, stream, offset, per_sample,
     )
     return y

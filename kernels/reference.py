@@ -290,3 +290,17 @@ def ddim_step(
         z = _sample_noise(x_t.shape, dtype, noise, seed, stream, offset)
         out = out + _per_sample(sigma, b, nd).astype(dtype) * z
     return out
+
+
+def dpmpp2m_update(x_t, model_output, x0_prev, cx, cm, a, b, c, prediction, clip):
+    """One DPM-Solver++(2M) update from its per-step scalars; returns (x′, x̂0). Shapes: all [B, …].
+
+    x̂0 = cx·x_t + cm·out (the output itself for "sample"), clipped when asked;
+    x′ = a·x_t + b·x̂0 + c·x̂0_prev, with the scalars rounded to the data dtype.
+    Bytes per element: 20 (read x_t, the output and x̂0_prev; write x′ and x̂0).
+    """
+    dt = x_t.dtype.type
+    x0 = model_output.copy() if prediction == "sample" else dt(cx) * x_t + dt(cm) * model_output
+    if clip is not None:
+        x0 = np.clip(x0, dt(-clip), dt(clip))
+    return dt(a) * x_t + dt(b) * x0 + dt(c) * x0_prev, x0
