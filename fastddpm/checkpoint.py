@@ -44,11 +44,11 @@ import torch
 
 from ._io import OutputLock, crash_point, fsync_dir
 from .data import Normalization
+from .kernels.coefficients import PREDICTIONS
 from .schedule import Schedule
 
 FORMAT = "fastddpm-checkpoint"
 FORMAT_VERSION = 1
-PREDICTIONS = ("epsilon", "sample", "v_prediction")
 CONFIG = "config.json"
 MODEL = "model.safetensors"
 EMA = "ema.safetensors"

@@ -32,7 +32,7 @@ PRED_EPSILON, PRED_SAMPLE, PRED_V = (PRED_CODE[p] for p in PREDICTIONS)
 VARIANCES = ("fixed_small", "fixed_large")
 SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
 
-# Floor of the fixed_small posterior variance (β̃ is 0 at t = 0): diffusers' clamp, DESIGN "DDPM".
+# Floor of the fixed_small posterior variance (β̃ is 0 at t = 0): diffusers' clamp.
 MIN_VARIANCE = 1e-20
 
 # The row layout of each sampler (x̂0 = cx·x_t + cm·out, sigma multiplies the noise z):

@@ -1,9 +1,11 @@
 """Plain NumPy reference for every fused kernel: the oracle the tests compare against.
 
-Written for clarity, straight from the formulas of DESIGN.md, not for speed. Nothing here is
-shared with the Numba or Triton kernels, so an agreement between them is evidence.
+Written for clarity, straight from the formulas of docs/sampling.md ("Step math"), not for
+speed. Nothing here is shared with the Numba or Triton kernels or with kernels/coefficients.py
+(which they and the sampling plan read their coefficients from), so an agreement between them is
+evidence: keep it that way — this module imports no other part of fastddpm.
 
-Conventions (see DESIGN.md):
+Conventions (docs/core.md, "Reproducibility promise"):
 - time indices t = 0 … T-1; ``prev_t`` = -1 means "after the last step" (ᾱ_p = 1, no noise);
 - element j of sample s has global noise index i = offset + s·D + j;
 - normal number i of (seed, stream) is lane ``i & 3`` of Triton's ``randn4x(stream·2³² + seed, i >> 2)``.
@@ -228,7 +230,7 @@ def ddpm_step(
     alphas_cumprod, x_t, model_output, t, prev_t=None, prediction="epsilon",
     variance="fixed_small", clip=None, noise=None, seed=0, stream=1, offset=0,
 ):
-    """One ancestral step t → prev_t (DESIGN.md "DDPM"). Shapes: x_t, model_output [B, …].
+    """One ancestral step t → prev_t (docs/sampling.md "Step math"). Shapes: x_t, model_output [B, …].
 
     Bytes per element: 12 (read x_t and the model output, write x_prev; noise from registers).
     """
@@ -263,7 +265,7 @@ def ddim_step(
     alphas_cumprod, x_t, model_output, t, prev_t=None, eta=0.0, prediction="epsilon",
     clip=None, noise=None, seed=0, stream=1, offset=0,
 ):
-    """One DDIM(η) step t → prev_t (DESIGN.md "DDIM"). Bytes per element: 12."""
+    """One DDIM(η) step t → prev_t (docs/sampling.md "Step math"). Bytes per element: 12."""
     x_t = np.asarray(x_t)
     model_output = np.asarray(model_output, dtype=x_t.dtype)
     b, nd, dtype = x_t.shape[0], x_t.ndim, x_t.dtype

@@ -18,6 +18,8 @@ x_t and out, write x′), 20 for dpmpp2m.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import triton
 import triton.language as tl
@@ -104,33 +106,65 @@ def _update_kernel(x_ptr, m_ptr, out_ptr, x0p_ptr, noise_ptr, coef_ptr, ctl_ptr,
     tl.store(out_ptr + k, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def step_rows(sampler: str, launch, *, prediction: str, variance: str = "fixed_small", eta: float = 0.0):
+def _rows_of(sampler: str, ac: torch.Tensor, t: torch.Tensor, p: torch.Tensor, options: dict) -> torch.Tensor:
+    """kernels.coefficients rows of steps (t, p) in float64 on ac's device, rounded once to float32."""
+    t, p = torch.broadcast_tensors(t, p)
+    ab_t, ab_p, final = KC.step_alphas(ac, t, p, xp=_TorchMath)
+    return KC.rows(sampler, ab_t, ab_p, final, xp=_TorchMath, **options).to(torch.float32).contiguous()
+
+
+# The rows of every (t, t − 1) per ᾱ table (Schedule.tables caches it per device) and options,
+# built once on the device. A prev_t=None call then gathers its rows (one index_select) instead
+# of running the ~38 small float64 ops of _rows_of (310–350 µs of host time per call on CPU
+# tensors, loaded 2-core EPYC; on a GPU each op is a launch).
+# Keyed by id(ac) and dropped with it (tensors cannot be WeakKeyDictionary keys: their == is elementwise).
+_CHAIN_ROWS: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _chain_rows(sampler: str, ac: torch.Tensor, options: dict):
+    entry = _CHAIN_ROWS.get(id(ac))
+    if entry is None or entry[0]() is not ac:
+        entry = _CHAIN_ROWS[id(ac)] = (weakref.ref(ac, lambda _, k=id(ac): _CHAIN_ROWS.pop(k, None)), {})
+    per_table = entry[1]
+    key = (sampler, tuple(sorted(options.items())))
+    if key not in per_table:
+        if ac.is_cuda and torch.cuda.is_current_stream_capturing():
+            return None  # never cache memory of a graph's private pool
+        t = torch.arange(ac.shape[0], dtype=torch.int64, device=ac.device)
+        per_table[key] = _rows_of(sampler, ac, t, t - 1, options)
+    return per_table[key]
+
+
+def step_rows(sampler: str, launch, **options) -> torch.Tensor:
     """The float32 [R, C] rows of a ddpm_step/ddim_step call on the data's device: R = 1 for a
-    uniform (t, t′), else B. t and t′ are clamped into the table as the kernels always did, so a
-    bad device value can never read out of bounds."""
+    uniform (t, t′), else B; ``options`` are kernels.coefficients.rows'. t and t′ are clamped
+    into the table, so a bad device value (unchecked: no sync) can never read out of bounds."""
     _, args, kw = launch
     t, p, ac, last_step = args[4], args[5], args[6], args[10]
     t = t.to(torch.int64).clamp(0, last_step)
-    p = t - 1 if kw["PREV_IS_T_MINUS_1"] else p.to(torch.int64).clamp(-1, last_step)
-    t, p = torch.broadcast_tensors(t, p)
-    ab_t, ab_p, final = KC.step_alphas(ac, t, p, xp=_TorchMath)
-    rows = KC.rows(sampler, ab_t, ab_p, final, prediction=prediction, variance=variance, eta=eta, xp=_TorchMath)
-    return rows.to(torch.float32).contiguous()
+    if kw["PREV_IS_T_MINUS_1"]:
+        chain = _chain_rows(sampler, ac, options)
+        if chain is not None:
+            return chain.index_select(0, t)
+        p = t - 1
+    else:
+        p = p.to(torch.int64).clamp(-1, last_step)
+    return _rows_of(sampler, ac, t, p, options)
 
 
-def step_update(sampler: str, launch, *, prediction: str, variance: str = "fixed_small", eta: float = 0.0,
-                clip=None) -> None:
+def step_update(sampler: str, launch, *, clip=None, **options) -> None:
     """ddpm_step/ddim_step: the call's coefficient rows, then one fused pass.
 
-    ``launch`` is what utils.step_launch returns for the call (grid, args, kwargs).
+    ``launch`` is what utils.step_launch returns for the call (grid, args, kwargs); ``options``
+    (prediction, and variance or eta) go to kernels.coefficients.rows.
     """
     grid, args, kw = launch
     x_t, m, out, noise, _, _, _, key, n, per_sample = args[:10]
     with on_device(x_t):
-        rows = step_rows(sampler, launch, prediction=prediction, variance=variance, eta=eta)
+        rows = step_rows(sampler, launch, **options)
         _update_kernel[grid](
             x_t, m, out, x_t, noise, rows, key, key, n, per_sample, rows.shape[0] - 1, *args[11:],
-            float(clip or 0.0), SAMPLER=SAMPLER_CODE[sampler], PRED=KC.PRED_CODE[prediction],
+            float(clip or 0.0), SAMPLER=SAMPLER_CODE[sampler], PRED=KC.PRED_CODE[options["prediction"]],
             HAS_CLIP=clip is not None, C=NUM_COLUMNS[sampler], ROW_PER_SAMPLE=rows.shape[0] > 1, NOISE=kw["NOISE"],
             LOOP=False, KEY_ON_DEVICE=kw["KEY_ON_DEVICE"], SHIFT=kw["SHIFT"], IDX64=kw["IDX64"], BLOCK=kw["BLOCK"],
             num_warps=kw["num_warps"])

@@ -2,7 +2,7 @@
 timestep tensors, the launch rule, and the in-kernel tile/noise helpers.
 
 Element k of a call has global noise index i = offset + k; normal number i is lane ``i & 3``
-of ``tl.randn4x(stream·2³² + seed, i >> 2)`` (DESIGN.md, "Noise"). Kernels tile in i-space:
+of ``tl.randn4x(stream·2³² + seed, i >> 2)`` (docs/core.md, "Reproducibility promise"). Kernels tile in i-space:
 program p covers i ∈ [4·(offset >> 2) + p·BLOCK, … + BLOCK) as a [BLOCK/4, 4] tile whose
 rows are Philox counters and whose columns are lanes, so one Philox call feeds four elements
 and ``SHIFT = offset & 3`` (a constexpr) keeps the loads 16-byte aligned when offset % 4 == 0.
