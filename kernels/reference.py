@@ -209,6 +209,15 @@ def _step_alphas(alphas_cumprod, t, prev_t, batch):
     return ab_t, ab_p, prev_t
 
 
+def _step_inputs(alphas_cumprod, x_t, model_output, t, prev_t):
+    """x_t, the output in x_t's dtype, and ᾱ_t, ᾱ_p, prev_t per sample (prev_t None: t − 1)."""
+    x_t = np.asarray(x_t)
+    model_output = np.asarray(model_output, dtype=x_t.dtype)
+    if prev_t is None:
+        prev_t = np.asarray(t) - 1
+    return (x_t, model_output, *_step_alphas(alphas_cumprod, t, prev_t, x_t.shape[0]))
+
+
 def predict_x0(x_t, model_output, ab_t, prediction: str):
     """x̂0 from the model output (float64 coefficients per sample, math in x_t's dtype)."""
     dtype = x_t.dtype
@@ -234,12 +243,8 @@ def ddpm_step(
 
     Bytes per element: 12 (read x_t and the model output, write x_prev; noise from registers).
     """
-    x_t = np.asarray(x_t)
-    model_output = np.asarray(model_output, dtype=x_t.dtype)
+    x_t, model_output, ab_t, ab_p, prev_t = _step_inputs(alphas_cumprod, x_t, model_output, t, prev_t)
     b, nd, dtype = x_t.shape[0], x_t.ndim, x_t.dtype
-    if prev_t is None:
-        prev_t = np.asarray(t) - 1
-    ab_t, ab_p, prev_t = _step_alphas(alphas_cumprod, t, prev_t, b)
     alpha_c = ab_t / ab_p
     beta_c = 1.0 - alpha_c
 
@@ -266,12 +271,8 @@ def ddim_step(
     clip=None, noise=None, seed=0, stream=1, offset=0,
 ):
     """One DDIM(η) step t → prev_t (docs/sampling.md "Step math"). Bytes per element: 12."""
-    x_t = np.asarray(x_t)
-    model_output = np.asarray(model_output, dtype=x_t.dtype)
+    x_t, model_output, ab_t, ab_p, prev_t = _step_inputs(alphas_cumprod, x_t, model_output, t, prev_t)
     b, nd, dtype = x_t.shape[0], x_t.ndim, x_t.dtype
-    if prev_t is None:
-        prev_t = np.asarray(t) - 1
-    ab_t, ab_p, prev_t = _step_alphas(alphas_cumprod, t, prev_t, b)
     beta_c = 1.0 - ab_t / ab_p
 
     x0 = predict_x0(x_t, model_output, ab_t, prediction)

@@ -52,12 +52,12 @@ class HostStepper:
             self._keys = [philox_key(self.seed, k + 1) for k in range(plan.num_steps)]
             self._pred = KC.PRED_CODE[plan.prediction]
             if plan.sampler == "ddpm":
-                self._kernel = numba_step._ddpm_kernel
-                self._mode = ()
+                self._kernel = numba_step._step_kernel
+                self._mode = (False, False)  # is_ddim, is_eps
                 self._needs_noise = [p >= 0 for p in self.prev]
             elif plan.sampler == "ddim":
-                self._kernel = numba_step._ddim_kernel
-                self._mode = (plan.prediction == "epsilon",)
+                self._kernel = numba_step._step_kernel
+                self._mode = (True, plan.prediction == "epsilon")
                 self._needs_noise = [p >= 0 and plan.eta > 0 for p in self.prev]
             else:
                 from ..kernels.numba.dpmpp2m import dpmpp2m_update

@@ -4,8 +4,7 @@ The kernels compute no coefficient: they read float64 rows built by kernels/coef
 (one row for the call, or one per sample; the sampling loop passes its plan's row) and round
 them to the data dtype. A chunk whose samples all share (t, t′) — always in the sampling loop,
 where t is a stride-0 scalar — is one branch-free vectorised loop over its elements whatever D
-is; otherwise the chunk is walked sample by sample, re-reading the row only when (t, t′)
-changes.
+is; otherwise the chunk is walked sample by sample, reading each sample's row.
 """
 import numba
 import numpy as np
@@ -81,44 +80,6 @@ def _ddpm_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, 
             out[k] = _ddpm_update(x_t[k], m[k], dt(0.0), cx, cm, c1, c2, sg, lo_clip, hi_clip, has_clip)
 
 
-@kernel
-def _ddpm_kernel(x_t, m, out, t, t_stride, prev, p_stride, coef, row_stride, clip, has_clip,
-                 noise, noise_given, noise_needed, key0, key1, offset, per_sample, n_chunks):
-    n = x_t.shape[0]
-    dt = x_t.dtype.type
-    for c in numba.prange(n_chunks):
-        lo = c * CHUNK
-        hi = min(n, lo + CHUNK)
-        if noise_given or not noise_needed:
-            buf, shift = np.empty(0, dtype=np.float32), np.int64(0)
-        else:
-            buf, shift = chunk_normals(key0, key1, offset + lo, hi - lo)
-        base = lo - shift
-        lo_clip = dt(-clip)
-        hi_clip = dt(clip)
-        b = lo // per_sample
-        if _chunk_is_uniform(t, t_stride, prev, p_stride, b, (hi - 1) // per_sample):
-            # The sampling loop's case: the whole chunk is one vectorised loop whatever D is.
-            cx, cm, c1, c2, sg = _ddpm_row(coef, b * row_stride, dt)
-            _ddpm_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, lo, hi, cx, cm, c1, c2, sg,
-                       lo_clip, hi_clip, has_clip)
-            continue
-        start = lo
-        last_t, last_p = np.int64(-2), np.int64(-2)
-        cx = cm = c1 = c2 = sg = dt(0.0)
-        while start < hi:
-            stop = min(hi, (b + 1) * per_sample)
-            tb = t[b * t_stride]
-            pb = prev[b * p_stride]
-            if tb != last_t or pb != last_p:
-                cx, cm, c1, c2, sg = _ddpm_row(coef, b * row_stride, dt)
-                last_t, last_p = tb, pb
-            _ddpm_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, cx, cm, c1, c2, sg,
-                       lo_clip, hi_clip, has_clip)
-            start = stop
-            b += 1
-
-
 @njit(inline="always", cache=True, error_model="numpy")
 def _ddim_row(coef, r, dt):
     return (dt(coef[r, 0]), dt(coef[r, 1]), dt(coef[r, 2]), dt(coef[r, 3]), dt(coef[r, 4]), dt(coef[r, 5]),
@@ -144,9 +105,25 @@ def _ddim_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, 
                                   lo_clip, hi_clip, has_clip, is_eps)
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def _span(is_ddim, x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, coef, r,
+          lo_clip, hi_clip, has_clip, is_eps):
+    """out[k] for start ≤ k < stop with the coefficients of row r (a branch per span, not per element)."""
+    dt = x_t.dtype.type
+    if is_ddim:
+        cx, cm, sab, s1mab, sab_p, dirc, sg = _ddim_row(coef, r, dt)
+        _ddim_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, cx, cm, sab, s1mab,
+                   sab_p, dirc, sg, lo_clip, hi_clip, has_clip, is_eps)
+    else:
+        cx, cm, c1, c2, sg = _ddpm_row(coef, r, dt)
+        _ddpm_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, cx, cm, c1, c2, sg,
+                   lo_clip, hi_clip, has_clip)
+
+
 @kernel
-def _ddim_kernel(x_t, m, out, t, t_stride, prev, p_stride, coef, row_stride, is_eps, clip, has_clip,
+def _step_kernel(x_t, m, out, t, t_stride, prev, p_stride, coef, row_stride, is_ddim, is_eps, clip, has_clip,
                  noise, noise_given, noise_needed, key0, key1, offset, per_sample, n_chunks):
+    """ddpm (is_ddim False) or ddim rows [R, C] with row b·row_stride for sample b."""
     n = x_t.shape[0]
     dt = x_t.dtype.type
     for c in numba.prange(n_chunks):
@@ -161,22 +138,15 @@ def _ddim_kernel(x_t, m, out, t, t_stride, prev, p_stride, coef, row_stride, is_
         hi_clip = dt(clip)
         b = lo // per_sample
         if _chunk_is_uniform(t, t_stride, prev, p_stride, b, (hi - 1) // per_sample):
-            cx, cm, sab, s1mab, sab_p, dirc, sg = _ddim_row(coef, b * row_stride, dt)
-            _ddim_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, lo, hi, cx, cm, sab, s1mab,
-                       sab_p, dirc, sg, lo_clip, hi_clip, has_clip, is_eps)
+            # The sampling loop's case: the whole chunk is one vectorised loop whatever D is.
+            _span(is_ddim, x_t, m, out, noise, noise_given, noise_needed, buf, base, lo, hi, coef, b * row_stride,
+                  lo_clip, hi_clip, has_clip, is_eps)
             continue
         start = lo
-        last_t, last_p = np.int64(-2), np.int64(-2)
-        cx = cm = sab = s1mab = sab_p = dirc = sg = dt(0.0)
-        while start < hi:
+        while start < hi:  # sample by sample: a row read (5–7 loads) per sample, no coefficient math
             stop = min(hi, (b + 1) * per_sample)
-            tb = t[b * t_stride]
-            pb = prev[b * p_stride]
-            if tb != last_t or pb != last_p:
-                cx, cm, sab, s1mab, sab_p, dirc, sg = _ddim_row(coef, b * row_stride, dt)
-                last_t, last_p = tb, pb
-            _ddim_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, cx, cm, sab, s1mab,
-                       sab_p, dirc, sg, lo_clip, hi_clip, has_clip, is_eps)
+            _span(is_ddim, x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, coef,
+                  b * row_stride, lo_clip, hi_clip, has_clip, is_eps)
             start = stop
             b += 1
 
@@ -211,8 +181,8 @@ def ddpm_step(x_t, model_output, out, t, prev_t, alphas_cumprod, prediction, var
     needed = bool((prev_t >= 0).any())
     if not given:
         noise = x_t[:0]
-    _ddpm_kernel(x_t.shape[0],
-                 x_t, model_output, out, t, ts, prev_t, ps, coef, rs,
+    _step_kernel(x_t.shape[0],
+                 x_t, model_output, out, t, ts, prev_t, ps, coef, rs, False, False,
                  float(clip or 0.0), clip is not None, noise, given, needed, k0, k1,
                  np.int64(offset), per_sample, num_chunks(x_t.shape[0]))
 
@@ -226,7 +196,7 @@ def ddim_step(x_t, model_output, out, t, prev_t, alphas_cumprod, prediction, eta
     given = noise is not None and eta > 0
     needed = eta > 0 and bool((prev_t >= 0).any())
     noise = noise if given else x_t[:0]
-    _ddim_kernel(x_t.shape[0],
-                 x_t, model_output, out, t, ts, prev_t, ps, coef, rs, prediction == "epsilon",
+    _step_kernel(x_t.shape[0],
+                 x_t, model_output, out, t, ts, prev_t, ps, coef, rs, True, prediction == "epsilon",
                  float(clip or 0.0), clip is not None, noise, given, needed, k0, k1,
                  np.int64(offset), per_sample, num_chunks(x_t.shape[0]))
