@@ -21,6 +21,7 @@ import this module. The formulas and the row layouts are documented in docs/samp
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
@@ -169,6 +170,25 @@ def rows(sampler: str, ab_t, ab_p, final, *, prediction: str = "epsilon", varian
         return ddim_rows(ab_t, ab_p, final, prediction, eta, xp)
     check_choice(sampler, "sampler", SAMPLERS)
     return dpmpp2m_rows(ab_t, ab_p, final, prediction)
+
+
+# Per-table caches: keyed by id() and dropped with the table (arrays and tensors cannot be
+# WeakKeyDictionary keys: their == is elementwise).
+_CACHES: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def cached(owner, key, build):
+    """``build()`` once per (``owner`` object, ``key``) while ``owner`` lives; None (not built)
+    when ``build`` returns None."""
+    entry = _CACHES.get(id(owner))
+    if entry is None or entry[0]() is not owner:
+        entry = _CACHES[id(owner)] = (weakref.ref(owner, lambda _, k=id(owner): _CACHES.pop(k, None)), {})
+    if key not in entry[1]:
+        value = build()
+        if value is None:
+            return None
+        entry[1][key] = value
+    return entry[1][key]
 
 
 def apply_row(sampler: str, row, x_t, model_output, prediction: str, clip=None, noise=None, x0_prev=None,

@@ -86,7 +86,7 @@ class HostStepper:
             xf = x.reshape(-1)
             # The kernels' launcher picks the serial compile below PARALLEL_MIN_ELEMENTS.
             self._kernel(size, xf, m.reshape(-1), out.reshape(-1), self._t_arr[k], 0, self._p_arr[k], 0,
-                         self._rows[k], 0, *self._mode, self._clip, self._has_clip, xf[:0], False,
+                         self._rows[k], 0, False, *self._mode, self._clip, self._has_clip, xf[:0], False,
                          self._needs_noise[k], k0, k1, np.int64(offset), size // x.shape[0],
                          (size + self._chunk - 1) // self._chunk)
             return

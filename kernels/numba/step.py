@@ -1,8 +1,9 @@
 """Fused reverse steps (DDPM ancestral and DDIM(η)): x̂0 → clip → update → noise, one pass.
 
 The kernels compute no coefficient: they read float64 rows built by kernels/coefficients.py
-(one row for the call, or one per sample; the sampling loop passes its plan's row) and round
-them to the data dtype. A chunk whose samples all share (t, t′) — always in the sampling loop,
+(the sampling loop passes its plan's row; the public ops a cached table of every (t, t − 1)
+read by t, or for an explicit prev_t one row per call or per sample) and round them to the
+data dtype. A chunk whose samples all share (t, t′) — always in the sampling loop,
 where t is a stride-0 scalar — is one branch-free vectorised loop over its elements whatever D
 is; otherwise the chunk is walked sample by sample, reading each sample's row.
 """
@@ -121,9 +122,10 @@ def _span(is_ddim, x_t, m, out, noise, noise_given, noise_needed, buf, base, sta
 
 
 @kernel
-def _step_kernel(x_t, m, out, t, t_stride, prev, p_stride, coef, row_stride, is_ddim, is_eps, clip, has_clip,
+def _step_kernel(x_t, m, out, t, t_stride, prev, p_stride, coef, row_stride, by_t, is_ddim, is_eps, clip, has_clip,
                  noise, noise_given, noise_needed, key0, key1, offset, per_sample, n_chunks):
-    """ddpm (is_ddim False) or ddim rows [R, C] with row b·row_stride for sample b."""
+    """ddpm (is_ddim False) or ddim rows [R, C]: sample b reads row t_b (by_t: a table of every
+    (t, t − 1)) or row b·row_stride."""
     n = x_t.shape[0]
     dt = x_t.dtype.type
     for c in numba.prange(n_chunks):
@@ -139,14 +141,16 @@ def _step_kernel(x_t, m, out, t, t_stride, prev, p_stride, coef, row_stride, is_
         b = lo // per_sample
         if _chunk_is_uniform(t, t_stride, prev, p_stride, b, (hi - 1) // per_sample):
             # The sampling loop's case: the whole chunk is one vectorised loop whatever D is.
-            _span(is_ddim, x_t, m, out, noise, noise_given, noise_needed, buf, base, lo, hi, coef, b * row_stride,
+            r = t[b * t_stride] if by_t else b * row_stride
+            _span(is_ddim, x_t, m, out, noise, noise_given, noise_needed, buf, base, lo, hi, coef, r,
                   lo_clip, hi_clip, has_clip, is_eps)
             continue
         start = lo
         while start < hi:  # sample by sample: a row read (5–7 loads) per sample, no coefficient math
             stop = min(hi, (b + 1) * per_sample)
-            _span(is_ddim, x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, coef,
-                  b * row_stride, lo_clip, hi_clip, has_clip, is_eps)
+            r = t[b * t_stride] if by_t else b * row_stride
+            _span(is_ddim, x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, coef, r,
+                  lo_clip, hi_clip, has_clip, is_eps)
             start = stop
             b += 1
 
@@ -159,13 +163,21 @@ def _index_arrays(t, prev_t):
 
 
 def step_rows(sampler, alphas_cumprod, t, prev_t, **options):
-    """(rows [R, C] float64, row stride) for index arrays t, prev_t of 1 or B entries: one row
-    when both are scalars (stride 0), else one per sample (stride 1). B float64 rows: O(B)
-    host work beside the O(B·D) pass."""
+    """(rows [R, C] float64, row stride, by_t) for index arrays t, prev_t of 1 or B entries.
+
+    prev_t = t − 1 everywhere: the cached rows of every (t, t − 1) of this ᾱ table, read by t
+    (no per-call row math: B rows of float64 math cost 55–66 ms at B = 2¹⁹, more than the step
+    itself at D = 2). Otherwise one row for a scalar (t, t′) (stride 0), else one per sample.
+    """
+    if prev_t.shape == t.shape and np.array_equal(prev_t, t - 1):
+        def build():
+            ts = np.arange(alphas_cumprod.shape[0])
+            return np.ascontiguousarray(KC.rows(sampler, *KC.step_alphas(alphas_cumprod, ts, ts - 1), **options))
+        return KC.cached(alphas_cumprod, ("numba", sampler, tuple(sorted(options.items()))), build), 0, True
     t, prev_t = np.broadcast_arrays(t, prev_t)
     ab_t, ab_p, final = KC.step_alphas(alphas_cumprod, t, prev_t)
     rows = np.ascontiguousarray(KC.rows(sampler, ab_t, ab_p, final, **options))
-    return rows, int(rows.shape[0] > 1)
+    return rows, int(rows.shape[0] > 1), False
 
 
 def ddpm_step(x_t, model_output, out, t, prev_t, alphas_cumprod, prediction, variance, clip, noise,
@@ -175,14 +187,14 @@ def ddpm_step(x_t, model_output, out, t, prev_t, alphas_cumprod, prediction, var
     Bytes per element: 12 (read x_t and the model output, write x_prev).
     """
     t, ts, prev_t, ps = _index_arrays(t, prev_t)
-    coef, rs = step_rows("ddpm", alphas_cumprod, t, prev_t, prediction=prediction, variance=variance)
+    coef, rs, by_t = step_rows("ddpm", alphas_cumprod, t, prev_t, prediction=prediction, variance=variance)
     k0, k1 = philox_key(seed, stream)
     given = noise is not None
     needed = bool((prev_t >= 0).any())
     if not given:
         noise = x_t[:0]
     _step_kernel(x_t.shape[0],
-                 x_t, model_output, out, t, ts, prev_t, ps, coef, rs, False, False,
+                 x_t, model_output, out, t, ts, prev_t, ps, coef, rs, by_t, False, False,
                  float(clip or 0.0), clip is not None, noise, given, needed, k0, k1,
                  np.int64(offset), per_sample, num_chunks(x_t.shape[0]))
 
@@ -191,12 +203,12 @@ def ddim_step(x_t, model_output, out, t, prev_t, alphas_cumprod, prediction, eta
               seed, stream, offset, per_sample):
     """Same conventions as ddpm_step; noise is drawn only when η > 0. Bytes per element: 12."""
     t, ts, prev_t, ps = _index_arrays(t, prev_t)
-    coef, rs = step_rows("ddim", alphas_cumprod, t, prev_t, prediction=prediction, eta=float(eta))
+    coef, rs, by_t = step_rows("ddim", alphas_cumprod, t, prev_t, prediction=prediction, eta=float(eta))
     k0, k1 = philox_key(seed, stream)
     given = noise is not None and eta > 0
     needed = eta > 0 and bool((prev_t >= 0).any())
     noise = noise if given else x_t[:0]
     _step_kernel(x_t.shape[0],
-                 x_t, model_output, out, t, ts, prev_t, ps, coef, rs, True, prediction == "epsilon",
+                 x_t, model_output, out, t, ts, prev_t, ps, coef, rs, by_t, True, prediction == "epsilon",
                  float(clip or 0.0), clip is not None, noise, given, needed, k0, k1,
                  np.int64(offset), per_sample, num_chunks(x_t.shape[0]))
