@@ -1,7 +1,7 @@
 """Argument checks the kernels share with fastddpm's public ops (every error names the argument).
 
-They live here, at the bottom of the stack, because kernels/ imports nothing from fastddpm/;
-fastddpm._validate and fastddpm.backends re-export them.
+They live here, at the bottom of the stack, because kernels/ imports nothing from the rest of
+the package, which re-exports them.
 """
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ array namespace ``xp`` (``sqrt``, ``maximum(x, scalar)``, ``where``, ``stack(…
 ``zeros_like``, ``ones_like``, ``clip``). NumPy is the default; kernels/triton passes a torch
 shim so that per-sample rows are built on the device without a host sync. Who consumes what:
 
-- fastddpm.sampling.plan: a run's [K, C] table (``rows``), read row by row by every loop;
-- kernels/numba/step.py: the public ops' rows (one per call, or one per sample), read by the
-  fused kernels, which no longer compute coefficients themselves;
+- the sampling plan (``make_plan``): a run's [K, C] table (``rows``), read row by row by every loop;
+- kernels/numba/step.py: the public ops' rows (a cached table of every (t, t − 1), or for an
+  explicit prev_t one row per call or per sample), read by the fused kernels, which compute no
+  coefficient themselves;
 - kernels/triton/ddpm_step.py, ddim_step.py: the same rows on device tensors, then the one
   fused update kernel of kernels/triton/update.py;
 - ``apply_row``: the update x′ from a row written once in operators — the torch reference

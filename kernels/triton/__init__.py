@@ -1,6 +1,6 @@
 """Triton GPU kernels (CPU tensors only under TRITON_INTERPRET=1): one file per op.
 
-Exposes exactly what fastddpm.ops calls — randn, q_sample, ddpm_step, ddim_step. The sampling
+Exposes exactly what the public ops call — randn, q_sample, ddpm_step, ddim_step. The sampling
 loop's fused update is update.LoopUpdate.
 """
 from .ddim_step import ddim_step
