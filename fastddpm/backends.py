@@ -8,10 +8,8 @@
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 
-import numpy as np
+from .kernels._checks import interpreting_triton, is_torch_tensor
 
 BACKENDS = ("auto", "numpy", "numba", "triton")
 
@@ -20,17 +18,8 @@ class BackendUnavailableError(RuntimeError):
     """The requested backend cannot run in this environment (the message says why)."""
 
 
-def is_torch_tensor(x) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
 def _device_type(x) -> str:
     return x.device.type if is_torch_tensor(x) else "cpu"
-
-
-def interpreting_triton() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def resolve(backend: str, *arrays) -> str:
@@ -84,14 +73,3 @@ def kernels(backend: str):
 
         return reference
     return importlib.import_module(f"fastddpm.kernels.{backend}")
-
-
-def schedule_tables(betas: np.ndarray) -> dict:
-    """Schedule tables on the host: the Numba kernel when Numba is there, else the reference."""
-    try:
-        from .kernels.numba import schedule_tables as numba_tables
-    except ImportError:  # pragma: no cover - numba is a core dependency
-        from .kernels.reference import schedule_tables as reference_tables
-
-        return reference_tables(betas)
-    return numba_tables(betas)

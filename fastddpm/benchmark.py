@@ -175,6 +175,7 @@ def torch_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu"):
     """A plain torch DDPM loop (respaced as fastddpm's leading spacing), torch.randn noise."""
     import torch
 
+    from .kernels.coefficients import apply_row
     from .sampling import make_plan
 
     plan = make_plan(schedule, "ddpm", steps)
@@ -187,10 +188,8 @@ def torch_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu"):
             x = torch.randn((b, *_shape(model)), generator=gen, device=device)
             for k, t in enumerate(plan.t.tolist()):
                 eps = model(x, torch.full((b,), t, dtype=torch.int64, device=device))
-                cx, cm, c1, c2, sg = coef[k]
-                x = c1 * (cx * x + cm * eps) + c2 * x
-                if plan.prev_t[k] >= 0:
-                    x = x + sg * torch.randn(x.shape, generator=gen, device=device)
+                z = torch.randn(x.shape, generator=gen, device=device) if plan.prev_t[k] >= 0 else None
+                x = apply_row("ddpm", coef[k], x, eps, "epsilon", noise=z, xp=torch)[0]
             out.append(x)
     return torch.cat(out)
 

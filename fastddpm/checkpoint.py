@@ -48,11 +48,11 @@ import torch
 from . import __version__
 from ._io import OutputLock, crash_point, fsync_dir, fsync_file
 from .data import Normalization
+from .kernels.coefficients import PREDICTIONS
 from .schedule import Schedule
 
 FORMAT = "fastddpm-checkpoint"
 FORMAT_VERSION = 1
-PREDICTIONS = ("epsilon", "sample", "v_prediction")
 CONFIG = "config.json"
 MODEL = "model.safetensors"
 EMA = "ema.safetensors"

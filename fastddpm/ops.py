@@ -10,11 +10,8 @@ import numpy as np
 
 from . import _validate as V
 from .backends import is_torch_tensor, kernels, resolve
-from .kernels.reference import PREDICTIONS, VARIANCES
+from .kernels.coefficients import PREDICTIONS, VARIANCES
 from .schedule import Schedule
-
-_PRED_CODE = {name: i for i, name in enumerate(PREDICTIONS)}
-_VAR_CODE = {name: i for i, name in enumerate(VARIANCES)}
 
 
 def _check_schedule(schedule) -> Schedule:
@@ -157,75 +154,59 @@ def _prepare_step(schedule, x_t, model_output, t, prev_t, clip, seed, stream, of
     return x_np, m_np, t_np, p_np, noise_np, y, y_np, offset, per_sample
 
 
-def ddpm_step(schedule: Schedule, x_t, model_output, t, *, prev_t=None, prediction: str = "epsilon",
-              variance: str = "fixed_small", clip: float | None = None, noise=None, seed: int = 0,
-              stream: int = 1, offset: int = 0, out=None, backend: str = "auto",
-              check_finite: bool = False):
-    """One fused ancestral step x_t → x_{prev_t} (DESIGN.md, "DDPM").
-
-    x_t, model_output: [B, …]; t: int or int [B] in [0, T); prev_t: None (t − 1), int or
-    int [B] in [−1, t) for respaced sequences (−1: the final step, no noise added).
-    ``out`` may be ``x_t`` (in place). Returns x_prev of x_t's type.
-    """
+def _reverse_step(op: str, option: dict, schedule, x_t, model_output, t, prev_t, prediction, clip, noise, seed,
+                  stream, offset, out, backend, check_finite):
+    """ddpm_step / ddim_step once their own option (``{"variance": …}`` or ``{"eta": …}``) is checked:
+    the shared checks, the backend, and the call of kernel ``op`` of that backend."""
     _check_schedule(schedule)
     V.check_choice(prediction, "prediction", PREDICTIONS)
-    V.check_choice(variance, "variance", VARIANCES)
     clip = V.check_clip(clip)
     seed = V.check_uint32(seed, "seed")
     stream = V.check_uint32(stream, "stream")
     backend = resolve(backend, x_t, model_output, noise, out,
                       t if is_torch_tensor(t) else None, prev_t if is_torch_tensor(prev_t) else None)
     V.check_host_keys(backend, seed=seed, stream=stream)
+    common = dict(prediction=prediction, clip=clip, seed=seed, stream=stream, **option)
     if backend == "triton":
-        return kernels("triton").ddpm_step(schedule, x_t, model_output, t, prev_t, prediction, variance,
-                                           clip, noise, seed, stream, offset, out, check_finite)
+        return getattr(kernels("triton"), op)(schedule, x_t, model_output, t, prev_t, noise=noise, offset=offset,
+                                              out=out, check_finite=check_finite, **common)
     x_np, m_np, t_np, p_np, noise_np, y, y_np, offset, per_sample = _prepare_step(
         schedule, x_t, model_output, t, prev_t, clip, seed, stream, offset, noise, out, backend, check_finite)
     if x_np.size == 0:
         return y
     if backend == "numpy":
-        y_np[...] = kernels("numpy").ddpm_step(schedule.alphas_cumprod, x_np, m_np, t_np, p_np, prediction,
-                                               variance, clip, noise_np, seed, stream, offset)
+        y_np[...] = getattr(kernels("numpy"), op)(schedule.alphas_cumprod, x_np, m_np, t_np, p_np, noise=noise_np,
+                                                  offset=offset, **common)
         return y
-    kernels("numba").ddpm_step(
-        x_np.reshape(-1), m_np.reshape(-1), y_np.reshape(-1), t_np, p_np, schedule.alphas_cumprod,
-        _PRED_CODE[prediction], _VAR_CODE[variance], clip,
-        None if noise_np is None else noise_np.reshape(-1), seed, stream, offset, per_sample,
-    )
+    getattr(kernels("numba"), op)(x_np.reshape(-1), m_np.reshape(-1), y_np.reshape(-1), t_np, p_np,
+                                  schedule.alphas_cumprod, noise=None if noise_np is None else noise_np.reshape(-1),
+                                  offset=offset, per_sample=per_sample, **common)
     return y
+
+
+def ddpm_step(schedule: Schedule, x_t, model_output, t, *, prev_t=None, prediction: str = "epsilon",
+              variance: str = "fixed_small", clip: float | None = None, noise=None, seed: int = 0,
+              stream: int = 1, offset: int = 0, out=None, backend: str = "auto",
+              check_finite: bool = False):
+    """One fused ancestral step x_t → x_{prev_t} (docs/sampling.md, "Step math").
+
+    x_t, model_output: [B, …]; t: int or int [B] in [0, T); prev_t: None (t − 1), int or
+    int [B] in [−1, t) for respaced sequences (−1: the final step, no noise added).
+    ``out`` may be ``x_t`` (in place). Returns x_prev of x_t's type.
+    """
+    V.check_choice(variance, "variance", VARIANCES)
+    return _reverse_step("ddpm_step", {"variance": variance}, schedule, x_t, model_output, t, prev_t, prediction,
+                         clip, noise, seed, stream, offset, out, backend, check_finite)
 
 
 def ddim_step(schedule: Schedule, x_t, model_output, t, *, prev_t=None, eta: float = 0.0,
               prediction: str = "epsilon", clip: float | None = None, noise=None, seed: int = 0,
               stream: int = 1, offset: int = 0, out=None, backend: str = "auto",
               check_finite: bool = False):
-    """One fused DDIM(η) step x_t → x_{prev_t} (DESIGN.md, "DDIM"); same conventions as
+    """One fused DDIM(η) step x_t → x_{prev_t} (docs/sampling.md, "Step math"); same conventions as
     :func:`ddpm_step`. Noise is drawn only when η > 0.
     """
-    _check_schedule(schedule)
-    V.check_choice(prediction, "prediction", PREDICTIONS)
-    clip = V.check_clip(clip)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta or not np.isfinite(eta):
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
-    seed = V.check_uint32(seed, "seed")
-    stream = V.check_uint32(stream, "stream")
-    backend = resolve(backend, x_t, model_output, noise, out,
-                      t if is_torch_tensor(t) else None, prev_t if is_torch_tensor(prev_t) else None)
-    V.check_host_keys(backend, seed=seed, stream=stream)
-    if backend == "triton":
-        return kernels("triton").ddim_step(schedule, x_t, model_output, t, prev_t, float(eta), prediction,
-                                           clip, noise, seed, stream, offset, out, check_finite)
-    x_np, m_np, t_np, p_np, noise_np, y, y_np, offset, per_sample = _prepare_step(
-        schedule, x_t, model_output, t, prev_t, clip, seed, stream, offset, noise, out, backend, check_finite)
-    if x_np.size == 0:
-        return y
-    if backend == "numpy":
-        y_np[...] = kernels("numpy").ddim_step(schedule.alphas_cumprod, x_np, m_np, t_np, p_np, float(eta),
-                                               prediction, clip, noise_np, seed, stream, offset)
-        return y
-    kernels("numba").ddim_step(
-        x_np.reshape(-1), m_np.reshape(-1), y_np.reshape(-1), t_np, p_np, schedule.alphas_cumprod,
-        _PRED_CODE[prediction], float(eta), clip,
-        None if noise_np is None else noise_np.reshape(-1), seed, stream, offset, per_sample,
-    )
-    return y
+    return _reverse_step("ddim_step", {"eta": float(eta)}, schedule, x_t, model_output, t, prev_t, prediction,
+                         clip, noise, seed, stream, offset, out, backend, check_finite)

@@ -7,14 +7,9 @@ from typing import Any
 import numpy as np
 
 from .kernels import reference
+from .kernels.coefficients import TABLE_NAMES, schedule_tables
 
 SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
-TABLE_NAMES = (
-    "betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1",
-    "posterior_mean_coef2", "snr",
-)
 
 _DEFAULTS: dict[str, dict[str, float]] = {
     "linear": {"beta_start": 1e-4, "beta_end": 0.02},
@@ -109,8 +104,6 @@ class Schedule:
         betas = _check_betas(betas)
         self.name = name
         self.params = dict(params or {})
-        from .backends import schedule_tables  # numba when available, else the reference
-
         tables = schedule_tables(betas)
         for key in TABLE_NAMES:
             table = np.array(tables[key], dtype=np.float64)

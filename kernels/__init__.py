@@ -1,5 +1,6 @@
 """fastddpm's hot path: ``reference`` (NumPy oracle), ``numba`` (CPU), ``triton`` (GPU).
 
-Installed as ``fastddpm.kernels``. Backends are imported lazily by fastddpm.backends so that
-importing fastddpm never compiles or imports triton.
+Installed as ``fastddpm.kernels``; imports nothing from the rest of the package (the step math
+is ``coefficients``, the shared argument checks ``_checks``). Backends are imported lazily, so
+that importing the package never compiles Numba kernels or imports triton.
 """

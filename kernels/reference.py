@@ -1,9 +1,11 @@
 """Plain NumPy reference for every fused kernel: the oracle the tests compare against.
 
-Written for clarity, straight from the formulas of DESIGN.md, not for speed. Nothing here is
-shared with the Numba or Triton kernels, so an agreement between them is evidence.
+Written for clarity, straight from the formulas of docs/sampling.md ("Step math"), not for
+speed. Nothing here is shared with the Numba or Triton kernels or with kernels/coefficients.py
+(which they and the sampling plan read their coefficients from), so an agreement between them is
+evidence: keep it that way — this module imports no other part of fastddpm.
 
-Conventions (see DESIGN.md):
+Conventions (docs/core.md, "Reproducibility promise"):
 - time indices t = 0 … T-1; ``prev_t`` = -1 means "after the last step" (ᾱ_p = 1, no noise);
 - element j of sample s has global noise index i = offset + s·D + j;
 - normal number i of (seed, stream) is lane ``i & 3`` of Triton's ``randn4x(stream·2³² + seed, i >> 2)``.
@@ -207,6 +209,15 @@ def _step_alphas(alphas_cumprod, t, prev_t, batch):
     return ab_t, ab_p, prev_t
 
 
+def _step_inputs(alphas_cumprod, x_t, model_output, t, prev_t):
+    """x_t, the output in x_t's dtype, and ᾱ_t, ᾱ_p, prev_t per sample (prev_t None: t − 1)."""
+    x_t = np.asarray(x_t)
+    model_output = np.asarray(model_output, dtype=x_t.dtype)
+    if prev_t is None:
+        prev_t = np.asarray(t) - 1
+    return (x_t, model_output, *_step_alphas(alphas_cumprod, t, prev_t, x_t.shape[0]))
+
+
 def predict_x0(x_t, model_output, ab_t, prediction: str):
     """x̂0 from the model output (float64 coefficients per sample, math in x_t's dtype)."""
     dtype = x_t.dtype
@@ -228,16 +239,12 @@ def ddpm_step(
     alphas_cumprod, x_t, model_output, t, prev_t=None, prediction="epsilon",
     variance="fixed_small", clip=None, noise=None, seed=0, stream=1, offset=0,
 ):
-    """One ancestral step t → prev_t (DESIGN.md "DDPM"). Shapes: x_t, model_output [B, …].
+    """One ancestral step t → prev_t (docs/sampling.md "Step math"). Shapes: x_t, model_output [B, …].
 
     Bytes per element: 12 (read x_t and the model output, write x_prev; noise from registers).
     """
-    x_t = np.asarray(x_t)
-    model_output = np.asarray(model_output, dtype=x_t.dtype)
+    x_t, model_output, ab_t, ab_p, prev_t = _step_inputs(alphas_cumprod, x_t, model_output, t, prev_t)
     b, nd, dtype = x_t.shape[0], x_t.ndim, x_t.dtype
-    if prev_t is None:
-        prev_t = np.asarray(t) - 1
-    ab_t, ab_p, prev_t = _step_alphas(alphas_cumprod, t, prev_t, b)
     alpha_c = ab_t / ab_p
     beta_c = 1.0 - alpha_c
 
@@ -263,13 +270,9 @@ def ddim_step(
     alphas_cumprod, x_t, model_output, t, prev_t=None, eta=0.0, prediction="epsilon",
     clip=None, noise=None, seed=0, stream=1, offset=0,
 ):
-    """One DDIM(η) step t → prev_t (DESIGN.md "DDIM"). Bytes per element: 12."""
-    x_t = np.asarray(x_t)
-    model_output = np.asarray(model_output, dtype=x_t.dtype)
+    """One DDIM(η) step t → prev_t (docs/sampling.md "Step math"). Bytes per element: 12."""
+    x_t, model_output, ab_t, ab_p, prev_t = _step_inputs(alphas_cumprod, x_t, model_output, t, prev_t)
     b, nd, dtype = x_t.shape[0], x_t.ndim, x_t.dtype
-    if prev_t is None:
-        prev_t = np.asarray(t) - 1
-    ab_t, ab_p, prev_t = _step_alphas(alphas_cumprod, t, prev_t, b)
     beta_c = 1.0 - ab_t / ab_p
 
     x0 = predict_x0(x_t, model_output, ab_t, prediction)
@@ -290,3 +293,17 @@ def ddim_step(
         z = _sample_noise(x_t.shape, dtype, noise, seed, stream, offset)
         out = out + _per_sample(sigma, b, nd).astype(dtype) * z
     return out
+
+
+def dpmpp2m_update(x_t, model_output, x0_prev, cx, cm, a, b, c, prediction, clip):
+    """One DPM-Solver++(2M) update from its per-step scalars; returns (x′, x̂0). Shapes: all [B, …].
+
+    x̂0 = cx·x_t + cm·out (the output itself for "sample"), clipped when asked;
+    x′ = a·x_t + b·x̂0 + c·x̂0_prev, with the scalars rounded to the data dtype.
+    Bytes per element: 20 (read x_t, the output and x̂0_prev; write x′ and x̂0).
+    """
+    dt = x_t.dtype.type
+    x0 = model_output.copy() if prediction == "sample" else dt(cx) * x_t + dt(cm) * model_output
+    if clip is not None:
+        x0 = np.clip(x0, dt(-clip), dt(clip))
+    return dt(a) * x_t + dt(b) * x0 + dt(c) * x0_prev, x0

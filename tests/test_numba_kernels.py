@@ -2,7 +2,7 @@
 
 With the noise given, the Numba update does the same float operations in the same order as the
 reference, so the results are compared for equality. With the noise drawn in-kernel, the Numba
-normals (float32 Box–Muller) may differ from the reference by DESIGN.md's 2e-6 absolute
+normals (float32 Box–Muller) may differ from the reference by the design's 2e-6 absolute (docs/core.md)
 (tests/test_philox.py), so those comparisons allow 2e-6·σ; the in-kernel noise is also checked bit for bit against
 ``fastddpm.randn`` from the same backend.
 """
@@ -17,7 +17,7 @@ SHAPES = [(1,), (7, 3), (5, 1, 8, 8), (1000, 2)]
 DTYPES = [np.float32, np.float64]
 PREDICTIONS = ["epsilon", "sample", "v_prediction"]
 SCHED = {"linear": Schedule.linear(1000), "cosine": Schedule.cosine(1000)}
-NOISE_ATOL = 2e-6  # DESIGN.md: Numba normals within 2e-6 of the reference
+NOISE_ATOL = 2e-6  # docs/core.md: Numba normals within 2e-6 of the reference
 
 
 def _inputs(shape, dtype, seed=0):
@@ -226,16 +226,6 @@ def test_more_than_2_pow_24_elements():
             np.testing.assert_allclose(y[s:s + 1, j0:j1], ref, rtol=0, atol=NOISE_ATOL)
 
 
-def test_schedule_tables_kernel_matches_reference():
-    from fastddpm.kernels import numba as NB
-
-    for betas in (R.betas_cosine(1000), R.betas_sigmoid(17), np.array([0.3, 0.01])):
-        got, ref = NB.schedule_tables(betas), R.schedule_tables(betas)
-        assert set(got) == set(ref)
-        for key in ref:
-            np.testing.assert_allclose(got[key], ref[key], rtol=1e-14, atol=0, err_msg=key)
-
-
 # Uniform (t, t′): the sampling loop's case, where a chunk is one vectorised loop whatever D is.
 # (D, B): D = 1, 2, 3, 7, 4096; n = B·D below and above PARALLEL_MIN_ELEMENTS (2¹⁶); for D = 3
 # and 7 the 4096-element chunk boundaries fall inside samples.
@@ -259,21 +249,26 @@ def _uniform_cases(op, sched, config, prev_kind, dtype=np.float32):
         yield (D, B), x, m, prev, got, ref, noise, walk
 
 
+def _check_uniform(op, sched, config, prev_kind):
+    """Drawn noise within NOISE_ATOL of the reference; with that noise given, numba equals itself
+    (in-kernel noise = randn's) and the numpy reference bit for bit; the per-sample walk equals
+    the uniform path on the samples they share."""
+    for shape, x, m, prev, got, ref, noise, walk in _uniform_cases(op, sched, config, prev_kind):
+        np.testing.assert_allclose(got, ref, rtol=0, atol=NOISE_ATOL, err_msg=str(shape))
+        given = op(sched, x, m, UNIFORM_T, prev_t=prev, noise=noise, backend="numba", **config)
+        np.testing.assert_array_equal(got, given, err_msg=str(shape))
+        np.testing.assert_array_equal(
+            given, op(sched, x, m, UNIFORM_T, prev_t=prev, noise=noise, backend="numpy", **config), err_msg=str(shape))
+        np.testing.assert_array_equal(walk[::2], got[::2], err_msg=str(shape))
+
+
 @pytest.mark.parametrize("prev_kind", ["respaced", "final"])
 @pytest.mark.parametrize("clip", [None, 1.0])
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_ddpm_step_uniform_t(prediction, variance, clip, prev_kind):
-    sched = SCHED["linear"]
-    config = dict(prediction=prediction, variance=variance, clip=clip)
-    for shape, x, m, prev, got, ref, noise, walk in _uniform_cases(fastddpm.ddpm_step, sched, config, prev_kind):
-        np.testing.assert_allclose(got, ref, rtol=0, atol=NOISE_ATOL, err_msg=str(shape))
-        given = fastddpm.ddpm_step(sched, x, m, UNIFORM_T, prev_t=prev, noise=noise, backend="numba", **config)
-        np.testing.assert_array_equal(got, given, err_msg=str(shape))  # in-kernel noise = randn's
-        np.testing.assert_array_equal(
-            given, fastddpm.ddpm_step(sched, x, m, UNIFORM_T, prev_t=prev, noise=noise, backend="numpy", **config),
-            err_msg=str(shape))
-        np.testing.assert_array_equal(walk[::2], got[::2], err_msg=str(shape))
+    _check_uniform(fastddpm.ddpm_step, SCHED["linear"], dict(prediction=prediction, variance=variance, clip=clip),
+                   prev_kind)
 
 
 @pytest.mark.parametrize("prev_kind", ["respaced", "final"])
@@ -281,16 +276,7 @@ def test_ddpm_step_uniform_t(prediction, variance, clip, prev_kind):
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_ddim_step_uniform_t(prediction, eta, clip, prev_kind):
-    sched = SCHED["cosine"]
-    config = dict(prediction=prediction, eta=eta, clip=clip)
-    for shape, x, m, prev, got, ref, noise, walk in _uniform_cases(fastddpm.ddim_step, sched, config, prev_kind):
-        np.testing.assert_allclose(got, ref, rtol=0, atol=NOISE_ATOL, err_msg=str(shape))
-        given = fastddpm.ddim_step(sched, x, m, UNIFORM_T, prev_t=prev, noise=noise, backend="numba", **config)
-        np.testing.assert_array_equal(got, given, err_msg=str(shape))
-        np.testing.assert_array_equal(
-            given, fastddpm.ddim_step(sched, x, m, UNIFORM_T, prev_t=prev, noise=noise, backend="numpy", **config),
-            err_msg=str(shape))
-        np.testing.assert_array_equal(walk[::2], got[::2], err_msg=str(shape))
+    _check_uniform(fastddpm.ddim_step, SCHED["cosine"], dict(prediction=prediction, eta=eta, clip=clip), prev_kind)
 
 
 @pytest.mark.parametrize("noise_given", [False, True])

@@ -101,7 +101,7 @@ def test_normals_pass_ks(backend):
     assert abs(z.mean()) < 5e-3 and abs(z.std() - 1) < 5e-3
 
 
-# DESIGN.md's contract for the float32 uniform→normal mapping of the Numba (and Triton) kernels.
+# The design's contract (docs/core.md, "Reproducibility promise") for the float32 uniform→normal mapping of the Numba (and Triton) kernels.
 NORMAL_ATOL = 2e-6
 
 

@@ -70,7 +70,7 @@ def test_same_numbers_with_1_and_2_threads():
 
 
 def test_sampling_loop_same_on_numpy_and_numba():
-    """Ten ancestral steps with per-step streams. The Numba normals are within DESIGN.md's 2e-6 of
+    """Ten ancestral steps with per-step streams. The Numba normals are within the design's 2e-6 (docs/core.md) of
     the reference's; given those same normals, the NumPy loop reproduces the Numba loop exactly
     (the update arithmetic is the same; the x̂0 of t = 999 amplifies any noise difference ~150×,
     so the two backends' own draws are compared as noise, not through the chain)."""

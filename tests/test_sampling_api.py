@@ -66,7 +66,10 @@ def test_torch_module_and_torch_backend(schedule):
     """A torch module on the host path equals the all-torch path (the CUDA code) on CPU."""
     torch = pytest.importorskip("torch")
     mlp = tiny_mlp(dim=3)
-    for settings in [dict(sampler="ddpm", steps=20, spacing="linspace")] + SETTINGS[1:]:
+    # ddim with v_prediction and a clip: ε̂ must come from the unclipped x̂0 on both paths.
+    extra = [dict(sampler="ddpm", steps=20, spacing="linspace"),
+             dict(sampler="ddim", steps=10, eta=0.5, prediction="v_prediction", clip=0.3)]
+    for settings in extra + SETTINGS[1:]:
         host = sample(mlp, schedule, 20, sample_shape=SAMPLE_SHAPE, seed=2, progress=False, **settings)
         dev = sample(mlp, schedule, 20, sample_shape=SAMPLE_SHAPE, seed=2, progress=False, backend="torch",
                      batch_size=7, **settings)

@@ -173,3 +173,15 @@ def test_tables_cache_torch():
 def test_bad_parameters(call, exc, msg):
     with pytest.raises(exc, match=msg):
         call()
+
+
+def test_schedule_tables_match_reference():
+    """kernels.coefficients.schedule_tables (what Schedule uses) against the NumPy oracle."""
+    from fastddpm.kernels import coefficients as KC
+    from fastddpm.kernels import reference as R
+
+    for betas in (R.betas_cosine(1000), R.betas_sigmoid(17), np.array([0.3, 0.01])):
+        got, ref = KC.schedule_tables(betas), R.schedule_tables(betas)
+        assert set(got) == set(ref)
+        for key in ref:
+            np.testing.assert_allclose(got[key], ref[key], rtol=1e-14, atol=0, err_msg=key)

@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..kernels.reference import PREDICTIONS
+from ..kernels.coefficients import PREDICTIONS
 from ..schedule import Schedule
 
 PREFIX = "fastddpm."

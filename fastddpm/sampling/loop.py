@@ -1,6 +1,6 @@
 """``fastddpm.sample``: the sampling loop over batches, on the host (NumPy/Numba) or in torch.
 
-Reproducibility contract (DESIGN.md "Noise"): sample s starts from x_T = randn(seed, stream 0,
+Reproducibility contract (docs/sampling.md, "Reproducibility"): sample s starts from x_T = randn(seed, stream 0,
 global offset s·D) and step k (1 … K in loop order) adds noise from stream k at the same global
 offsets, so sample s does not depend on the batch size, backend, thread count or shard.
 

@@ -14,19 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends import kernels
-from ..kernels.reference import PREDICTIONS, VARIANCES
-
-_PRED = {p: i for i, p in enumerate(PREDICTIONS)}
-_VAR = {v: i for i, v in enumerate(VARIANCES)}
-
-
-def dpmpp2m_update_reference(x_t, model_output, x0_prev, cx, cm, a, b, c, prediction, clip):
-    """NumPy oracle of the fused DPM-Solver++(2M) update; returns (x′, x̂0). Shapes: all [B, …]."""
-    dt = x_t.dtype.type
-    x0 = model_output.copy() if prediction == "sample" else dt(cx) * x_t + dt(cm) * model_output
-    if clip is not None:
-        x0 = np.clip(x0, dt(-clip), dt(clip))
-    return dt(a) * x_t + dt(b) * x0 + dt(c) * x0_prev, x0
+from ..kernels import coefficients as KC
+from ..kernels.reference import dpmpp2m_update as dpmpp2m_update_reference  # the oracle (backend numpy)
 
 
 def numba_randn(flat: np.ndarray, seed: int, stream: int, offset: int) -> None:
@@ -59,15 +48,16 @@ class HostStepper:
             self._chunk = CHUNK
             self._t_arr = [np.array([v], dtype=np.int64) for v in self.t]
             self._p_arr = [np.array([v], dtype=np.int64) for v in self.prev]
+            self._rows = [np.ascontiguousarray(plan.coef[k:k + 1]) for k in range(plan.num_steps)]  # [1, C]
             self._keys = [philox_key(self.seed, k + 1) for k in range(plan.num_steps)]
-            self._pred = _PRED[plan.prediction]
+            self._pred = KC.PRED_CODE[plan.prediction]
             if plan.sampler == "ddpm":
-                self._kernel = numba_step._ddpm_kernel
-                self._mode = _VAR[plan.variance]
+                self._kernel = numba_step._step_kernel
+                self._mode = (False, False)  # is_ddim, is_eps
                 self._needs_noise = [p >= 0 for p in self.prev]
             elif plan.sampler == "ddim":
-                self._kernel = numba_step._ddim_kernel
-                self._mode = float(plan.eta)
+                self._kernel = numba_step._step_kernel
+                self._mode = (True, plan.prediction == "epsilon")
                 self._needs_noise = [p >= 0 and plan.eta > 0 for p in self.prev]
             else:
                 from ..kernels.numba.dpmpp2m import dpmpp2m_update
@@ -95,9 +85,10 @@ class HostStepper:
             k0, k1 = self._keys[k]
             xf = x.reshape(-1)
             # The kernels' launcher picks the serial compile below PARALLEL_MIN_ELEMENTS.
-            self._kernel(size, xf, m.reshape(-1), out.reshape(-1), self._t_arr[k], 0, self._p_arr[k], 0, self.ac,
-                   self._pred, self._mode, self._clip, self._has_clip, xf[:0], False, self._needs_noise[k],
-                   k0, k1, np.int64(offset), size // x.shape[0], (size + self._chunk - 1) // self._chunk)
+            self._kernel(size, xf, m.reshape(-1), out.reshape(-1), self._t_arr[k], 0, self._p_arr[k], 0,
+                         self._rows[k], 0, False, *self._mode, self._clip, self._has_clip, xf[:0], False,
+                         self._needs_noise[k], k0, k1, np.int64(offset), size // x.shape[0],
+                         (size + self._chunk - 1) // self._chunk)
             return
         t, prev = self.t[k], self.prev[k]
         ref = kernels("numpy")
@@ -218,22 +209,8 @@ class TorchStepper:
             noise = state["noise"]
             noise.copy_(randn(tuple(noise.shape), seed=self.seed, stream=k + 1, offset=self.offset,
                               dtype=self.dtype, like=noise, backend="auto"))
-        m = m.to(self.dtype)
-        row = self.coef[k]
-        col = [row[i] for i in range(row.shape[0])]
-        x0 = m if p.prediction == "sample" else col[0] * x + col[1] * m
-        if p.clip is not None:
-            x0 = x0.clamp(-p.clip, p.clip)
-        if p.sampler == "ddpm":
-            y = col[2] * x0 + col[3] * x
-            if noise is not None:
-                y = y + col[4] * noise
-        elif p.sampler == "ddim":
-            eps = m if p.prediction == "epsilon" else (x - col[2] * x0) / col[3]
-            y = col[4] * x0 + col[5] * eps
-            if noise is not None:
-                y = y + col[6] * noise
-        else:
-            y = col[2] * x + col[3] * x0 + col[4] * state["x0_prev"]
+        y, x0 = KC.apply_row(p.sampler, self.coef[k], x, m.to(self.dtype), p.prediction, p.clip, noise,
+                             state["x0_prev"], xp=self.torch)
+        if p.sampler == "dpmpp2m":
             state["x0_prev"].copy_(x0)
         x.copy_(y)

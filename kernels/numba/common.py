@@ -47,7 +47,6 @@ def kernel(fn):
     def launch(n, *args):
         return (parallel if n >= PARALLEL_MIN_ELEMENTS else serial)(*args)
 
-    launch.parallel, launch.serial = parallel, serial
     return launch
 
 

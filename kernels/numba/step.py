@@ -1,40 +1,19 @@
 """Fused reverse steps (DDPM ancestral and DDIM(η)): x̂0 → clip → update → noise, one pass.
 
-Coefficients are computed in float64 from ᾱ, then rounded to the data dtype, in the same order
-as kernels/reference.py. A chunk whose samples all share (t, t′) — always in the sampling loop,
+The kernels compute no coefficient: they read float64 rows built by kernels/coefficients.py
+(the sampling loop passes its plan's row; the public ops a cached table of every (t, t − 1)
+read by t, or for an explicit prev_t one row per call or per sample) and round them to the
+data dtype. A chunk whose samples all share (t, t′) — always in the sampling loop,
 where t is a stride-0 scalar — is one branch-free vectorised loop over its elements whatever D
-is; otherwise the chunk is walked sample by sample, recomputing the coefficients only when
-(t, t′) changes.
+is; otherwise the chunk is walked sample by sample, reading each sample's row.
 """
-import math
-
 import numba
 import numpy as np
 from numba import njit
 
+from .. import coefficients as KC
 from .common import CHUNK, kernel, num_chunks, philox_key
 from .philox import chunk_normals
-
-PRED_EPSILON, PRED_SAMPLE, PRED_V = 0, 1, 2
-VAR_FIXED_SMALL, VAR_FIXED_LARGE = 0, 1
-_MIN_VARIANCE = 1e-20
-
-
-@njit(inline="always", cache=True, error_model="numpy")
-def _x0_coefficients(ab_t, pred):
-    """x̂0 = cx·x_t + cm·out."""
-    if pred == PRED_EPSILON:
-        return math.sqrt(1.0 / ab_t), -math.sqrt(1.0 / ab_t - 1.0)
-    if pred == PRED_V:
-        return math.sqrt(ab_t), -math.sqrt(1.0 - ab_t)
-    return 0.0, 1.0
-
-
-@njit(inline="always", cache=True, error_model="numpy")
-def _alphas(ac, tb, pb):
-    ab_t = ac[tb]
-    ab_p = ac[pb] if pb >= 0 else 1.0
-    return ab_t, ab_p
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -78,19 +57,8 @@ def _chunk_is_uniform(t, t_stride, prev, p_stride, b_first, b_last):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _ddpm_coefficients(ac, tb, pb, pred, var, dt):
-    ab_t, ab_p = _alphas(ac, tb, pb)
-    alpha_c = ab_t / ab_p
-    beta_c = 1.0 - alpha_c
-    fx, fm = _x0_coefficients(ab_t, pred)
-    if var == VAR_FIXED_SMALL:
-        variance = max((1.0 - ab_p) / (1.0 - ab_t) * beta_c, _MIN_VARIANCE)
-    else:
-        variance = beta_c
-    c1 = dt(math.sqrt(ab_p) * beta_c / (1.0 - ab_t))
-    c2 = dt(math.sqrt(alpha_c) * (1.0 - ab_p) / (1.0 - ab_t))
-    sg = dt(math.sqrt(variance)) if pb >= 0 else dt(0.0)
-    return dt(fx), dt(fm), c1, c2, sg
+def _ddpm_row(coef, r, dt):
+    return dt(coef[r, 0]), dt(coef[r, 1]), dt(coef[r, 2]), dt(coef[r, 3]), dt(coef[r, 4])
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -113,54 +81,10 @@ def _ddpm_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, 
             out[k] = _ddpm_update(x_t[k], m[k], dt(0.0), cx, cm, c1, c2, sg, lo_clip, hi_clip, has_clip)
 
 
-@kernel
-def _ddpm_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, var, clip, has_clip,
-                 noise, noise_given, noise_needed, key0, key1, offset, per_sample, n_chunks):
-    n = x_t.shape[0]
-    dt = x_t.dtype.type
-    for c in numba.prange(n_chunks):
-        lo = c * CHUNK
-        hi = min(n, lo + CHUNK)
-        if noise_given or not noise_needed:
-            buf, shift = np.empty(0, dtype=np.float32), np.int64(0)
-        else:
-            buf, shift = chunk_normals(key0, key1, offset + lo, hi - lo)
-        base = lo - shift
-        lo_clip = dt(-clip)
-        hi_clip = dt(clip)
-        b = lo // per_sample
-        if _chunk_is_uniform(t, t_stride, prev, p_stride, b, (hi - 1) // per_sample):
-            # The sampling loop's case: the whole chunk is one vectorised loop whatever D is.
-            cx, cm, c1, c2, sg = _ddpm_coefficients(ac, t[b * t_stride], prev[b * p_stride], pred, var, dt)
-            _ddpm_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, lo, hi, cx, cm, c1, c2, sg,
-                       lo_clip, hi_clip, has_clip)
-            continue
-        start = lo
-        last_t, last_p = np.int64(-2), np.int64(-2)
-        cx = cm = c1 = c2 = sg = dt(0.0)
-        while start < hi:
-            stop = min(hi, (b + 1) * per_sample)
-            tb = t[b * t_stride]
-            pb = prev[b * p_stride]
-            if tb != last_t or pb != last_p:
-                cx, cm, c1, c2, sg = _ddpm_coefficients(ac, tb, pb, pred, var, dt)
-                last_t, last_p = tb, pb
-            _ddpm_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, cx, cm, c1, c2, sg,
-                       lo_clip, hi_clip, has_clip)
-            start = stop
-            b += 1
-
-
 @njit(inline="always", cache=True, error_model="numpy")
-def _ddim_coefficients(ac, tb, pb, pred, eta, dt):
-    ab_t, ab_p = _alphas(ac, tb, pb)
-    beta_c = 1.0 - ab_t / ab_p
-    fx, fm = _x0_coefficients(ab_t, pred)
-    sigma = eta * math.sqrt((1.0 - ab_p) / (1.0 - ab_t)) * math.sqrt(beta_c)
-    if pb < 0:
-        sigma = 0.0
-    return (dt(fx), dt(fm), dt(math.sqrt(ab_t)), dt(math.sqrt(1.0 - ab_t)), dt(math.sqrt(ab_p)),
-            dt(math.sqrt(max(1.0 - ab_p - sigma * sigma, 0.0))), dt(sigma))
+def _ddim_row(coef, r, dt):
+    return (dt(coef[r, 0]), dt(coef[r, 1]), dt(coef[r, 2]), dt(coef[r, 3]), dt(coef[r, 4]), dt(coef[r, 5]),
+            dt(coef[r, 6]))
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -182,9 +106,26 @@ def _ddim_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, 
                                   lo_clip, hi_clip, has_clip, is_eps)
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def _span(is_ddim, x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, coef, r,
+          lo_clip, hi_clip, has_clip, is_eps):
+    """out[k] for start ≤ k < stop with the coefficients of row r (a branch per span, not per element)."""
+    dt = x_t.dtype.type
+    if is_ddim:
+        cx, cm, sab, s1mab, sab_p, dirc, sg = _ddim_row(coef, r, dt)
+        _ddim_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, cx, cm, sab, s1mab,
+                   sab_p, dirc, sg, lo_clip, hi_clip, has_clip, is_eps)
+    else:
+        cx, cm, c1, c2, sg = _ddpm_row(coef, r, dt)
+        _ddpm_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, cx, cm, c1, c2, sg,
+                   lo_clip, hi_clip, has_clip)
+
+
 @kernel
-def _ddim_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, eta, clip, has_clip,
+def _step_kernel(x_t, m, out, t, t_stride, prev, p_stride, coef, row_stride, by_t, is_ddim, is_eps, clip, has_clip,
                  noise, noise_given, noise_needed, key0, key1, offset, per_sample, n_chunks):
+    """ddpm (is_ddim False) or ddim rows [R, C]: sample b reads row t_b (by_t: a table of every
+    (t, t − 1)) or row b·row_stride."""
     n = x_t.shape[0]
     dt = x_t.dtype.type
     for c in numba.prange(n_chunks):
@@ -197,26 +138,19 @@ def _ddim_kernel(x_t, m, out, t, t_stride, prev, p_stride, ac, pred, eta, clip, 
         base = lo - shift
         lo_clip = dt(-clip)
         hi_clip = dt(clip)
-        is_eps = pred == PRED_EPSILON
         b = lo // per_sample
         if _chunk_is_uniform(t, t_stride, prev, p_stride, b, (hi - 1) // per_sample):
-            cx, cm, sab, s1mab, sab_p, dirc, sg = _ddim_coefficients(ac, t[b * t_stride], prev[b * p_stride],
-                                                                      pred, eta, dt)
-            _ddim_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, lo, hi, cx, cm, sab, s1mab,
-                       sab_p, dirc, sg, lo_clip, hi_clip, has_clip, is_eps)
+            # The sampling loop's case: the whole chunk is one vectorised loop whatever D is.
+            r = t[b * t_stride] if by_t else b * row_stride
+            _span(is_ddim, x_t, m, out, noise, noise_given, noise_needed, buf, base, lo, hi, coef, r,
+                  lo_clip, hi_clip, has_clip, is_eps)
             continue
         start = lo
-        last_t, last_p = np.int64(-2), np.int64(-2)
-        cx = cm = sab = s1mab = sab_p = dirc = sg = dt(0.0)
-        while start < hi:
+        while start < hi:  # sample by sample: a row read (5–7 loads) per sample, no coefficient math
             stop = min(hi, (b + 1) * per_sample)
-            tb = t[b * t_stride]
-            pb = prev[b * p_stride]
-            if tb != last_t or pb != last_p:
-                cx, cm, sab, s1mab, sab_p, dirc, sg = _ddim_coefficients(ac, tb, pb, pred, eta, dt)
-                last_t, last_p = tb, pb
-            _ddim_span(x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, cx, cm, sab, s1mab,
-                       sab_p, dirc, sg, lo_clip, hi_clip, has_clip, is_eps)
+            r = t[b * t_stride] if by_t else b * row_stride
+            _span(is_ddim, x_t, m, out, noise, noise_given, noise_needed, buf, base, start, stop, coef, r,
+                  lo_clip, hi_clip, has_clip, is_eps)
             start = stop
             b += 1
 
@@ -228,33 +162,53 @@ def _index_arrays(t, prev_t):
     return t, int(t.shape[0] > 1), prev_t, int(prev_t.shape[0] > 1)
 
 
-def ddpm_step(x_t, model_output, out, t, prev_t, alphas_cumprod, pred, var, clip, noise,
+def step_rows(sampler, alphas_cumprod, t, prev_t, **options):
+    """(rows [R, C] float64, row stride, by_t) for index arrays t, prev_t of 1 or B entries.
+
+    prev_t = t − 1 everywhere: the cached rows of every (t, t − 1) of this ᾱ table, read by t
+    (no per-call row math: B rows of float64 math cost 55–66 ms at B = 2¹⁹, more than the step
+    itself at D = 2). Otherwise one row for a scalar (t, t′) (stride 0), else one per sample.
+    """
+    if prev_t.shape == t.shape and np.array_equal(prev_t, t - 1):
+        def build():
+            ts = np.arange(alphas_cumprod.shape[0])
+            return np.ascontiguousarray(KC.rows(sampler, *KC.step_alphas(alphas_cumprod, ts, ts - 1), **options))
+        return KC.cached(alphas_cumprod, ("numba", sampler, tuple(sorted(options.items()))), build), 0, True
+    t, prev_t = np.broadcast_arrays(t, prev_t)
+    ab_t, ab_p, final = KC.step_alphas(alphas_cumprod, t, prev_t)
+    rows = np.ascontiguousarray(KC.rows(sampler, ab_t, ab_p, final, **options))
+    return rows, int(rows.shape[0] > 1), False
+
+
+def ddpm_step(x_t, model_output, out, t, prev_t, alphas_cumprod, prediction, variance, clip, noise,
               seed, stream, offset, per_sample):
     """Flat contiguous x_t, model_output, out (out may be x_t); t, prev_t int or int64 [B].
 
     Bytes per element: 12 (read x_t and the model output, write x_prev).
     """
     t, ts, prev_t, ps = _index_arrays(t, prev_t)
+    coef, rs, by_t = step_rows("ddpm", alphas_cumprod, t, prev_t, prediction=prediction, variance=variance)
     k0, k1 = philox_key(seed, stream)
     given = noise is not None
     needed = bool((prev_t >= 0).any())
     if not given:
         noise = x_t[:0]
-    _ddpm_kernel(x_t.shape[0],
-                 x_t, model_output, out, t, ts, prev_t, ps, alphas_cumprod, pred, var,
+    _step_kernel(x_t.shape[0],
+                 x_t, model_output, out, t, ts, prev_t, ps, coef, rs, by_t, False, False,
                  float(clip or 0.0), clip is not None, noise, given, needed, k0, k1,
                  np.int64(offset), per_sample, num_chunks(x_t.shape[0]))
 
 
-def ddim_step(x_t, model_output, out, t, prev_t, alphas_cumprod, pred, eta, clip, noise,
+def ddim_step(x_t, model_output, out, t, prev_t, alphas_cumprod, prediction, eta, clip, noise,
               seed, stream, offset, per_sample):
     """Same conventions as ddpm_step; noise is drawn only when η > 0. Bytes per element: 12."""
     t, ts, prev_t, ps = _index_arrays(t, prev_t)
+    coef, rs, by_t = step_rows("ddim", alphas_cumprod, t, prev_t, prediction=prediction, eta=float(eta))
     k0, k1 = philox_key(seed, stream)
     given = noise is not None and eta > 0
     needed = eta > 0 and bool((prev_t >= 0).any())
     noise = noise if given else x_t[:0]
-    _ddim_kernel(x_t.shape[0],
-                 x_t, model_output, out, t, ts, prev_t, ps, alphas_cumprod, pred, float(eta),
+    _step_kernel(x_t.shape[0],
+                 x_t, model_output, out, t, ts, prev_t, ps, coef, rs, by_t, True, prediction == "epsilon",
                  float(clip or 0.0), clip is not None, noise, given, needed, k0, k1,
                  np.int64(offset), per_sample, num_chunks(x_t.shape[0]))

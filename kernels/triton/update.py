@@ -1,23 +1,20 @@
 """The fused update from float32 coefficient rows: ddpm, ddim(η) and DPM-Solver++(2M), one pass.
 
-The sampling loop and the per-sample-t path of ddpm_step/ddim_step share one kernel,
-``_update_kernel``, that reads its per-step scalars from a float32 table ``coef`` [R, C]
-instead of computing them from ᾱ:
+Every Triton reverse step runs ``_update_kernel``, which reads its per-step scalars from a
+float32 table ``coef`` [R, C] instead of computing them:
 
 - loop (``LOOP``): the row is the step index k read from device memory (``ctl`` = int64
   [k, offset, seed]); the noise of step k is stream k + 1 at global offset ``offset`` + element,
   so a captured CUDA graph replays every step and batch by writing ``ctl`` only;
-- per sample (``ROW_PER_SAMPLE``): element e reads row e // D, a row per sample computed by
-  ``_rows_kernel`` in float64 over B entries (B·C float32 loads from cache instead of float64
-  math per element).
+- ddpm_step/ddim_step (``step_update``): one row for the call, or (``ROW_PER_SAMPLE``) row
+  e // D for element e; the rows are kernels/coefficients.py's, evaluated in float64 on the
+  data's device (torch ops over B entries, no host sync) and rounded once to float32.
 
-Columns (the same as fastddpm.sampling.plan.COLUMNS, checked by tests/triton/test_triton_loop.py):
-- ddpm:    cx, cm, c1, c2, sigma      x′ = c1·x̂0 + c2·x_t + sigma·z
-- ddim:    cx, cm, sab, s1mab, sab_p, dirc, sigma
-           ε̂ = out (epsilon) or (x_t − sab·x̂0)/s1mab from the unclipped x̂0; x′ = sab_p·x̂0 + dirc·ε̂ + sigma·z
-- dpmpp2m: cx, cm, a, b, c            x′ = a·x_t + b·x̂0 + c·x̂0_prev, then x̂0_prev ← x̂0
-with x̂0 = cx·x_t + cm·out (the output itself for prediction "sample"), clipped when asked.
-Bytes per element (float32): 12 for ddpm/ddim (read x_t and out, write x′), 20 for dpmpp2m.
+Columns: kernels.coefficients.COLUMNS (the layout is documented there and in docs/sampling.md);
+NUM_COLUMNS below is this kernel's own reading of it (its column indices), checked against
+COLUMNS by tests/triton/test_triton_loop.py. x̂0 = cx·x_t + cm·out (the output itself for
+prediction "sample"), clipped when asked. Bytes per element (float32): 12 for ddpm/ddim (read
+x_t and out, write x′), 20 for dpmpp2m.
 """
 from __future__ import annotations
 
@@ -25,12 +22,28 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import (NO_SPECIALIZE, PRED_CODE, grid_size, index_bits, launch_config, normal_tile, on_device,
-                    philox_seed, step_alphas, tile, tile_at, x0_coefficients)
+from .. import coefficients as KC
+from .utils import NO_SPECIALIZE, grid_size, index_bits, launch_config, normal_tile, on_device, philox_seed, tile, tile_at
 
 SAMPLER_CODE = {"ddpm": 0, "ddim": 1, "dpmpp2m": 2}
 NUM_COLUMNS = {"ddpm": 5, "ddim": 7, "dpmpp2m": 5}
-_VAR_CODE = {"fixed_small": 0, "fixed_large": 1}
+
+
+class _TorchMath:
+    """The array namespace kernels.coefficients expects, on torch tensors (any device)."""
+
+    sqrt = staticmethod(torch.sqrt)
+    where = staticmethod(torch.where)
+    zeros_like = staticmethod(torch.zeros_like)
+    ones_like = staticmethod(torch.ones_like)
+
+    @staticmethod
+    def maximum(x, floor):
+        return torch.clamp(x, min=floor)
+
+    @staticmethod
+    def stack(arrays, axis):
+        return torch.stack(arrays, dim=axis)
 
 
 @triton.jit
@@ -55,7 +68,10 @@ def _update_kernel(x_ptr, m_ptr, out_ptr, x0p_ptr, noise_ptr, coef_ptr, ctl_ptr,
     else:
         k, mask, counters = tile(n, ctr_lo, ctr_hi, SHIFT, IDX64, BLOCK)
         seed64 = philox_seed(key_ptr, seed_word, stream_word, KEY_ON_DEVICE)
-        r = (k // per_sample) * C
+        if ROW_PER_SAMPLE:
+            r = (k // per_sample) * C
+        else:  # one row for the whole call: scalar loads, once per program
+            r = 0
     x = tl.load(x_ptr + k, mask=mask).to(tl.float32)
     m = tl.load(m_ptr + k, mask=mask).to(tl.float32)
     if PRED == 1:
@@ -88,66 +104,61 @@ def _update_kernel(x_ptr, m_ptr, out_ptr, x0p_ptr, noise_ptr, coef_ptr, ctl_ptr,
     tl.store(out_ptr + k, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=NO_SPECIALIZE + ["batch"])
-def _rows_kernel(t_ptr, p_ptr, ac_ptr, rows_ptr, batch, last_step, eta,
-                 SAMPLER: tl.constexpr, PRED: tl.constexpr, VAR: tl.constexpr, C: tl.constexpr,
-                 T_PER_SAMPLE: tl.constexpr, P_PER_SAMPLE: tl.constexpr, PREV_IS_T_MINUS_1: tl.constexpr,
-                 BLOCK: tl.constexpr):
-    """Row b of the [B, C] float32 table for sample b (t_b, prev_t_b): float64 math, rounded once."""
-    b = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = b < batch
-    ab_t, ab_p, p = step_alphas(t_ptr, p_ptr, ac_ptr, b, mask, 1, last_step,
-                                T_PER_SAMPLE, P_PER_SAMPLE, PREV_IS_T_MINUS_1)
-    if PRED == 1:
-        cx = tl.zeros_like(ab_t).to(tl.float32)
-        cm = cx + 1.0
+def _rows_of(sampler: str, ac: torch.Tensor, t: torch.Tensor, p: torch.Tensor, options: dict) -> torch.Tensor:
+    """kernels.coefficients rows of steps (t, p) in float64 on ac's device, rounded once to float32."""
+    t, p = torch.broadcast_tensors(t, p)
+    ab_t, ab_p, final = KC.step_alphas(ac, t, p, xp=_TorchMath)
+    return KC.rows(sampler, ab_t, ab_p, final, xp=_TorchMath, **options).to(torch.float32).contiguous()
+
+
+def _chain_rows(sampler: str, ac: torch.Tensor, options: dict):
+    """The rows of every (t, t − 1), row t, per ᾱ table (Schedule.tables caches it per device)
+    and options, built once on the device. A prev_t=None call then gathers its rows (one
+    index_select: 24–28 µs of host time per call for the rows, CPU tensors, loaded 2-core EPYC)
+    instead of running the ~38 small float64 ops of _rows_of (285–325 µs; on a GPU each is a
+    launch). None during a CUDA-graph capture before the table exists (never cache memory of a
+    graph's private pool)."""
+    def build():
+        if ac.is_cuda and torch.cuda.is_current_stream_capturing():
+            return None
+        t = torch.arange(ac.shape[0], dtype=torch.int64, device=ac.device)
+        return _rows_of(sampler, ac, t, t - 1, options)
+    return KC.cached(ac, ("triton", sampler, tuple(sorted(options.items()))), build)
+
+
+def step_rows(sampler: str, launch, **options) -> torch.Tensor:
+    """The float32 [R, C] rows of a ddpm_step/ddim_step call on the data's device: R = 1 for a
+    uniform (t, t′), else B; ``options`` are kernels.coefficients.rows'. t and t′ are clamped
+    into the table, so a bad device value (unchecked: no sync) can never read out of bounds."""
+    _, args, kw = launch
+    t, p, ac, last_step = args[4], args[5], args[6], args[10]
+    t = t.to(torch.int64).clamp(0, last_step)
+    if kw["PREV_IS_T_MINUS_1"]:
+        chain = _chain_rows(sampler, ac, options)
+        if chain is not None:
+            return chain.index_select(0, t)
+        p = t - 1
     else:
-        cx, cm = x0_coefficients(ab_t, PRED)
-    out = rows_ptr + b * C
-    tl.store(out, cx, mask=mask)
-    tl.store(out + 1, cm, mask=mask)
-    if SAMPLER == 0:
-        alpha_c = ab_t / ab_p
-        beta_c = 1.0 - alpha_c
-        if VAR == 0:
-            var = tl.maximum((1.0 - ab_p) / (1.0 - ab_t) * beta_c, 1e-20)
-        else:
-            var = beta_c
-        tl.store(out + 2, (tl.sqrt(ab_p) * beta_c / (1.0 - ab_t)).to(tl.float32), mask=mask)
-        tl.store(out + 3, (tl.sqrt(alpha_c) * (1.0 - ab_p) / (1.0 - ab_t)).to(tl.float32), mask=mask)
-        tl.store(out + 4, tl.where(p >= 0, tl.sqrt(var), 0.0).to(tl.float32), mask=mask)
-    else:
-        beta_c = 1.0 - ab_t / ab_p
-        sigma = tl.cast(eta, tl.float64) * tl.sqrt((1.0 - ab_p) / (1.0 - ab_t)) * tl.sqrt(beta_c)
-        sigma = tl.where(p >= 0, sigma, 0.0)
-        tl.store(out + 2, tl.sqrt(ab_t).to(tl.float32), mask=mask)
-        tl.store(out + 3, tl.sqrt(1.0 - ab_t).to(tl.float32), mask=mask)
-        tl.store(out + 4, tl.sqrt(ab_p).to(tl.float32), mask=mask)
-        tl.store(out + 5, tl.sqrt(tl.maximum(1.0 - ab_p - sigma * sigma, 0.0)).to(tl.float32), mask=mask)
-        tl.store(out + 6, sigma.to(tl.float32), mask=mask)
+        p = p.to(torch.int64).clamp(-1, last_step)
+    return _rows_of(sampler, ac, t, p, options)
 
 
-def per_sample_update(sampler: str, launch, *, prediction: str, variance: str = "fixed_small", eta: float = 0.0,
-                      clip=None) -> None:
-    """ddpm_step/ddim_step with a per-sample t or prev_t: B coefficient rows, then one pass.
+def step_update(sampler: str, launch, *, clip=None, **options) -> None:
+    """ddpm_step/ddim_step: the call's coefficient rows, then one fused pass.
 
-    ``launch`` is what utils.step_launch returns for the call (grid, args, kwargs).
+    ``launch`` is what utils.step_launch returns for the call (grid, args, kwargs); ``options``
+    (prediction, and variance or eta) go to kernels.coefficients.rows.
     """
     grid, args, kw = launch
-    x_t, m, out, noise, t, p, ac, key, n, per_sample, last_step = args[:11]
-    batch, C = n // per_sample, NUM_COLUMNS[sampler]
-    rows = torch.empty((batch, C), dtype=torch.float32, device=x_t.device)
-    block = min(1024, triton.next_power_of_2(batch))
+    x_t, m, out, noise, _, _, _, key, n, per_sample = args[:10]
     with on_device(x_t):
-        _rows_kernel[(triton.cdiv(batch, block),)](
-            t, p, ac, rows, batch, last_step, float(eta), SAMPLER=SAMPLER_CODE[sampler], PRED=PRED_CODE[prediction],
-            VAR=_VAR_CODE[variance], C=C, T_PER_SAMPLE=kw["T_PER_SAMPLE"], P_PER_SAMPLE=kw["P_PER_SAMPLE"],
-            PREV_IS_T_MINUS_1=kw["PREV_IS_T_MINUS_1"], BLOCK=block)
+        rows = step_rows(sampler, launch, **options)
         _update_kernel[grid](
-            x_t, m, out, x_t, noise, rows, key, key, n, per_sample, batch - 1, *args[11:], float(clip or 0.0),
-            SAMPLER=SAMPLER_CODE[sampler], PRED=PRED_CODE[prediction], HAS_CLIP=clip is not None, C=C,
-            ROW_PER_SAMPLE=True, NOISE=kw["NOISE"], LOOP=False, KEY_ON_DEVICE=kw["KEY_ON_DEVICE"],
-            SHIFT=kw["SHIFT"], IDX64=kw["IDX64"], BLOCK=kw["BLOCK"], num_warps=kw["num_warps"])
+            x_t, m, out, x_t, noise, rows, key, key, n, per_sample, rows.shape[0] - 1, *args[11:],
+            float(clip or 0.0), SAMPLER=SAMPLER_CODE[sampler], PRED=KC.PRED_CODE[options["prediction"]],
+            HAS_CLIP=clip is not None, C=NUM_COLUMNS[sampler], ROW_PER_SAMPLE=rows.shape[0] > 1, NOISE=kw["NOISE"],
+            LOOP=False, KEY_ON_DEVICE=kw["KEY_ON_DEVICE"], SHIFT=kw["SHIFT"], IDX64=kw["IDX64"], BLOCK=kw["BLOCK"],
+            num_warps=kw["num_warps"])
 
 
 class LoopUpdate:
@@ -176,7 +187,7 @@ class LoopUpdate:
         self.clip = float(clip or 0.0)
         block, warps = launch_config(self.numel)
         self.grid = grid_size(self.numel, shift, block)
-        self.kwargs = dict(SAMPLER=SAMPLER_CODE[sampler], PRED=PRED_CODE[prediction], HAS_CLIP=clip is not None,
+        self.kwargs = dict(SAMPLER=SAMPLER_CODE[sampler], PRED=KC.PRED_CODE[prediction], HAS_CLIP=clip is not None,
                            C=NUM_COLUMNS[sampler], ROW_PER_SAMPLE=False, NOISE=2 if noise else 0, LOOP=True,
                            KEY_ON_DEVICE=False, SHIFT=shift, IDX64=index_bits(self.numel, shift), BLOCK=block,
                            num_warps=warps)

@@ -2,7 +2,7 @@
 timestep tensors, the launch rule, and the in-kernel tile/noise helpers.
 
 Element k of a call has global noise index i = offset + k; normal number i is lane ``i & 3``
-of ``tl.randn4x(stream·2³² + seed, i >> 2)`` (DESIGN.md, "Noise"). Kernels tile in i-space:
+of ``tl.randn4x(stream·2³² + seed, i >> 2)`` (docs/core.md, "Reproducibility promise"). Kernels tile in i-space:
 program p covers i ∈ [4·(offset >> 2) + p·BLOCK, … + BLOCK) as a [BLOCK/4, 4] tile whose
 rows are Philox counters and whose columns are lanes, so one Philox call feeds four elements
 and ``SHIFT = offset & 3`` (a constexpr) keeps the loads 16-byte aligned when offset % 4 == 0.
@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastddpm import _validate as V
-from fastddpm.backends import interpreting_triton
+from .. import _checks as V
+from .._checks import interpreting_triton
 
 DATA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _DTYPE_NAMES = "float32, float16 or bfloat16"
@@ -312,9 +312,6 @@ def load_steps(t_ptr, k, mask, per_sample, last_step, PER_SAMPLE: tl.constexpr, 
 # Shared launcher part of the reverse steps
 # ----------------------------------------------------------------------------------------
 
-PRED_CODE = {"epsilon": 0, "sample": 1, "v_prediction": 2}
-
-
 def step_launch(schedule, x_t, model_output, t, prev_t, noise, seed, stream, offset, out,
                 check_finite_: bool, *, noise_wanted: bool):
     """Validate a reverse step and build the launch: returns (out, launch) where ``launch``
@@ -358,41 +355,3 @@ def step_launch(schedule, x_t, model_output, t, prev_t, noise, seed, stream, off
         SHIFT=args["SHIFT"], IDX64=index_bits(n, args["SHIFT"]), BLOCK=block, num_warps=warps,
     )
     return out, (grid_size(n, args["SHIFT"], block), launch_args, kwargs)
-
-
-@triton.jit
-def step_alphas(t_ptr, p_ptr, ac_ptr, k, mask, per_sample, last_step,
-                T_PER_SAMPLE: tl.constexpr, P_PER_SAMPLE: tl.constexpr, PREV_IS_T_MINUS_1: tl.constexpr):
-    """ᾱ_t, ᾱ_p (float64; 1 where prev_t < 0) and prev_t, per element or as scalars."""
-    t = load_steps(t_ptr, k, mask, per_sample, last_step, T_PER_SAMPLE, 0)
-    if PREV_IS_T_MINUS_1:
-        p = t - 1
-    else:
-        p = load_steps(p_ptr, k, mask, per_sample, last_step, P_PER_SAMPLE, -1)
-    ab_t = tl.load(ac_ptr + t)
-    ab_p = tl.where(p >= 0, tl.load(ac_ptr + tl.maximum(p, 0)), 1.0)
-    return ab_t, ab_p, p
-
-
-@triton.jit
-def x0_coefficients(ab_t, PRED: tl.constexpr):
-    """x̂0 = cx·x_t + cm·model_output (float64 in, float32 out); unused for PRED = sample."""
-    if PRED == 0:
-        cx = tl.sqrt(1.0 / ab_t)
-        cm = -tl.sqrt(1.0 / ab_t - 1.0)
-    else:
-        cx = tl.sqrt(ab_t)
-        cm = -tl.sqrt(1.0 - ab_t)
-    return cx.to(tl.float32), cm.to(tl.float32)
-
-
-@triton.jit
-def step_noise(noise_ptr, out_ptr, key_ptr, k, mask, counters, seed_word, stream_word,
-               NOISE: tl.constexpr, KEY_ON_DEVICE: tl.constexpr):
-    """z in float32, rounded through the data dtype (NOISE: 1 given, 2 drawn; 0 is not called)."""
-    if NOISE == 1:
-        z = tl.load(noise_ptr + k, mask=mask).to(tl.float32)
-    else:
-        z = normal_tile(philox_seed(key_ptr, seed_word, stream_word, KEY_ON_DEVICE), counters)
-        z = z.to(out_ptr.dtype.element_ty).to(tl.float32)
-    return z

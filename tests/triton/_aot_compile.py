@@ -11,12 +11,12 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 TARGET = GPUTarget("cuda", 90, 32)
-STEP_TYPES = dict(x_ptr="*fp32", m_ptr="*fp32", out_ptr="*fp32", noise_ptr="*fp32", t_ptr="*i64",
-                  p_ptr="*i64",
-                  ac_ptr="*fp64", key_ptr="*i64", n="i32", per_sample="i32", last_step="i32", seed_word="i32",
-                  stream_word="i32", ctr_lo="i32", ctr_hi="i32", clip="fp32", eta="fp32")
+STEP_TYPES = dict(x_ptr="*fp32", m_ptr="*fp32", out_ptr="*fp32", x0p_ptr="*fp32", noise_ptr="*fp32",
+                  coef_ptr="*fp32", ctl_ptr="*i64", key_ptr="*i64", n="i32", per_sample="i32", last_row="i32",
+                  seed_word="i32", stream_word="i32", ctr_lo="i32", ctr_hi="i32", clip="fp32")
 # What the launcher's specialisation gives for 16-byte aligned tensors and n % 16 == 0.
-ALIGNED = ("x_ptr", "m_ptr", "out_ptr", "noise_ptr", "x0_ptr", "t_ptr", "p_ptr", "ac_ptr", "key_ptr", "n")
+ALIGNED = ("x_ptr", "m_ptr", "out_ptr", "x0p_ptr", "noise_ptr", "x0_ptr", "t_ptr", "coef_ptr", "ctl_ptr", "key_ptr",
+           "n")
 
 
 def _kernel(module, name):
@@ -34,18 +34,20 @@ def compile_one(fn, types, constexprs, num_warps=8):
 
 
 def main():
-    step = dict(HAS_CLIP=True, PREV_IS_T_MINUS_1=False, KEY_ON_DEVICE=False, BLOCK=4096)
-    sched = importlib.import_module("fastddpm.kernels.triton.schedule")
+    step = dict(HAS_CLIP=True, LOOP=False, KEY_ON_DEVICE=False, BLOCK=4096)
+    update = _kernel("update", "_update_kernel")
     out = {
-        # The sampling-loop case: scalar t, noise drawn, aligned.
-        "ddpm_scalar_t": compile_one(_kernel("ddpm_step", "_ddpm_step_kernel"), STEP_TYPES, dict(
-            step, PRED=0, VAR=0, T_PER_SAMPLE=False, P_PER_SAMPLE=False, NOISE=2, SHIFT=0, IDX64=False)),
-        # Per-sample float64 coefficients, unaligned offset, int64 indices, key on device.
-        "ddpm_per_sample": compile_one(_kernel("ddpm_step", "_ddpm_step_kernel"), STEP_TYPES, dict(
-            step, PRED=2, VAR=1, T_PER_SAMPLE=True, P_PER_SAMPLE=True, NOISE=2, SHIFT=3, IDX64=True,
-            KEY_ON_DEVICE=True)),
-        "ddim_per_sample": compile_one(_kernel("ddim_step", "_ddim_step_kernel"), STEP_TYPES, dict(
-            step, PRED=1, T_PER_SAMPLE=True, P_PER_SAMPLE=False, NOISE=1, SHIFT=0, IDX64=False)),
+        # ddpm_step/ddim_step with a scalar t: one row, noise drawn, aligned.
+        "ddpm_scalar_t": compile_one(update, STEP_TYPES, dict(
+            step, SAMPLER=0, PRED=0, C=5, ROW_PER_SAMPLE=False, NOISE=2, SHIFT=0, IDX64=False)),
+        # A row per sample, unaligned offset, int64 indices, key on device.
+        "ddpm_per_sample": compile_one(update, STEP_TYPES, dict(
+            step, SAMPLER=0, PRED=2, C=5, ROW_PER_SAMPLE=True, NOISE=2, SHIFT=3, IDX64=True, KEY_ON_DEVICE=True)),
+        "ddim_per_sample": compile_one(update, STEP_TYPES, dict(
+            step, SAMPLER=1, PRED=1, C=7, ROW_PER_SAMPLE=True, NOISE=1, SHIFT=0, IDX64=False)),
+        # The sampling loop's step (row, step and counters read from device memory).
+        "ddpm_loop": compile_one(update, STEP_TYPES, dict(
+            step, SAMPLER=0, PRED=0, C=5, ROW_PER_SAMPLE=False, NOISE=2, SHIFT=0, IDX64=False, LOOP=True)),
         "q_sample": compile_one(_kernel("q_sample", "_q_sample_kernel"), dict(
             x0_ptr="*fp32", noise_ptr="*fp32", out_ptr="*fp32", t_ptr="*i64", sqrt_ab_ptr="*fp32",
             sqrt_1mab_ptr="*fp32", key_ptr="*i64", n="i32", per_sample="i32", last_step="i32",
@@ -55,11 +57,6 @@ def main():
         "randn_bf16": compile_one(_kernel("randn", "_randn_kernel"), dict(
             out_ptr="*bf16", key_ptr="*i64", n="i32", seed_word="i32", stream_word="i32", ctr_lo="i32",
             ctr_hi="i32"), dict(KEY_ON_DEVICE=True, SHIFT=1, IDX64=True, BLOCK=4096)),
-        "schedule": compile_one(sched._schedule_kernel, dict(betas_ptr="*fp64", out_ptr="*fp64", T="i32"),
-                                dict(
-            BLOCK=1024, **{k: sched._ROW[v] for k, v in sched._KERNEL_ROWS.items()}), num_warps=4),
-        "respace": compile_one(sched._respace_kernel, dict(ac_ptr="*fp64", steps_ptr="*i64", out_ptr="*fp64",
-                                                           S="i32"), dict(BLOCK=1024), num_warps=4),
     }
     print(json.dumps(out))
 

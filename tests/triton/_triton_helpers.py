@@ -34,7 +34,7 @@ def per_sample_steps(rng, batch, num_steps):
 
 def assert_close32(actual, expected):
     """float32 results: a few ulps of the result, plus the ≤ 1e-6 by which a GPU's normals may
-    differ from the reference's (DESIGN.md, "Noise")."""
+    differ from the reference's (docs/core.md, "Reproducibility promise")."""
     np.testing.assert_allclose(to_numpy(actual), expected, rtol=2e-6, atol=2e-6)
 
 
