@@ -17,6 +17,11 @@ _LAZY = {
     "train": "fastddpm.training",
     "export_onnx": "fastddpm.onnx_export",
     "OnnxSampler": "fastddpm.sampling",
+    # The drop-in diffusers schedulers (need diffusers). Top-level names because a diffusers
+    # pipeline saved with one records its library as "fastddpm" and loads the class from there.
+    "FusedDDPMScheduler": "fastddpm.diffusers",
+    "FusedDDIMScheduler": "fastddpm.diffusers",
+    "FusedDPMSolverMultistepScheduler": "fastddpm.diffusers",
 }
 
 

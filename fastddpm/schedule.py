@@ -258,7 +258,9 @@ class Schedule:
                         "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
         if variance not in variance_map:
             unsupported("variance_type", variance, ", ".join(variance_map))
-        clip = float(get("clip_sample_range", 1.0)) if get("clip_sample", True) else None
+        # DDPM/DDIM default clip_sample=True; DPMSolver* schedulers have no such setting and never clip
+        never_clips = "DPMSolver" in str(get("_class_name", "")) or "solver_order" in config
+        clip = float(get("clip_sample_range", 1.0)) if get("clip_sample", not never_clips) else None
 
         num_steps = _check_num_steps(get("num_train_timesteps", 1000))
         trained = get("trained_betas", None)

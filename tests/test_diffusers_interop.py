@@ -53,6 +53,11 @@ def test_sampling_defaults_carried_over():
     for key in ("prediction_type", "variance_type", "clip_sample", "clip_sample_range", "timestep_spacing"):
         assert back.config[key] == sched.config[key], key
     assert Schedule.from_diffusers(DDPMScheduler(clip_sample=False)).sampling_defaults["clip"] is None
+    # DPM-Solver has no clip_sample setting and never clips (the DDPM/DDIM default True must not apply)
+    from diffusers import DPMSolverMultistepScheduler
+
+    assert Schedule.from_diffusers(DPMSolverMultistepScheduler()).sampling_defaults["clip"] is None
+    assert Schedule.from_diffusers(DPMSolverMultistepScheduler().config).sampling_defaults["clip"] is None
 
 
 @pytest.mark.parametrize("setting,value", [("rescale_betas_zero_snr", True), ("thresholding", True),
