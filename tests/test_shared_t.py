@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fastddpm  # noqa: E402
-from fastddpm.nets import MLP, UNet, time_rows  # noqa: E402
+from fastddpm.nets import MLP, ResMLP, UNet, time_rows  # noqa: E402
 
 B = 5
 T_SHARED = 417
@@ -26,6 +26,7 @@ NETS = {
     "mlp-learned": (lambda: MLP(3, width=16, depth=2, time_embedding="learned"), (3,)),
     "mlp-sinusoidal-time_dim": (lambda: MLP(2, width=16, depth=2, time_dim=8), (2,)),
     "unet-attention": (lambda: UNet(1, base_channels=8, channel_mults=(1, 2), attention=True), (1, 8, 8)),
+    "resmlp": (lambda: ResMLP(2, width=16, depth=2, fourier_features=3, time_dim=8), (2,)),
     "unet-plain": (lambda: UNet(2, base_channels=8, channel_mults=(1,), attention=False), (2, 4, 4)),
 }
 
@@ -83,7 +84,7 @@ onnx_needed = pytest.mark.skipif(
 
 
 @onnx_needed
-@pytest.mark.parametrize("name", ["mlp-sinusoidal", "mlp-learned", "unet-attention"])
+@pytest.mark.parametrize("name", ["mlp-sinusoidal", "mlp-learned", "resmlp", "unet-attention"])
 def test_onnx_export_takes_t_of_shape_one_and_b(tmp_path, name):
     import onnx
 
@@ -198,3 +199,28 @@ def test_fixed_batch_export_samples_like_torch(tmp_path):
     kw = dict(steps=10, seed=5, batch_size=3, progress=False)
     np.testing.assert_allclose(fastddpm.sample(model, schedule, 4, **kw), fastddpm.sample(mlp, schedule, 4, **kw),
                                rtol=1e-4, atol=1e-5)
+
+
+@onnx_needed
+@pytest.mark.parametrize("dynamic_batch", [True, False])
+def test_resmlp_samples_through_onnx_runtime_with_t_of_shape_one(tmp_path, dynamic_batch):
+    """ResMLP (LayerNorm · (1 + scale(t)) + shift(t), Fourier features of x) keeps the shared-t
+    convention through the exporter: the graph takes t [1] with x [B] (also with B fixed to 1),
+    and the ORT engine samples what torch samples."""
+    from fastddpm.runtime import OnnxModel
+
+    schedule = fastddpm.Schedule.linear(50)
+    make, shape = NETS["resmlp"]
+    net = _randomise(make())
+    path = fastddpm.export_onnx(net, tmp_path / "r.onnx", sample_shape=shape, schedule=schedule,
+                                dynamic_batch=dynamic_batch)
+    model = OnnxModel(path, ["CPUExecutionProvider"])
+    assert model.shared_t
+    x = np.random.default_rng(3).standard_normal((B, *shape)).astype(np.float32)
+    with torch.inference_mode():
+        ref = net(torch.from_numpy(x), torch.full((B,), T_SHARED)).numpy()
+    np.testing.assert_allclose(model(x, np.array([T_SHARED])), ref, rtol=1e-4, atol=1e-5)
+    for sampler in ("ddpm", "dpmpp2m"):
+        kw = dict(sampler=sampler, steps=10, seed=5, batch_size=3, progress=False)
+        np.testing.assert_allclose(fastddpm.sample(model, schedule, 7, **kw), fastddpm.sample(net, schedule, 7, **kw),
+                                   rtol=1e-4, atol=1e-5)

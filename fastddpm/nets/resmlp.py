@@ -83,7 +83,11 @@ class ResMLP(nn.Module):
     Time path once per step: when every sample shares t — a stride-0 t (what the sampling loop
     passes) or t of shape [1] (what ONNX graphs get) — the embedding is computed on one row and
     broadcast against the batch; a t with one entry per sample takes the same code with [B] rows.
+    ``accepts_shared_t``: the ONNX export gives t its own axis and the ONNX Runtime engine passes
+    t [1] (tests/test_shared_t.py checks both, torch and ORT).
     """
+
+    accepts_shared_t = True
 
     def __init__(self, dim: int = 2, width: int = 128, depth: int = 3, fourier_features: int = 16,
                  fourier_scale: float = 25.0, activation: str = "silu", num_steps: int = 1000,
