@@ -35,6 +35,7 @@ from .guard import finite_check, nonfinite_error
 from .models import check_output, host_model, model_device, model_kind
 from .plan import make_plan
 from .steppers import HostStepper, TorchStepper, numba_randn
+from .timesteps import resolve_spacing
 
 LOOP_BACKENDS = ("auto", "numpy", "numba", "torch", "triton")
 
@@ -170,6 +171,7 @@ class SamplingRun:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
         self.seed = int(seed)
+        steps, spacing = resolve_spacing(schedule, sampler, steps, spacing)  # "logsnr" needs the schedule
         self.plan = make_plan(schedule, sampler, steps, spacing, eta=eta, prediction=prediction,
                               variance=variance, clip=clip)
         self.schedule, self.model = schedule, model
@@ -481,7 +483,7 @@ def sample(model, schedule, n, *, sampler="ddpm", steps=None, spacing="leading",
     ``array_api == "numpy"``; sample_shape: one sample's shape (default ``model.sample_shape``).
     sampler: "ddpm" (ancestral; steps < T respaces), "ddim" (eta), "dpmpp2m" (DPM-Solver++ 2M).
     steps: None → T for ddpm, 50 for ddim, 20 for dpmpp2m; spacing: "leading" | "trailing" |
-    "linspace" | a list of timesteps (see fastddpm.sampling.timesteps).
+    "linspace" | "logsnr" (uniform in log-SNR, ends at t = 0) | a list of timesteps (see fastddpm.sampling.timesteps).
     batch_size: samples per batch (default: cache-sized on CPU, device-sized on CUDA); the
     samples do not depend on it. backend: "auto" | "numba" | "numpy" | "torch" | "triton".
     out: a ``.npy`` path → written in chunks with a progress record (``resume=True`` continues a
