@@ -34,26 +34,32 @@ PREDICTIONS = ckpt.PREDICTIONS
 TRAIN_STREAM = 2**30  # noise stream of iteration it is TRAIN_STREAM + it (< 2**31 for Triton)
 DEFAULT_N = 10_000  # samples generated for a synthetic dataset given by name
 
-# Per-kind defaults: "vector" for [B, D] data (MLP), "image" for [B, C, H, W] (UNet).
+# Per-kind defaults: "vector" for [B, D] data (ResMLP), "image" for [B, C, H, W] (UNet).
 DEFAULT_NET = {
-    "vector": ("MLP", {"width": 128, "depth": 3, "activation": "silu", "time_embedding": "sinusoidal"}),
+    "vector": ("ResMLP", {"width": 64, "depth": 3, "fourier_features": 16, "fourier_scale": 25.0}),
     "image": ("UNet", {"base_channels": 16, "channel_mults": (1, 2), "num_res_blocks": 1, "attention": True}),
 }
-DEFAULTS = {"iters": 4000, "batch_size": 256, "lr": 2e-3, "lr_schedule": "constant", "lr_warmup": 0,
-            "ema": 0.999}
-# The issue-13 recipe, measured below but NOT yet the default: with it, dpmpp2m-20 samples have
-# far outliers (SW ratio 49 vs ddpm-1000's 0.88) and short runs (300 iterations) sample points
-# hundreds of units out; see docs/training.md. Use train(..., **RESMLP_RECIPE, data="auto").
-RESMLP_RECIPE = {"net": "ResMLP", "net_kwargs": {"width": 64, "depth": 3, "fourier_features": 16,
-                                                 "fourier_scale": 25.0},
-                 "iters": 16000, "batch_size": 256, "lr_schedule": "cosine", "lr_warmup": 100}
-# iters / batch_size when not given, per kind. Butterfly, ResMLP(64, 3 blocks, 16 Fourier
-# frequencies to 25), fresh data, warm-up + cosine lr 2e-3, 4000 ddpm-1000 samples
-# (bench/train_recipe_sweep.py, 2-core EPYC, one seed each): 16,000 × 256 → distance to the curve
-# p50 0.0086 / p90 0.041, sliced-Wasserstein ratio 0.88, 231 s of CPU; 8,000 × 256 → p50 0.016 /
-# p90 0.059, ratio 1.43, 117 s CPU (ResMLP(128, 2): p50 0.012 / p90 0.049, ratio 1.26, 133 s CPU).
-# Images: the U-Net step costs ~40× the MLP's per sample, hence the smaller batch.
-KIND_DEFAULTS = {"vector": {"iters": 4000, "batch_size": 256}, "image": {"iters": 3000, "batch_size": 64}}
+DEFAULTS = {"lr": 2e-3, "lr_schedule": "constant", "lr_warmup": 0, "ema": 0.999}  # when no kind default applies
+# The training settings a data kind gets when not given (train(..., x=None)).
+# Vector: ResMLP(64, 3 blocks, 16 Fourier frequencies to 25), v-prediction, 5,000 × 1024,
+# lr 3e-3 with a 100-step warm-up and cosine decay, fresh points for the analytic datasets.
+# Why v-prediction: with ε-prediction x̂0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ multiplies the net's error by
+# √(1−ᾱ)/√ᾱ = 88–156 at t ≥ 940; on the tails of x_T (|x| ≈ 3–4, rarely seen in training) the
+# ResMLP's ε̂ is off by ~0.4, so the deterministic samplers (dpmpp2m, ddim) put a few samples
+# 250–450 units out (dpmpp2m-20 SW ratio 57, ddpm-1000 unaffected). v̂ gives x̂0 = √ᾱ·x_t − √(1−ᾱ)·v̂:
+# no amplification, no outliers (docs/training.md). Butterfly, 4000 samples, seed 0
+# (bench/train_recipe_sweep.py; 2-core EPYC, loaded): 5,000 × 1024 → ddpm-1000 p50 0.0083 /
+# p90 0.040 / SW ratio 0.97, dpmpp2m-20 (logsnr spacing) 0.0073 / 0.049 / 1.12, 142 s CPU;
+# 8,000 × 512 lr 2e-3 → 0.0101 / 0.046 / 0.95, 158 s CPU (same samples per second, fewer per step
+# is slower: a step costs 12.6 ms at batch 256, 24 ms at 1024 — bench/train_step_profile.py).
+# Image: the U-Net step costs ~40× the MLP's per sample, hence the smaller batch; ε-prediction
+# (digits with v-prediction are not measured).
+KIND_DEFAULTS = {
+    "vector": {"iters": 5000, "batch_size": 1024, "lr": 3e-3, "lr_schedule": "cosine", "lr_warmup": 100,
+               "prediction": "v_prediction"},
+    "image": {"iters": 3000, "batch_size": 64, "lr": 2e-3, "lr_schedule": "constant", "lr_warmup": 0,
+              "prediction": "epsilon"},
+}
 LR_SCHEDULES = ("constant", "cosine")
 DATA_MODES = ("auto", "fresh", "fixed")
 # Settings that must match between a checkpoint and a run resuming from it.
@@ -74,6 +80,11 @@ class TrainResult:
     train_config: dict[str, Any]
     seconds: float  # wall time of the iterations run by this call
     samples_per_s: float
+
+    @property
+    def prediction(self) -> str:
+        """What the net predicts ('epsilon' | 'sample' | 'v_prediction'): pass it to fastddpm.sample."""
+        return self.train_config["prediction"]
 
 
 def _check_positive_int(value, name):
@@ -202,20 +213,22 @@ def _ema_update(ema_params, params, decay: float) -> None:
 
 def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, schedule="linear",
           num_steps: int | None = None, iters: int | None = None, batch_size: int | None = None,
-          lr: float = DEFAULTS["lr"], lr_schedule: str = DEFAULTS["lr_schedule"],
-          lr_warmup: int = DEFAULTS["lr_warmup"], ema: float | None = DEFAULTS["ema"], data: str = "fixed", seed: int = 0, device="cpu",
-          prediction: str = "epsilon", min_snr_gamma: float | None = None, grad_clip: float | None = 1.0,
+          lr: float | None = None, lr_schedule: str | None = None, lr_warmup: int | None = None,
+          ema: float | None = DEFAULTS["ema"], data: str = "auto", seed: int = 0, device="cpu",
+          prediction: str | None = None, min_snr_gamma: float | None = None, grad_clip: float | None = 1.0,
           checkpoint_every: int | None = None, resume=False, n: int | None = None,
           num_threads: int | None = None, progress: bool = True, distributed=False) -> TrainResult:
     """Train a diffusion network on ``dataset`` and (with ``out``) write a checkpoint there.
 
     dataset: a name of :data:`fastddpm.data.DATASETS`, a ``.npy`` path (loaded with ``n``
       samples, ``seed``) or a :class:`fastddpm.data.Dataset`.
-    net: 'auto' (MLP for [n, D], UNet for [n, C, H, W]), 'MLP', 'UNet' with ``net_kwargs``, or
+    net: 'auto' (ResMLP for [n, D], UNet for [n, C, H, W]), 'ResMLP', 'MLP', 'UNet' with ``net_kwargs``, or
       any ``nn.Module`` with ``forward(x_t, t)`` (saved only if it is a registered class).
     schedule: a :class:`Schedule` or a schedule name with ``num_steps`` (default 1000).
-    iters, batch_size: default per data kind (:data:`KIND_DEFAULTS`): 4000 × 256 for vectors,
-      3000 × 64 for images.
+    iters, batch_size, lr, lr_schedule, lr_warmup, prediction: None → the data kind's default
+      (:data:`KIND_DEFAULTS`): vectors 5000 × 1024, lr 3e-3, 100 warm-up iterations, cosine,
+      v-prediction; images 3000 × 64, lr 2e-3 constant, ε-prediction. The prediction is saved in
+      the checkpoint (and on :class:`TrainResult`); pass it on when sampling a result's model.
     data: 'fresh' draws new points every iteration (analytic datasets only), 'fixed' samples
       batches from ``dataset.x``; 'auto' is 'fresh' for the analytic datasets
       (:data:`fastddpm.data.ANALYTIC`, loaded by name) and 'fixed' otherwise.
@@ -250,20 +263,12 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         raise ValueError(f"seed must be an integer in [0, 2**31), got {seed!r}")
     if iters is not None and iters >= 2**30:
         raise ValueError(f"iters must be < 2**30, got {iters}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {', '.join(map(repr, LR_SCHEDULES))}; got {lr_schedule!r}")
-    if isinstance(lr_warmup, bool) or not isinstance(lr_warmup, (int, np.integer)) or lr_warmup < 0:
-        raise ValueError(f"lr_warmup must be an integer >= 0 (iterations), got {lr_warmup!r}")
-    lr_warmup = int(lr_warmup)
+    _check_settings(lr, lr_schedule, lr_warmup, prediction)  # None: the data kind's default, checked below
     if data not in DATA_MODES:
         raise ValueError(f"data must be one of {', '.join(map(repr, DATA_MODES))}; got {data!r}")
     if ema is not None and not (isinstance(ema, (int, float)) and 0.0 <= ema < 1.0):
         raise ValueError(f"ema must be None or a decay in [0, 1), got {ema!r}")
     ema = None if ema in (None, 0, 0.0) else float(ema)
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}; got {prediction!r}")
     if min_snr_gamma is not None and not (isinstance(min_snr_gamma, (int, float)) and min_snr_gamma > 0):
         raise ValueError(f"min_snr_gamma must be None or a number > 0, got {min_snr_gamma!r}")
     if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
@@ -294,6 +299,10 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     kind = KIND_DEFAULTS["vector" if len(dataset.sample_shape) == 1 else "image"]
     iters = kind["iters"] if iters is None else int(iters)
     batch_size = kind["batch_size"] if batch_size is None else int(batch_size)
+    lr = kind["lr"] if lr is None else lr
+    lr_schedule = kind["lr_schedule"] if lr_schedule is None else lr_schedule
+    lr_warmup = int(kind["lr_warmup"] if lr_warmup is None else lr_warmup)
+    prediction = kind["prediction"] if prediction is None else prediction
     if ctx is not None and batch_size < ctx.world_size:  # after the default (issue 16: TypeError before)
         raise ValueError(f"batch_size={batch_size} must be >= the number of ranks ({ctx.world_size})")
     if batch_size > len(dataset.x):  # allowed (batches are drawn with replacement), but say so
@@ -306,7 +315,12 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
             model = build(model_config["class"], **model_config["kwargs"])
     model.to(device).train()
     ema_model = copy.deepcopy(model).eval().requires_grad_(False) if ema is not None else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(lr))
+    # fused Adam: one kernel over all parameters. ResMLP(64, 3 blocks) step on one EPYC core
+    # (bench/train_step_profile.py, 300 steps, loaded machine): 3.0–3.2 ms per-parameter loop, 1.5–2.2 ms
+    # foreach, 0.4–0.8 ms fused —
+    # the loop was ~20 % of a 13.8 ms training iteration at batch 256.
+    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(lr), fused=fused or None)
 
     train_config = {
         "dataset": dataset.to_config(),
@@ -384,7 +398,7 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, float(grad_clip))
+            torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
         optimizer.step()
         if ema_model is not None:
             _ema_update(ema_params, params, min(ema, (1.0 + it) / (10.0 + it)))
@@ -410,6 +424,19 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     return TrainResult(losses=all_losses, model=model, ema_model=ema_model, checkpoint=path, schedule=schedule,
                        dataset=dataset, train_config=train_config, seconds=seconds,
                        samples_per_s=done_here * batch_size / seconds if seconds > 0 else float("nan"))
+
+
+def _check_settings(lr, lr_schedule, lr_warmup, prediction) -> None:
+    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr)
+                               and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(map(repr, LR_SCHEDULES))}; got {lr_schedule!r}")
+    if lr_warmup is not None and (isinstance(lr_warmup, bool) or not isinstance(lr_warmup, (int, np.integer))
+                                  or lr_warmup < 0):
+        raise ValueError(f"lr_warmup must be an integer >= 0 (iterations), got {lr_warmup!r}")
+    if prediction is not None and prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}; got {prediction!r}")
 
 
 class _threads:
@@ -454,5 +481,5 @@ def json_roundtrip(obj):
     return json.loads(json.dumps(obj))
 
 
-__all__ = ["DEFAULTS", "DEFAULT_NET", "RESMLP_RECIPE", "TrainResult", "fresh_batch", "learning_rate", "loss_weights", "train",
+__all__ = ["DEFAULTS", "DEFAULT_NET", "KIND_DEFAULTS", "TrainResult", "fresh_batch", "learning_rate", "loss_weights", "train",
            "training_target"]

@@ -76,3 +76,55 @@ def test_bad_input(bad, exc):
         kwargs["steps"] = None
     with pytest.raises(exc, match="steps|spacing|timesteps"):
         timesteps(1000, **kwargs)
+
+
+@pytest.mark.parametrize("T,steps", [(1000, 10), (1000, 20), (1000, 30), (100, 7), (50, 3)])
+def test_logsnr_matches_diffusers_lu_lambdas(T, steps):
+    # diffusers' use_lu_lambdas (uniform in log σ = −λ) rounds the same interpolated t; compared
+    # where diffusers' own timesteps are distinct (for many steps it repeats t = 0, 1, ...).
+    from fastddpm.sampling.timesteps import logsnr_timesteps
+
+    sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T, use_lu_lambdas=True)
+    sched.set_timesteps(steps)
+    theirs = sched.timesteps.numpy()
+    assert np.all(np.diff(theirs) < 0)
+    np.testing.assert_array_equal(logsnr_timesteps(sched.alphas_cumprod.double().numpy(), steps), theirs)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 50, 100, 500, 1000])
+def test_logsnr_distinct_and_spans(steps):
+    import fastddpm
+    from fastddpm.sampling.timesteps import logsnr_timesteps
+
+    ts = logsnr_timesteps(fastddpm.Schedule.create("linear", 1000).alphas_cumprod, steps)
+    assert ts.dtype == np.int64 and ts.size == steps and ts[0] == 999 and np.all(np.diff(ts) < 0)
+    assert steps == 1 or ts[-1] == 0
+    if steps == 1000:
+        np.testing.assert_array_equal(ts, np.arange(999, -1, -1))
+
+
+def test_logsnr_needs_the_schedule_and_sample_accepts_it():
+    import torch
+
+    import fastddpm
+    from fastddpm.sampling.timesteps import logsnr_timesteps
+
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        timesteps(1000, 20, "logsnr")
+    sched = fastddpm.Schedule.create("linear", 100)
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+        def forward(self, x, t):
+            return self.lin(x) * (1.0 + t[:, None] / 100.0)
+
+    torch.manual_seed(0)
+    model = Net()
+    a = fastddpm.sample(model, sched, 8, sampler="dpmpp2m", spacing="logsnr", sample_shape=(2,), seed=3,
+                        progress=False, return_trajectory=True, trajectory_steps="all")
+    b = fastddpm.sample(model, sched, 8, sampler="dpmpp2m", spacing=logsnr_timesteps(sched.alphas_cumprod, 20).tolist(),
+                        sample_shape=(2,), seed=3, progress=False)
+    np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b))
+    assert list(a[1].timesteps[:-1]) == logsnr_timesteps(sched.alphas_cumprod, 20).tolist()

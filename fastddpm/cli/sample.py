@@ -11,18 +11,18 @@ from ..sampling.engines import ENGINES
 from ..sampling.options import DEFAULTS, LOOP_BACKENDS
 from ..sampling.pipeline import OnnxSampler, Pipeline
 from ..sampling.plan import SAMPLERS
-from ..sampling.timesteps import SPACINGS
+from ..sampling.timesteps import SCHEDULE_SPACINGS, SPACINGS
 
 
 def _spacing(value: str):
-    """'leading' | 'trailing' | 'linspace' | a comma-separated list of timesteps."""
-    if value in SPACINGS:
+    """'leading' | 'trailing' | 'linspace' | 'logsnr' | a comma-separated list of timesteps."""
+    if value in SPACINGS + SCHEDULE_SPACINGS:
         return value
     try:
         return [int(v) for v in value.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"must be one of {', '.join(SPACINGS)} or a comma-separated list of timesteps, got {value!r}") from None
+            f"must be one of {', '.join(SPACINGS + SCHEDULE_SPACINGS)} or a comma-separated list of timesteps, got {value!r}") from None
 
 
 def add_parser(subparsers, parents):
@@ -36,7 +36,7 @@ def add_parser(subparsers, parents):
     p.add_argument("--steps", type=int, default=DEFAULTS.steps,
                    help="sampling steps (default: T for ddpm, 50 for ddim, 20 for dpmpp2m)")
     p.add_argument("--spacing", type=_spacing, default=DEFAULTS.spacing,
-                   help="leading | trailing | linspace | comma-separated timesteps")
+                   help="leading | trailing | linspace | logsnr | comma-separated timesteps")
     p.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM eta (0: deterministic)")
     p.add_argument("--clip", type=float, default=DEFAULTS.clip, help="clip the predicted x0 to [-CLIP, CLIP]")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="noise seed (same seed, same samples)")

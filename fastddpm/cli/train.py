@@ -45,20 +45,23 @@ def add_parser(subparsers, parents):
                    help="optimisation steps (default per data kind: fastddpm.training.KIND_DEFAULTS)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="samples per step (default per data kind: fastddpm.training.KIND_DEFAULTS)")
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
-    p.add_argument("--lr-schedule", default=DEFAULTS["lr_schedule"], choices=("constant", "cosine"),
-                   help="learning rate after the warm-up: constant, or cosine decay to 0 at --iters")
-    p.add_argument("--lr-warmup", type=int, default=DEFAULTS["lr_warmup"],
-                   help="iterations of linear learning-rate warm-up")
-    p.add_argument("--data", default="fixed", choices=("auto", "fresh", "fixed"),
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default per data kind: fastddpm.training.KIND_DEFAULTS)")
+    p.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"),
+                   help="learning rate after the warm-up: constant, or cosine decay to 0 at --iters "
+                        "(default per data kind)")
+    p.add_argument("--lr-warmup", type=int, default=None,
+                   help="iterations of linear learning-rate warm-up (default per data kind)")
+    p.add_argument("--data", default="auto", choices=("auto", "fresh", "fixed"),
                    help="fresh points every batch (analytic datasets; auto picks it for them) or a fixed set")
     p.add_argument("--ema", type=float, default=DEFAULTS["ema"], help="EMA decay (0: no EMA)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation, batches and noise")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch and Numba (small nets run fastest on one; 0 keeps torch's default)")
-    p.add_argument("--prediction", default="epsilon", choices=("epsilon", "sample", "v_prediction"),
-                   help="what the network predicts")
+    p.add_argument("--prediction", default=None, choices=("epsilon", "sample", "v_prediction"),
+                   help="what the network predicts (default per data kind: v_prediction for vectors, "
+                        "epsilon for images)")
     p.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR-γ loss weighting (e.g. 5)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="ITERS",
