@@ -246,4 +246,7 @@ def test_train_distributed_without_batch_size(tmp_path):
     assert proc.returncode == 0, proc.stderr
     import json
 
-    assert json.loads((tmp_path / "ck" / "config.json").read_text())["train"]["batch_size"] == 256
+    from fastddpm.training import KIND_DEFAULTS
+
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["train"]["batch_size"] == \
+        KIND_DEFAULTS["vector"]["batch_size"]

@@ -23,9 +23,11 @@ def _assert_same_weights(a, b):
 
 
 def test_short_run_lowers_the_loss():
-    r = train("butterfly", iters=300, lr=3e-3, **SMALL)
+    # ε-prediction named explicitly (the vector default is v, whose irreducible loss is higher, so
+    # this bound is the ε-net's): an untrained ε-net scores about E‖ε‖²/D = 1; after 300 steps
+    # clearly less.
+    r = train("butterfly", iters=300, lr=3e-3, prediction="epsilon", **SMALL)
     assert len(r.losses) == 300 and all(np.isfinite(r.losses))
-    # An untrained ε-net scores about E‖ε‖²/D = 1; after 300 steps clearly less.
     assert np.mean(r.losses[:3]) > 0.8
     assert np.mean(r.losses[-50:]) < 0.6 * np.mean(r.losses[:3])
     assert r.samples_per_s > 0 and r.checkpoint is None
