@@ -1,6 +1,9 @@
 """Models for the sampling tests: an exact ε-model of a Gaussian target and a tiny torch MLP."""
+import json
 import os
+import signal
 import textwrap
+import time
 
 import numpy as np
 
@@ -92,3 +95,21 @@ def tiny_mlp(dim=2, hidden=32, seed=0):
 
     torch.manual_seed(seed)
     return MLP().eval()
+
+
+def kill_after(proc, progress, rows, timeout=240):
+    """SIGKILL ``proc`` once its progress record (``progress``, a Path) says at least ``rows`` rows
+    are done; returns the ``done`` count it saw. Fails if the run ended before it could be killed."""
+    deadline, done = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            done = json.loads(progress.read_text())["done"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            done = 0
+        if done >= rows:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    return done

@@ -1,10 +1,8 @@
 """Bulk sampling to .npy: chunked writes, SIGKILL + resume gives the same bytes, atomic final file."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ import pytest
 import fastddpm
 from fastddpm.sampling import sample
 
-from _sampling_models import FailAt, GaussianEps, slow_writer_script
+from _sampling_models import FailAt, GaussianEps, kill_after, slow_writer_script
 
 T = 50
 
@@ -98,19 +96,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path):
     out = tmp_path / "killed.npy"
     progress = tmp_path / "killed.npy.progress.json"
     proc = _run(script, out, 0.003, 16)  # 25 batches × 20 steps × 3 ms ≈ 1.5 s + start-up
-    deadline = time.monotonic() + 240
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            done = json.loads(progress.read_text())["done"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            done = 0
-        if done >= 48:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    done = kill_after(proc, progress, 48)
     assert 48 <= done < 400
     assert not out.exists(), "a killed run left a file under the final name"
     assert (tmp_path / "killed.npy.partial").exists()

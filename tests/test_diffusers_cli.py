@@ -5,9 +5,7 @@ The same kill/resume procedure as tests/test_bulk.py (poll the progress record, 
 with another batch size) and the torchrun helpers of tests/test_distributed.py, here through the
 CLI on a tiny UNet2DModel.
 """
-import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -19,6 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 
+from _sampling_models import kill_after  # noqa: E402
 from test_distributed import _env, _ok, _torchrun  # noqa: E402
 
 # Slow: six Python processes (reference, killed, resumed, torchrun's two ranks and launcher), each
@@ -76,18 +75,7 @@ def test_sigkill_then_resume_on_a_diffusers_dir_is_byte_identical(pipe_dir, refe
     out = tmp_path / "killed.npy"
     progress = tmp_path / "killed.npy.progress.json"
     proc = _cli(0.02, pipe_dir, *ARGS, "--out", out)  # 12 batches × 5 steps × 20 ms
-    deadline, done = time.monotonic() + 240, 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            done = json.loads(progress.read_text())["done"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            done = 0
-        if done >= 8:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    done = kill_after(proc, progress, 8)
     assert 8 <= done < N
     assert not out.exists(), "a killed run left a file under the final name"
     assert (tmp_path / "killed.npy.partial").exists()
