@@ -477,6 +477,15 @@ def load_weights(module: torch.nn.Module, path, name: str = MODEL, *, config: di
     module.load_state_dict(tensors, strict=True)
 
 
+DIFFUSERS_INDEX = "model_index.json"
+
+
+def is_diffusers_dir(path) -> bool:
+    """True for a local diffusers pipeline directory (``save_pretrained`` writes model_index.json):
+    ``fastddpm sample`` / ``export`` then load it with ``fastddpm.diffusers.load_pipeline_dir``."""
+    return isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(path), DIFFUSERS_INDEX))
+
+
 def load(path, *, device="cpu", ema: bool = True) -> Checkpoint:
     """Load the checkpoint at ``path``: the model (EMA weights when ``ema`` and present) in eval mode."""
     path = _resolve(path)

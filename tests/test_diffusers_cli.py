@@ -15,8 +15,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
+from diffusers import DDPMPipeline, DDPMScheduler  # noqa: E402
 
+from _diffusers_models import tiny_unet  # noqa: E402
 from _sampling_models import kill_after  # noqa: E402
 from test_distributed import _env, _ok, _torchrun  # noqa: E402
 
@@ -48,12 +49,8 @@ _SLOW_CLI = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def pipe_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
-                       layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D")).eval()
     path = tmp_path_factory.mktemp("diffusers") / "pipe"
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=20)).save_pretrained(path)
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=20)).save_pretrained(path)
     return path
 
 

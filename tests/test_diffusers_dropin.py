@@ -12,8 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-from diffusers import (DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
-                       UNet2DModel)
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler  # noqa: E402
 from diffusers.pipelines.ddpm import pipeline_ddpm  # noqa: E402
 from diffusers.schedulers import scheduling_ddpm  # noqa: E402
 
@@ -22,29 +21,17 @@ from fastddpm import Schedule  # noqa: E402
 from fastddpm.diffusers import (FusedDDIMScheduler, FusedDDPMScheduler,  # noqa: E402
                                 FusedDPMSolverMultistepScheduler)
 
+from _diffusers_models import one_torch_thread, tiny_unet  # noqa: E402,F401 (one_torch_thread: an autouse fixture)
+
 T = 100
 TOL = dict(rtol=1e-4, atol=1e-5)
 PAIRS = [(FusedDDPMScheduler, DDPMScheduler), (FusedDDIMScheduler, DDIMScheduler),
          (FusedDPMSolverMultistepScheduler, DPMSolverMultistepScheduler)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # The tiny UNet's convolutions are ~13x slower with 2 threads than with 1 on the shared 2-core
-    # CI machine (2.0 s vs 0.15 s for 10 forwards, measured under load): thread hand-off dominates.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def unet():
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
-                       layers_per_block=1, norm_num_groups=4,
-                       down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D")).eval()
+    return tiny_unet()
 
 
 def _quiet(pipe):

@@ -7,10 +7,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel  # noqa: E402
+from diffusers import DDIMScheduler, DDPMScheduler  # noqa: E402
 
 import fastddpm  # noqa: E402
 from fastddpm import Schedule  # noqa: E402
+
+from _diffusers_models import one_torch_thread, tiny_unet  # noqa: E402,F401 (one_torch_thread: an autouse fixture)
 
 
 def test_core_does_not_import_diffusers():
@@ -68,21 +70,13 @@ def test_unsupported_settings_raise(setting, value):
         Schedule.from_diffusers({"num_train_timesteps": 100, setting: value})
 
 
-def _tiny_unet():
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
-                       layers_per_block=1, norm_num_groups=4,
-                       down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D")).eval()
-
-
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
 def test_unet_sample_equals_diffusers(sampler):
     """Deterministic samplers after x_T: fastddpm's x_T (its trajectory's first state) goes into
     diffusers' own scheduler loop; the final samples must agree to float32 tolerance."""
     from diffusers import DPMSolverMultistepScheduler
 
-    unet = _tiny_unet()
+    unet = tiny_unet()
     config = {"num_train_timesteps": 100, "beta_schedule": "linear", "clip_sample": False}
     if sampler == "ddim":
         sched = DDIMScheduler.from_config(config)
@@ -106,7 +100,7 @@ def test_unet_sample_equals_diffusers(sampler):
 def test_pipeline_from_diffusers_dir(tmp_path):
     from diffusers import DDPMPipeline
 
-    unet = _tiny_unet()
+    unet = tiny_unet()
     scheduler = DDPMScheduler(num_train_timesteps=20, clip_sample=True)
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path / "pipe")
     pipe = fastddpm.Pipeline.from_diffusers(tmp_path / "pipe")
@@ -125,7 +119,7 @@ def test_unet_onnx_export_matches_torch(tmp_path):
     from fastddpm.onnx_export import export_onnx
     from fastddpm.sampling.adapters import as_fastddpm_model
 
-    model = as_fastddpm_model(_tiny_unet())
+    model = as_fastddpm_model(tiny_unet())
     path = export_onnx(model, str(tmp_path / "unet.onnx"))
     session = ort.InferenceSession(path)
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
@@ -136,13 +130,37 @@ def test_unet_onnx_export_matches_torch(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_cli_sample_on_diffusers_dir(tmp_path):
+# the scheduler classes whose saved configs name each timestep_spacing (DPMSolverMultistepScheduler's
+# default is "linspace"), and a sampler that uses it
+SPACING_CONFIGS = [("leading", DDPMScheduler, {}, "ddim"), ("trailing", DDIMScheduler, {"timestep_spacing": "trailing"},
+                                                            "ddim"),
+                   ("linspace", diffusers.DPMSolverMultistepScheduler, {}, "dpmpp2m")]
+
+
+@pytest.mark.parametrize("spacing,scheduler_cls,settings,sampler", SPACING_CONFIGS, ids=[c[0] for c in SPACING_CONFIGS])
+def test_cli_sample_on_diffusers_dir_follows_its_spacing(tmp_path, spacing, scheduler_cls, settings, sampler):
+    """``fastddpm sample DIR`` without --spacing uses the saved scheduler's timestep_spacing, as
+    diffusers would (run in-process: a subprocess spends ~15 s importing diffusers)."""
     from diffusers import DDPMPipeline
 
-    DDPMPipeline(unet=_tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=20)).save_pretrained(tmp_path / "p")
+    from fastddpm.cli import main
+
+    scheduler = scheduler_cls(num_train_timesteps=20, **settings)
+    assert scheduler.config.timestep_spacing == spacing
+    DDPMPipeline(unet=tiny_unet(), scheduler=scheduler).save_pretrained(tmp_path / "p")
+    pipe = fastddpm.Pipeline.from_diffusers(tmp_path / "p")
+    assert pipe.sampling_defaults["spacing"] == spacing
     out = tmp_path / "s.npy"
-    subprocess.run([sys.executable, "-m", "fastddpm", "sample", str(tmp_path / "p"), "--n", "3", "--steps", "3",
-                    "--sampler", "ddim", "--engine", "torch", "--out", str(out), "--quiet"], check=True)
-    want = fastddpm.Pipeline.from_diffusers(tmp_path / "p").sample(3, sampler="ddim", steps=3, engine="torch",
-                                                                   progress=False)
-    np.testing.assert_allclose(np.load(out), want, rtol=1e-6, atol=1e-6)
+    assert main(["sample", str(tmp_path / "p"), "--n", "3", "--steps", "3", "--sampler", sampler, "--engine", "torch",
+                 "--out", str(out), "--quiet"]) == 0
+    kw = dict(sampler=sampler, steps=3, engine="torch", progress=False)
+    np.testing.assert_allclose(np.load(out), pipe.sample(3, spacing=spacing, **kw), rtol=1e-6, atol=1e-6)
+    if spacing != "leading":  # the spacing changes the samples: leading would have been another file
+        assert not np.allclose(np.load(out), pipe.sample(3, spacing="leading", **kw), rtol=1e-3, atol=1e-3)
+    if scheduler.config.get("clip_sample"):  # and without --clip the scheduler's clip_sample applies
+        assert pipe.sampling_defaults["clip"] == scheduler.config.clip_sample_range
+        assert not np.allclose(np.load(out), pipe.sample(3, spacing=spacing, clip=None, **kw), rtol=1e-3, atol=1e-3)
+    out.unlink()  # --spacing given: the user's, not the scheduler's
+    assert main(["sample", str(tmp_path / "p"), "--n", "3", "--steps", "3", "--sampler", sampler, "--engine", "torch",
+                 "--spacing", "leading", "--out", str(out), "--quiet"]) == 0
+    np.testing.assert_allclose(np.load(out), pipe.sample(3, spacing="leading", **kw), rtol=1e-6, atol=1e-6)

@@ -35,10 +35,13 @@ def add_parser(subparsers, parents):
     p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS.sampler, help="sampling method")
     p.add_argument("--steps", type=int, default=DEFAULTS.steps,
                    help="sampling steps (default: T for ddpm, 50 for ddim, 20 for dpmpp2m)")
-    p.add_argument("--spacing", type=_spacing, default=DEFAULTS.spacing,
-                   help="leading | trailing | linspace | logsnr | comma-separated timesteps")
+    p.add_argument("--spacing", type=_spacing, default=None,
+                   help="leading | trailing | linspace | logsnr | comma-separated timesteps (default: for a "
+                        f"diffusers directory its scheduler's timestep_spacing, else {DEFAULTS.spacing})")
     p.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM eta (0: deterministic)")
-    p.add_argument("--clip", type=float, default=DEFAULTS.clip, help="clip the predicted x0 to [-CLIP, CLIP]")
+    p.add_argument("--clip", type=float, default=None,
+                   help="clip the predicted x0 to [-CLIP, CLIP] (default: for a diffusers directory its scheduler's "
+                        "clip_sample_range when clip_sample is set, else no clipping)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="noise seed (same seed, same samples)")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                    help="samples per batch (default: cache-sized on CPU)")
@@ -70,23 +73,26 @@ def run(args) -> int:
         pipe = OnnxSampler(args.checkpoint, providers=providers)
     else:
         check_device(args.device)
-    options = dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta, seed=args.seed,
+    options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
                    batch_size=args.batch_size, backend=args.backend, resume=args.resume,
                    overwrite=args.overwrite, progress=not args.quiet, dtype=args.dtype)
+    # --spacing/--clip only when given: otherwise the Pipeline's defaults apply (a diffusers
+    # directory's scheduler settings, Pipeline.from_diffusers; fastddpm's DEFAULTS elsewhere)
+    options.update({k: v for k, v in (("spacing", args.spacing), ("clip", args.clip)) if v is not None})
     if args.distributed:  # under torchrun: every rank writes a shard, rank 0 assembles --out
         with init(args.device, timeout=args.dist_timeout) as ctx:
             if not onnx:
                 pipe = _load(args, ctx.device)
             start = time.perf_counter()
             path = sample_distributed(pipe, None, args.n, out=args.out, ctx=ctx, keep_shards=args.keep_shards,
-                                      engine=args.engine, clip=args.clip, **options)
+                                      engine=args.engine, **options)
             if args.quiet or not ctx.is_main:
                 return 0
     else:
         if not onnx:
             pipe = _load(args, args.device)
         start = time.perf_counter()
-        path = pipe.sample(args.n, out=args.out, engine=args.engine, clip=args.clip, **options)
+        path = pipe.sample(args.n, out=args.out, engine=args.engine, **options)
     if not args.quiet:
         took = time.perf_counter() - start
         print(f"wrote {args.n} samples to {path} in {took:.1f} s ({args.n / took:,.0f} samples/s)", file=sys.stderr)
@@ -95,11 +101,8 @@ def run(args) -> int:
 
 def _load(args, device):
     """A fastddpm checkpoint, or a local diffusers DDPMPipeline directory (has model_index.json)."""
-    import os
+    from ..checkpoint import is_diffusers_dir
 
-    if os.path.isfile(os.path.join(str(args.checkpoint), "model_index.json")):
-        pipe = Pipeline.from_diffusers(args.checkpoint, device=device)
-        if args.clip is None:  # no --clip: the scheduler's clip_sample setting
-            args.clip = pipe.sampling_defaults["clip"]
-        return pipe
+    if is_diffusers_dir(args.checkpoint):
+        return Pipeline.from_diffusers(args.checkpoint, device=device)
     return Pipeline.from_checkpoint(args.checkpoint, device=device, ema=not args.no_ema)
