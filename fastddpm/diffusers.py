@@ -21,27 +21,33 @@ def load_pipeline_dir(path, *, device="cpu"):
     """
     from diffusers import UNet2DModel
 
-    from .checkpoint import Checkpoint
+    from .checkpoint import DIFFUSERS_INDEX, Checkpoint, _sha256, is_diffusers_dir
     from .data import Normalization
     from .schedule import Schedule
     from .sampling.adapters import as_fastddpm_model
 
     root = Path(path)
-    if not (root / "model_index.json").is_file():
+    if not is_diffusers_dir(root):
         raise FileNotFoundError(
             f"{str(path)!r} is not a local diffusers pipeline directory (no model_index.json); "
             "fastddpm loads only local DDPMPipeline.save_pretrained directories, never hub ids — "
             "download it first (e.g. DDPMPipeline.from_pretrained(id).save_pretrained(dir))")
-    index = json.loads((root / "model_index.json").read_text())
+    index = json.loads((root / DIFFUSERS_INDEX).read_text())
     if list(index.get("unet", [None, None]))[1] != "UNet2DModel":
-        raise ValueError(f"{root / 'model_index.json'}: unet must be a UNet2DModel, got {index.get('unet')!r}")
+        raise ValueError(f"{root / DIFFUSERS_INDEX}: unet must be a UNet2DModel, got {index.get('unet')!r}")
     scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     schedule = Schedule.from_diffusers(scheduler_config)
     unet = UNet2DModel.from_pretrained(root / "unet").to(device).eval()
     model = as_fastddpm_model(unet)
+    # what identifies these weights (model_identity: the resume record, the cross-rank check, the ONNX
+    # cache): the SHA-256 of every file the pipeline is made of, as a fastddpm checkpoint's config.json
+    # records its files — so weights saved again over the same directory are a different model, and a
+    # copy of the directory elsewhere the same one
+    parts = [root / DIFFUSERS_INDEX, *sorted(p for d in ("unet", "scheduler") for p in (root / d).rglob("*") if p.is_file())]
+    files = {p.relative_to(root).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in parts}
     return Checkpoint(model=model, schedule=schedule, normalization=Normalization(mean=np.array(0.5),
                       std=np.array(0.5)), prediction=schedule.sampling_defaults["prediction"],
-                      sample_shape=model.sample_shape, config={"files": str(root.resolve()), "diffusers": index},
+                      sample_shape=model.sample_shape, config={"files": files, "diffusers": index},
                       path=root, weights="model")
 
 
@@ -182,6 +188,17 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
                 self._seed = draw(generator)
         return self._seed
 
+    def _philox_step(self, step, x, m, t: int, k: int, generator, kw: dict):
+        """``step`` (fastddpm.ddpm_step / ddim_step) at position k with the run's Philox noise:
+        stream k + 1 under the run's seed, or one kernel call per sample for a list of generators."""
+        seed = self._seeds(generator, x.shape[0])
+        if not isinstance(seed, list):
+            return step(self.schedule, x, m, t, seed=seed, stream=k + 1, **kw)
+        y = torch.empty_like(x)
+        for b, s in enumerate(seed):  # one call per sample: each its own seed
+            step(self.schedule, x[b:b + 1], m[b:b + 1], t, seed=s, stream=k + 1, out=y[b:b + 1], **kw)
+        return y
+
     def _backend(self, x) -> str:
         if self.backend not in ("auto", "numpy", "numba", "triton"):
             raise ValueError(f"scheduler.backend must be one of 'auto', 'numpy', 'numba', 'triton'; got {self.backend!r}")
@@ -268,13 +285,7 @@ class FusedDDPMScheduler(_FusedScheduler):
         elif variance_noise is not None:
             y = ddpm_step(self.schedule, x, m, t, noise=_contiguous(variance_noise, x), **kw)
         else:
-            seed = self._seeds(generator, x.shape[0])
-            if isinstance(seed, list):
-                y = torch.empty_like(x)
-                for b, s in enumerate(seed):  # one call per sample: each its own seed
-                    ddpm_step(self.schedule, x[b:b + 1], m[b:b + 1], t, seed=s, stream=k + 1, out=y[b:b + 1], **kw)
-            else:
-                y = ddpm_step(self.schedule, x, m, t, seed=seed, stream=k + 1, **kw)
+            y = self._philox_step(ddpm_step, x, m, t, k, generator, kw)
         if not return_dict:
             return (y, None)
         return DDPMSchedulerOutput(prev_sample=y, pred_original_sample=None)
@@ -332,14 +343,7 @@ class FusedDDIMScheduler(_FusedScheduler):
         elif variance_noise is not None:
             y = ddim_step(self.schedule, x, m, t, noise=_contiguous(variance_noise, x), **kw)
         else:
-            k = self._position(t)
-            seed = self._seeds(generator, x.shape[0])
-            if isinstance(seed, list):
-                y = torch.empty_like(x)
-                for b, s in enumerate(seed):
-                    ddim_step(self.schedule, x[b:b + 1], m[b:b + 1], t, seed=s, stream=k + 1, out=y[b:b + 1], **kw)
-            else:
-                y = ddim_step(self.schedule, x, m, t, seed=seed, stream=k + 1, **kw)
+            y = self._philox_step(ddim_step, x, m, t, self._position(t), generator, kw)
         if not return_dict:
             return (y, None)
         return DDIMSchedulerOutput(prev_sample=y, pred_original_sample=None)
@@ -458,9 +462,7 @@ class FusedDPMSolverMultistepScheduler(_FusedScheduler):
     def _update(self, x, m, row):
         from .kernels.reference import PREDICTIONS
 
-        backend = self.backend
-        if backend not in ("auto", "numpy", "numba", "triton"):
-            raise ValueError(f"scheduler.backend must be one of 'auto', 'numpy', 'numba', 'triton'; got {backend!r}")
+        backend = self._backend(x)
         if backend == "auto":
             backend = "triton" if x.device.type == "cuda" else "numba"
         if backend == "triton":

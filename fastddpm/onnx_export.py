@@ -47,9 +47,14 @@ def _unpack(model_or_checkpoint):
 
     obj = model_or_checkpoint
     if isinstance(obj, (str, os.PathLike)):
-        from .checkpoint import load
+        from .checkpoint import is_diffusers_dir, load
 
-        obj = load(obj)
+        if is_diffusers_dir(obj):  # a DDPMPipeline.save_pretrained directory (needs fastddpm[diffusers])
+            from .diffusers import load_pipeline_dir
+
+            obj = load_pipeline_dir(obj)
+        else:
+            obj = load(obj)
     if isinstance(obj, torch.nn.Module):
         return obj, {"sample_shape": getattr(obj, "sample_shape", None), "model": _model_info(obj)}
     model = getattr(obj, "model", None)
@@ -100,7 +105,9 @@ def export_onnx(model_or_checkpoint, path, *, opset: int | None = None, dynamic_
     """Write the ε-network to ``path`` as ONNX and return the path.
 
     model_or_checkpoint: a torch module called as ``model(x [B, ...], t [B] int64)``, a
-    Checkpoint from :func:`fastddpm.load`, or a checkpoint directory. Keyword arguments
+    Checkpoint from :func:`fastddpm.load`, a checkpoint directory, or a local diffusers
+    ``DDPMPipeline.save_pretrained`` directory (its UNet2DModel, schedule and [-1, 1]
+    normalisation; needs ``fastddpm[diffusers]``). Keyword arguments
     override what the checkpoint says; for a bare module ``sample_shape`` is required, and
     without ``schedule`` the file cannot sample on its own (the runtime then asks for one).
     ``dynamic_batch=False`` fixes B = 1 in the graph (the runtime then runs in chunks).

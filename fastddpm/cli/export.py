@@ -14,7 +14,8 @@ def add_parser(subparsers, parents):
                     "type, data normalisation and sample shape, so `fastddpm sample model.onnx` and "
                     "fastddpm.OnnxSampler need nothing else.",
     )
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory (from fastddpm train)")
+    p.add_argument("checkpoint", metavar="CKPT",
+                   help="checkpoint directory (from fastddpm train), or a local diffusers DDPMPipeline directory")
     p.add_argument("--out", "-o", required=True, help="ONNX file to write (replaced atomically)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: fastddpm's tested opset, 17)")
     p.add_argument("--fixed-batch", action="store_true",
