@@ -107,7 +107,9 @@ def export_onnx(model_or_checkpoint, path, *, opset: int | None = None, dynamic_
     model_or_checkpoint: a torch module called as ``model(x [B, ...], t [B] int64)``, a
     Checkpoint from :func:`fastddpm.load`, a checkpoint directory, or a local diffusers
     ``DDPMPipeline.save_pretrained`` directory (its UNet2DModel, schedule and [-1, 1]
-    normalisation; needs ``fastddpm[diffusers]``). Keyword arguments
+    normalisation; needs ``fastddpm[diffusers]``; the scheduler's variance, clip and spacing are
+    recorded as the file's ``sample`` defaults, so ``fastddpm sample FILE`` samples as
+    ``fastddpm sample DIR``). Keyword arguments
     override what the checkpoint says; for a bare module ``sample_shape`` is required, and
     without ``schedule`` the file cannot sample on its own (the runtime then asks for one).
     ``dynamic_batch=False`` fixes B = 1 in the graph (the runtime then runs in chunks).
@@ -137,7 +139,7 @@ def export_onnx(model_or_checkpoint, path, *, opset: int | None = None, dynamic_
     shared_t = bool(getattr(module, "accepts_shared_t", False)) and not dynamo
     props = encode(schedule=schedule, prediction=prediction, normalization=_jsonable(normalization),
                    sample_shape=sample_shape, version=__version__, model=_jsonable(defaults.get("model")),
-                   shared_t=shared_t)
+                   shared_t=shared_t, sampling=None if schedule is None else schedule.sampler_defaults())
     proto = _trace(module, sample_shape, opset, dynamic_batch, dynamo, shared_t)
     del proto.metadata_props[:]
     for key, value in props.items():

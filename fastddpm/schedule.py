@@ -286,6 +286,13 @@ class Schedule:
                                       "clip": clip, "spacing": spacing}
         return schedule
 
+    def sampler_defaults(self) -> dict[str, Any] | None:
+        """The ``sample()`` keyword defaults a diffusers scheduler implies besides the prediction
+        type — ``{"variance", "clip", "spacing"}`` — or None for a schedule not made by from_diffusers.
+        ``Pipeline.from_diffusers`` samples with them and ``export_onnx`` records them in the file."""
+        defaults = getattr(self, "sampling_defaults", None)
+        return None if defaults is None else {k: defaults[k] for k in ("variance", "clip", "spacing")}
+
     def to_diffusers_config(self, *, prediction: str | None = None, variance: str | None = None,
                             clip: float | None | str = "default", spacing: str | None = None) -> dict[str, Any]:
         """A config dict for ``DDPMScheduler.from_config`` (or DDIM/DPMSolver) giving this schedule.

@@ -164,3 +164,52 @@ def test_cli_sample_on_diffusers_dir_follows_its_spacing(tmp_path, spacing, sche
     assert main(["sample", str(tmp_path / "p"), "--n", "3", "--steps", "3", "--sampler", sampler, "--engine", "torch",
                  "--spacing", "leading", "--out", str(out), "--quiet"]) == 0
     np.testing.assert_allclose(np.load(out), pipe.sample(3, spacing="leading", **kw), rtol=1e-6, atol=1e-6)
+
+
+def test_onnx_engine_export_and_identity_on_a_diffusers_dir(tmp_path, monkeypatch):
+    """As for a fastddpm checkpoint: engine="onnx" (the cached export, onnxruntime's CPU provider)
+    equals engine="torch" to float32 rounding and is exported once per weights; ``fastddpm export
+    DIR`` writes a file that samples as the directory does (the scheduler's clip/spacing go with
+    it); the identity resume records compare is the files' content, not the directory's path."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import shutil
+
+    from diffusers import DDPMPipeline
+
+    from fastddpm.cli import main
+    from fastddpm.sampling import engines
+
+    monkeypatch.setenv("FASTDDPM_CACHE", str(tmp_path / "cache"))
+    exports = []
+    real_export = engines.export_onnx
+    monkeypatch.setattr(engines, "export_onnx", lambda *a, **k: exports.append(a[1]) or real_export(*a, **k))
+    # trailing + clip_sample: settings fastddpm's own defaults (leading, no clip) do not have
+    scheduler = DDPMScheduler(num_train_timesteps=20, timestep_spacing="trailing", clip_sample=True)
+    DDPMPipeline(unet=tiny_unet(), scheduler=scheduler).save_pretrained(tmp_path / "p")
+    pipe = fastddpm.Pipeline.from_diffusers(tmp_path / "p")
+    kw = dict(sampler="ddpm", steps=5, seed=1, progress=False)
+    want = pipe.sample(4, engine="torch", **kw)
+    got = pipe.sample(4, engine="onnx", **kw)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # observed ≤ 2e-7
+    assert len(exports) == 1 and len(list((tmp_path / "cache" / "onnx").iterdir())) == 1
+    # another Pipeline on the same weights, engine="auto" (the CPU default): the cached file
+    np.testing.assert_array_equal(fastddpm.Pipeline.from_diffusers(tmp_path / "p").sample(4, **kw), got)
+    assert len(exports) == 1
+
+    # fastddpm export DIR → fastddpm sample FILE: the scheduler's trailing spacing and clip come along
+    onnx_file = tmp_path / "unet.onnx"
+    assert main(["export", str(tmp_path / "p"), "--out", str(onnx_file), "--quiet"]) == 0
+    from_file = fastddpm.OnnxSampler(onnx_file, providers=["CPUExecutionProvider"])
+    assert from_file.sampling_defaults == pipe.sampling_defaults == {"variance": "fixed_small", "clip": 1.0,
+                                                                     "spacing": "trailing"}
+    out = tmp_path / "from_file.npy"
+    assert main(["sample", str(onnx_file), "--n", "4", "--steps", "5", "--sampler", "ddpm", "--seed", "1",
+                 "--out", str(out), "--quiet"]) == 0
+    np.testing.assert_allclose(np.load(out), want, rtol=1e-5, atol=1e-6)
+
+    # identity: a copy elsewhere is the same model; new weights saved over it are another
+    shutil.copytree(tmp_path / "p", tmp_path / "q")
+    assert fastddpm.Pipeline.from_diffusers(tmp_path / "q").model_id == pipe.model_id
+    DDPMPipeline(unet=tiny_unet(seed=1), scheduler=scheduler).save_pretrained(tmp_path / "q")
+    assert fastddpm.Pipeline.from_diffusers(tmp_path / "q").model_id != pipe.model_id

@@ -170,6 +170,22 @@ def test_onnx_schedule_metadata_names_the_file():
         decode(props, source="'m.onnx'")
 
 
+def test_onnx_sampling_metadata_names_the_entry():
+    from fastddpm.runtime.metadata import FORMAT, PREFIX, decode, encode
+
+    for bad in ('{"spacing": "leading", "eta": 1}', '["leading"]'):
+        with pytest.raises(ValueError, match=r"'m\.onnx': metadata entry fastddpm\.sampling must be a dict with "
+                                             r"keys among variance, clip, spacing"):
+            decode({PREFIX + "format": FORMAT, PREFIX + "sampling": bad}, source="'m.onnx'")
+    with pytest.raises(ValueError, match="sampling must be a dict"):
+        encode(schedule=None, prediction="epsilon", normalization=None, sample_shape=(2,), version="0",
+               sampling={"steps": 3})
+    good = {"variance": "fixed_large", "clip": None, "spacing": "linspace"}
+    props = encode(schedule=None, prediction="epsilon", normalization=None, sample_shape=(2,), version="0",
+                   sampling=good)
+    assert decode(props).sampling == good and decode({**props, PREFIX + "sampling": "null"}).sampling is None
+
+
 def _cli(argv, capsys):
     from fastddpm.cli import main
 

@@ -16,6 +16,10 @@ fastddpm.sample_shape   JSON list: the shape of one sample, without the batch ax
 fastddpm.model          JSON of the model class and arguments (informational)
 fastddpm.shared_t       "1": the graph takes t of shape [1] for a batch that shares t (its
                         time path runs once and broadcasts); "0" or absent: t must be [B]
+fastddpm.sampling       JSON {"variance", "clip", "spacing"}: ``sample`` defaults of a network
+                        exported from a diffusers directory (its scheduler's settings);
+                        absent for fastddpm checkpoints (added in format 1: older readers
+                        ignore it, and it is optional)
 ======================  ===============================================================
 """
 from __future__ import annotations
@@ -29,7 +33,9 @@ from ..schedule import Schedule
 
 PREFIX = "fastddpm."
 FORMAT = "1"
-KEYS = ("format", "version", "schedule", "prediction", "normalization", "sample_shape", "model", "shared_t")
+KEYS = ("format", "version", "schedule", "prediction", "normalization", "sample_shape", "model", "shared_t",
+        "sampling")
+SAMPLING_KEYS = ("variance", "clip", "spacing")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class OnnxMetadata:
     version: str | None = None
     model: dict | None = None
     shared_t: bool = False
+    sampling: dict | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -68,7 +75,8 @@ def check_prediction(prediction) -> str:
 
 
 def encode(*, schedule: Schedule | None, prediction: str, normalization: Any,
-           sample_shape, version: str, model: dict | None = None, shared_t: bool = False) -> dict[str, str]:
+           sample_shape, version: str, model: dict | None = None, shared_t: bool = False,
+           sampling: dict | None = None) -> dict[str, str]:
     """The metadata entries as a ``{key: str}`` dict ready for ``metadata_props``."""
     if schedule is not None and not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a fastddpm.Schedule or None, got {type(schedule).__name__}")
@@ -85,6 +93,8 @@ def encode(*, schedule: Schedule | None, prediction: str, normalization: Any,
         props["normalization"] = json.dumps(normalization)
         if model is not None:
             props["model"] = json.dumps(model)
+        if sampling is not None:
+            props["sampling"] = json.dumps(_check_sampling(sampling, "sampling"))
     except TypeError as exc:
         raise TypeError(f"normalization and model config must be JSON-serialisable: {exc}") from exc
     return {PREFIX + k: v for k, v in props.items()}
@@ -111,6 +121,9 @@ def decode(props: dict[str, str], *, source: str = "the ONNX file") -> OnnxMetad
 
     schedule = load("schedule")
     sample_shape = load("sample_shape")
+    sampling = load("sampling")
+    if sampling is not None:
+        sampling = _check_sampling(sampling, f"{source}: metadata entry {PREFIX}sampling")
     prediction = ours.get("prediction")
     try:
         schedule = None if schedule is None else Schedule.from_config(schedule)
@@ -125,5 +138,12 @@ def decode(props: dict[str, str], *, source: str = "the ONNX file") -> OnnxMetad
         version=ours.get("version"),
         model=load("model"),
         shared_t=ours.get("shared_t") == "1",
+        sampling=sampling,
         extra=extra,
     )
+
+
+def _check_sampling(sampling, name: str) -> dict:
+    if not isinstance(sampling, dict) or not set(sampling) <= set(SAMPLING_KEYS):
+        raise ValueError(f"{name} must be a dict with keys among {', '.join(SAMPLING_KEYS)}; got {sampling!r}")
+    return dict(sampling)

@@ -73,6 +73,8 @@ class Pipeline:
         self.prediction = check_prediction(prediction or meta.prediction or "epsilon")
         self.sample_shape = tuple(sample_shape)
         self.model_id = model_identity(model)  # resume records name the exact file
+        if meta.sampling is not None:  # exported from a diffusers directory: its scheduler's settings
+            self.sampling_defaults = meta.sampling
 
     @classmethod
     def from_onnx(cls, path, providers=None, schedule: Schedule | None = None, *, prediction: str | None = None,
@@ -115,10 +117,8 @@ class Pipeline:
         """
         from ..diffusers import load_pipeline_dir
 
-        checkpoint = load_pipeline_dir(path, device=device)
-        pipeline = cls(checkpoint)
-        defaults = checkpoint.schedule.sampling_defaults
-        pipeline.sampling_defaults = {k: defaults[k] for k in ("variance", "clip", "spacing")}
+        pipeline = cls(load_pipeline_dir(path, device=device))
+        pipeline.sampling_defaults = pipeline.schedule.sampler_defaults()
         return pipeline
 
     def __repr__(self) -> str:
