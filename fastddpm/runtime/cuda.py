@@ -13,8 +13,12 @@ How it avoids per-step host copies and syncs:
 - the loop, noise and update are :func:`fastddpm.sample`'s torch path with CUDA graphs off
   (an onnxruntime run cannot be captured in a torch CUDA graph).
 
-NOT TESTED ON A GPU: the machine this was written on has none. tests/test_onnx_cuda.py runs it
-(marked ``gpu``) against the host path when a CUDA device and onnxruntime-gpu are present.
+NOT TESTED: the machine this was written on has no GPU, and no test or GPU script runs this
+module yet (scripts/gpu_check.sh runs the Triton tests and bench/gpu_e2e.py, neither of which
+uses onnxruntime-gpu). What is tested on the CPU is the device choice that leads here:
+``fastddpm.sampling.engines.wants_cuda`` (tests/test_gpu_check_script.py::
+test_onnx_sampler_device_matching); the ONNX sampling tests on the CPU provider pass through
+``cuda_iobinding_available`` (False there) to the host path.
 """
 from __future__ import annotations
 
