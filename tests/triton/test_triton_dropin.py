@@ -8,6 +8,8 @@ pytest.importorskip("diffusers")
 from fastddpm.diffusers import (FusedDDIMScheduler, FusedDDPMScheduler,  # noqa: E402
                                 FusedDPMSolverMultistepScheduler)
 
+from _diffusers_models import one_torch_thread, tiny_unet  # noqa: E402,F401 (one_torch_thread: an autouse fixture)
+
 
 @pytest.mark.parametrize("cls,kw", [(FusedDDPMScheduler, {}), (FusedDDIMScheduler, {"eta": 0.5}),
                                     (FusedDPMSolverMultistepScheduler, {})])
@@ -27,3 +29,22 @@ def test_triton_steps_equal_numba(device, cls, kw):
         runs[backend] = ys
     for k, (a, b) in enumerate(zip(runs["numba"], runs["triton"])):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-5, err_msg=f"step {k}")
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp2m"])
+def test_unet2dmodel_through_the_triton_loop(device, sampler):
+    """A diffusers UNet2DModel as the network of fastddpm's torch loop with the Triton update (on
+    CUDA with and without a CUDA graph): the samples equal the numba loop's from the same seed."""
+    from fastddpm import Schedule, sample
+
+    unet = tiny_unet()
+    schedule = Schedule.linear(50)
+    kw = dict(sampler=sampler, steps=4, seed=2, progress=False, clip=1.0)
+    with torch.no_grad():
+        want = np.asarray(sample(unet, schedule, 3, backend="numba", **kw))
+        unet.to(device)
+        graphs = [False, True] if device.type == "cuda" else [None]
+        for cuda_graph in graphs:
+            got = sample(unet, schedule, 3, backend="triton", device=device, cuda_graph=cuda_graph, **kw)
+            np.testing.assert_allclose(got.cpu().numpy() if hasattr(got, "cpu") else got, want, rtol=1e-4, atol=1e-5,
+                                       err_msg=f"cuda_graph={cuda_graph}")
