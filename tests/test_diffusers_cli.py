@@ -23,7 +23,7 @@ from test_distributed import _env, _ok, _torchrun  # noqa: E402
 
 # Slow: six Python processes (reference, killed, resumed, torchrun's two ranks and launcher), each
 # importing torch + diffusers (~11 s of diffusers import alone under load on the 2-core CI machine);
-# 206 s in all measured there at load average 10.
+# 206 s in all measured there at load average 10, 54 s at load 4.8.
 pytestmark = pytest.mark.slow
 
 N = 48
