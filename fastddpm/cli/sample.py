@@ -36,7 +36,8 @@ def add_parser(subparsers, parents):
     p.add_argument("--steps", type=int, default=DEFAULTS.steps,
                    help="sampling steps (default: T for ddpm, 50 for ddim, 20 for dpmpp2m)")
     p.add_argument("--spacing", type=_spacing, default=DEFAULTS.spacing,
-                   help="leading | trailing | linspace | logsnr | comma-separated timesteps")
+                   help="leading | trailing | linspace | logsnr | comma-separated timesteps (default: the "
+                        "sampler's, fastddpm.sampling.plan.DEFAULT_SPACING)")
     p.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM eta (0: deterministic)")
     p.add_argument("--clip", type=float, default=DEFAULTS.clip, help="clip the predicted x0 to [-CLIP, CLIP]")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="noise seed (same seed, same samples)")
