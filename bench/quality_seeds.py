@@ -37,7 +37,7 @@ def _train(dataset, seed, out, iters=None):
     if dataset == "constant-demo":
         b = demo.BUDGETS["full"]
         return train(demo._constant_dataset(b.constant_samples * 5), out, schedule=Schedule.create(
-            **demo.CONSTANT_SCHEDULE), iters=b.constant_iters, seed=seed, progress=False, num_threads=1)
+            **demo.CONSTANT_SCHEDULE), iters=iters or b.constant_iters, seed=seed, progress=False, num_threads=1)
     return train(dataset, out, seed=seed, iters=iters, progress=False, num_threads=1)
 
 
