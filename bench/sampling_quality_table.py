@@ -39,16 +39,19 @@ def main(argv):
         x = ck.normalization.denormalize(np.asarray(x))
         ev = metrics.evaluate(x, dataset, n_ref=n, seed=0)
         row = {"sampler": sampler, "steps": steps, "spacing": spacing, "wall_s": round(wall, 2),
-               "load": round(load, 1), "sw_ratio": round(ev["sw_ratio"], 3)}
+               "load": round(load, 1), "sw": round(ev["sliced_wasserstein"], 5), "sw_ratio": round(ev["sw_ratio"], 3)}
         if dataset in metrics.SUPPORT_DATASETS:
             row.update({k: round(v, 4) for k, v in metrics.support_quantiles(x, dataset).items()})
             row["max"] = round(float(metrics.support_distance(x, dataset).max()), 3)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| sampler | steps | spacing | p50 | p90 | max | SW ratio | wall s (load) |\n|---|---:|---|---:|---:|---:|---:|---:|")
+    print("\n| sampler | steps | spacing | p50 | p90 | max | SW / floor | SW / ddpm-1000's | wall s (load) |\n"
+          "|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    sw_ref = rows[0]["sw"]  # CONFIGS[0] is ddpm-1000
     for r in rows:
         print(f"| {r['sampler']} | {r['steps']} | {r['spacing']} | {r.get('p50', float('nan')):.4f} | "
               f"{r.get('p90', float('nan')):.4f} | {r.get('max', float('nan')):.2f} | {r['sw_ratio']:.2f} | "
+              f"{r['sw'] / sw_ref:.2f} | "
               f"{r['wall_s']:.1f} ({r['load']:.0f}) |")
 
 

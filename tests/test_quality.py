@@ -2,10 +2,12 @@
 
 The ancestral samples come from a plain 1000-step loop over fastddpm.ddpm_step (stream 0: x_T,
 stream k: the k-th step's noise), independent of the sampling API; the dpmpp2m-20 samples from
-fastddpm.sample with the spacing the demo uses ("logsnr").
+fastddpm.sample with dpmpp2m's default spacing ("logsnr", DEFAULT_SPACING; what the demo uses).
 
-Bounds: the issue-13 targets where every measured seed meets them with room, else the measured
-worst seed plus a stated margin (see each test). Measured numbers next to each bound.
+Bounds: the issue-13 targets where every measured training seed meets them with room, else the
+worst seed plus a stated margin. Measured: bench/quality_seeds.py, training seeds 0, 1, 2, the
+same samples and references as here (docs/training.md, "Seed-to-seed spread"). Runtime: ~5 min
+on one idle EPYC core (butterfly ~150 s of training, each 1-D model ~40 s + ~20 s of sampling).
 """
 import numpy as np
 import pytest
@@ -20,13 +22,14 @@ pytestmark = pytest.mark.slow
 
 TRAIN = {"progress": False, "num_threads": 1}  # everything else: the defaults (KIND_DEFAULTS)
 
-# Measured once (seed 0, 4000 samples, 2-core EPYC, training.py's KIND_DEFAULTS comment):
-# ddpm-1000 SW ratio 0.97, dpmpp2m-20 (logsnr) 1.12, i.e. dpmpp2m's SW is 1.15x ddpm's. The
-# issue-13 target (within 10 %) is missed by ~5 %; the bound is that measurement plus a 0.2 margin
-# for seed-to-seed spread (not yet measured over seeds: stated as such in the issue note).
-BOUND_DPM_SW_VS_DDPM = 1.35
-CONSTANT_ITERS = None   # the default budget
-GAUSSIAN_ITERS = None
+# dpmpp2m-20's SW over ddpm-1000's, seeds 0/1/2: 1.23 / 1.31 / 1.26 (mean 1.265, std 0.041). The
+# issue-13 target (≤ 1.10) is missed by every seed; the bound is the worst seed plus 0.14 (3.4
+# seed stds). Not a sampler limit: dpmpp2m-50 and -100 give the same SW (converged ODE), 1.50x
+# ddpm-1000's at n = 20,000 (docs/sampling.md, bench/dpm_vs_ddpm.py).
+BOUND_DPM_SW_VS_DDPM = 1.45
+# The 1-D models train 2,000 iterations (the default 5,000 adds ~1.5 min each for nothing the
+# bounds can see): seeds 0/1/2 at 2,000 iterations, ddpm-1000, 5000 samples:
+ONE_D_ITERS = 2000
 
 
 def ddpm_sample(model, schedule, n, shape, prediction, seed=0):
@@ -55,30 +58,30 @@ def test_butterfly_default_recipe_meets_issue_13_targets():
     ddpm = _samples(result, n=4000)
     q = support_quantiles(ddpm, "butterfly")
     sw_ddpm = sliced_wasserstein(ddpm, fresh_a, n_projections=500, seed=0)
-    # The issue-13 targets p50 <= 0.02, p90 <= 0.05, SW <= 1.3x floor; measured (seed 0) 0.0083 / 0.040 / 0.97.
+    # The issue-13 targets p50 <= 0.02, p90 <= 0.05, SW <= 1.3x floor; seeds 0/1/2: p50 0.0083 /
+    # 0.0084 / 0.0070, p90 0.0400 / 0.0397 / 0.0399 (seed std 0.00013), SW 1.11 / 1.07 / 1.10 (std 0.019).
     assert q["p50"] <= 0.02 and q["p90"] <= 0.05, q
     assert sw_ddpm <= 1.3 * floor, (sw_ddpm, floor)
 
-    dpm = fastddpm.sample(result.ema_model, result.schedule, 4000, sampler="dpmpp2m", steps=20, spacing="logsnr",
+    dpm = fastddpm.sample(result.ema_model, result.schedule, 4000, sampler="dpmpp2m", steps=20,
                           prediction=result.prediction, seed=1, progress=False)
     dpm = result.dataset.normalization.denormalize(np.asarray(dpm))
     qd = support_quantiles(dpm, "butterfly")
     sw_dpm = sliced_wasserstein(dpm, fresh_a, n_projections=500, seed=0)
-    assert qd["p90"] <= 0.07, qd
+    assert qd["p90"] <= 0.07, qd  # target; seeds 0/1/2: 0.049 / 0.047 / 0.046
     assert np.abs(dpm).max() < 10.0  # the ε-prediction failure mode: samples hundreds of units out
     assert sw_dpm <= BOUND_DPM_SW_VS_DDPM * sw_ddpm, (sw_dpm, sw_ddpm)
 
 
 def test_constant_model_learns_five():
-    result = train("constant", iters=CONSTANT_ITERS, **TRAIN)
+    result = train("constant", iters=ONE_D_ITERS, **TRAIN)
     samples = _samples(result)
-    assert abs(samples.mean() - 5.0) <= 0.005, samples.mean()
+    assert abs(samples.mean() - 5.0) <= 0.005, samples.mean()  # target; seeds 0/1/2: 4.99999 / 5.00001 / 4.99999
 
 
 def test_gaussian_model_learns_mean_and_std():
-    result = train("gaussian", iters=GAUSSIAN_ITERS, **TRAIN)
+    result = train("gaussian", iters=ONE_D_ITERS, **TRAIN)
     samples = _samples(result)
-    # Target ±0.03; not yet measured with the v-prediction default, so the bound stays the earlier
-    # test's ±0.05 (ε, 4000 iterations: mean 3.029, std 1.031).
-    assert abs(samples.mean() - 3.0) <= 0.05, samples.mean()
-    assert abs(samples.std() - 1.0) <= 0.05, samples.std()
+    # target ±0.03 met with room: seeds 0/1/2 mean 2.9946 / 2.9993 / 2.9948, std 1.0104 / 1.0115 / 1.0120
+    assert abs(samples.mean() - 3.0) <= 0.03, samples.mean()
+    assert abs(samples.std() - 1.0) <= 0.03, samples.std()

@@ -128,3 +128,26 @@ def test_logsnr_needs_the_schedule_and_sample_accepts_it():
                         sample_shape=(2,), seed=3, progress=False)
     np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b))
     assert list(a[1].timesteps[:-1]) == logsnr_timesteps(sched.alphas_cumprod, 20).tolist()
+
+
+def test_default_spacing_per_sampler():
+    """spacing=None (the default of every entry point) is the sampler's DEFAULT_SPACING: ddpm and
+    ddim leading (diffusers' default), dpmpp2m uniform log-SNR (docs/sampling.md, quality vs steps)."""
+    import fastddpm
+    from fastddpm.sampling import SamplingOptions, make_plan
+    from fastddpm.sampling.plan import DEFAULT_SPACING
+    from fastddpm.sampling.timesteps import logsnr_timesteps
+
+    assert SamplingOptions().spacing is None
+    assert DEFAULT_SPACING == {"ddpm": "leading", "ddim": "leading", "dpmpp2m": "logsnr"}
+    s = fastddpm.Schedule.linear(1000)
+    np.testing.assert_array_equal(make_plan(s, "ddpm", 250).t, timesteps(1000, 250, "leading"))
+    np.testing.assert_array_equal(make_plan(s, "ddim").t, timesteps(1000, 50, "leading"))
+    np.testing.assert_array_equal(make_plan(s, "dpmpp2m").t, logsnr_timesteps(s.alphas_cumprod, 20))
+    np.testing.assert_array_equal(make_plan(s, "dpmpp2m", 10).t, logsnr_timesteps(s.alphas_cumprod, 10))
+    eps = lambda x, t: 0.5 * x  # noqa: E731 (any deterministic model)
+    eps.array_api, eps.sample_shape = "numpy", (2,)
+    kw = dict(sampler="dpmpp2m", steps=7, seed=3, progress=False)
+    np.testing.assert_array_equal(fastddpm.sample(eps, s, 5, **kw), fastddpm.sample(eps, s, 5, spacing="logsnr", **kw))
+    with pytest.raises(ValueError, match="sampler"):
+        make_plan(s, "euler")

@@ -37,7 +37,8 @@ def add_parser(subparsers, parents):
                    help="sampling steps (default: T for ddpm, 50 for ddim, 20 for dpmpp2m)")
     p.add_argument("--spacing", type=_spacing, default=None,
                    help="leading | trailing | linspace | logsnr | comma-separated timesteps (default: for a "
-                        f"diffusers directory its scheduler's timestep_spacing, else {DEFAULTS.spacing})")
+                        "diffusers directory its scheduler's timestep_spacing, else the sampler's, "
+                        "fastddpm.sampling.plan.DEFAULT_SPACING)")
     p.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM eta (0: deterministic)")
     p.add_argument("--clip", type=float, default=None,
                    help="clip the predicted x0 to [-CLIP, CLIP] (default: for a diffusers directory its scheduler's "

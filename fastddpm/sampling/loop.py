@@ -39,7 +39,6 @@ from .models import check_output, host_model, model_device, model_kind
 from .options import SamplingOptions, check_int
 from .plan import make_plan
 from .steppers import HostStepper, TorchStepper, numba_randn
-from .timesteps import resolve_spacing
 
 @dataclass
 class Trajectory:
@@ -149,8 +148,7 @@ class SamplingRun:
         self.kind = model_kind(model)
         backend = opts.backend
         self.seed = opts.seed
-        steps, spacing = resolve_spacing(schedule, opts.sampler, opts.steps, opts.spacing)  # "logsnr" needs the schedule
-        self.plan = make_plan(schedule, opts.sampler, steps, spacing, eta=opts.eta,
+        self.plan = make_plan(schedule, opts.sampler, opts.steps, opts.spacing, eta=opts.eta,
                               prediction=opts.prediction, variance=opts.variance, clip=opts.clip)
         self.schedule, self.model = schedule, model
         self.shape = opts.resolved_shape(model)
@@ -451,8 +449,10 @@ def sample(model, schedule, n, **options):
     The keywords are the fields of :class:`~fastddpm.sampling.options.SamplingOptions` (their
     defaults are in this function's signature):
     sampler: "ddpm" (ancestral; steps < T respaces), "ddim" (eta), "dpmpp2m" (DPM-Solver++ 2M).
-    steps: None → T for ddpm, 50 for ddim, 20 for dpmpp2m; spacing: "leading" | "trailing" |
-    "linspace" | "logsnr" (uniform in log-SNR, ends at t = 0) | a list of timesteps (see fastddpm.sampling.timesteps).
+    steps: None → T for ddpm, 50 for ddim, 20 for dpmpp2m; spacing: None → the sampler's default
+    (fastddpm.sampling.plan.DEFAULT_SPACING: leading for ddpm and ddim, logsnr for dpmpp2m) |
+    "leading" | "trailing" | "linspace" | "logsnr" (uniform in log-SNR, ends at t = 0) | a list
+    of timesteps (see fastddpm.sampling.timesteps).
     batch_size: samples per batch (default: cache-sized on CPU, device-sized on CUDA); the
     samples do not depend on it. backend: "auto" | "numba" | "numpy" | "torch" | "triton".
     out: a ``.npy`` path → written in chunks with a progress record (``resume=True`` continues a

@@ -42,7 +42,8 @@ class SamplingOptions:
     """Everything of a sampling request but the model, the schedule and n.
 
     sampler: "ddpm" | "ddim" | "dpmpp2m"; steps: None → T for ddpm, 50 for ddim, 20 for dpmpp2m;
-    spacing: "leading" | "trailing" | "linspace" | a list of timesteps; eta: DDIM's η;
+    spacing: None (the sampler's default, ``fastddpm.sampling.plan.DEFAULT_SPACING``) | "leading" |
+    "trailing" | "linspace" | "logsnr" | a list of timesteps; eta: DDIM's η;
     prediction / variance / clip: the network's output type, the DDPM variance, x̂0 clipping;
     seed: the noise seed in [0, 2**32); batch_size: samples per batch (None: cache-sized on
     CPU, device-sized on CUDA; the samples do not depend on it); device / backend / dtype /
@@ -57,7 +58,7 @@ class SamplingOptions:
 
     sampler: str = "ddpm"
     steps: int | None = None
-    spacing: Any = "leading"
+    spacing: Any = None
     eta: float = 0.0
     prediction: str = "epsilon"
     variance: str = "fixed_small"

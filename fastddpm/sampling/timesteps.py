@@ -141,13 +141,18 @@ def logsnr_timesteps(alphas_cumprod, steps: int) -> np.ndarray:
 
 
 def resolve_spacing(schedule, sampler: str, steps, spacing):
-    """(steps, spacing) to hand to make_plan: a schedule spacing ("logsnr") becomes its explicit
+    """(steps, spacing) for :func:`timesteps`: ``None`` becomes the sampler's default spacing
+    (``fastddpm.sampling.plan.DEFAULT_SPACING``), a schedule spacing ("logsnr") its explicit
     list (steps None → the sampler's default count); anything else passes through unchanged."""
-    if isinstance(spacing, str) and spacing in SCHEDULE_SPACINGS:
-        from .plan import DEFAULT_STEPS, SAMPLERS
+    if spacing is None or (isinstance(spacing, str) and spacing in SCHEDULE_SPACINGS):
+        from .plan import DEFAULT_SPACING, DEFAULT_STEPS, SAMPLERS
 
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}")
+        if spacing is None:
+            spacing = DEFAULT_SPACING[sampler]
+            if spacing not in SCHEDULE_SPACINGS:
+                return steps, spacing
         T = schedule.num_steps
         if steps is None:
             steps = min(DEFAULT_STEPS[sampler] or T, T)
