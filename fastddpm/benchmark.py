@@ -114,23 +114,38 @@ def _timed(fn, repeat: int = 1) -> float:
 
 # -- models ----------------------------------------------------------------------------------
 
-def default_model(checkpoint=None, device="cpu"):
-    """(model, schedule, normalization) from ``checkpoint``, or the default butterfly MLP
-    (fastddpm.nets.MLP(), random weights: throughput does not depend on training)."""
+NETS = ("ResMLP", "MLP")
+
+
+def default_model(checkpoint=None, device="cpu", net="ResMLP"):
+    """(model, schedule, normalization, prediction) from ``checkpoint``, or random weights of the
+    net ``fastddpm train`` builds by default for 2-d data (throughput does not depend on training):
+    ``net="ResMLP"`` — fastddpm.training.DEFAULT_NET["vector"] with its v-prediction recipe
+    (KIND_DEFAULTS["vector"]), what the demo trains; ``net="MLP"`` — the earlier default,
+    fastddpm.nets.MLP() with ε-prediction (the numbers of older README rows)."""
     import torch
 
     if checkpoint:
         from .checkpoint import load
 
         ck = load(checkpoint, device=device)
-        return ck.model, ck.schedule, ck.normalization
-    from .nets import MLP
+        return ck.model, ck.schedule, ck.normalization, ck.prediction
+    if net not in NETS:
+        raise ValueError(f"net must be one of {', '.join(NETS)}, got {net!r}")
+    from .nets import build
+    from .training import DEFAULT_NET, KIND_DEFAULTS
 
     torch.manual_seed(0)
-    return MLP().eval().to(device), fastddpm.Schedule.linear(1000), None
+    if net == "MLP":
+        model, prediction = build("MLP"), "epsilon"
+    else:
+        name, kwargs = DEFAULT_NET["vector"]
+        model, prediction = build(name, **kwargs), KIND_DEFAULTS["vector"]["prediction"]
+    return model.eval().to(device), fastddpm.Schedule.linear(1000), None, prediction
 
 
-def diffusers_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu", shared_t=False):
+def diffusers_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu", shared_t=False,
+                   prediction="epsilon"):
     """The loop a diffusers user writes: DDPMScheduler.set_timesteps + step(generator=…).
 
     The network gets t as diffusers' own models build it (``timesteps * torch.ones(B)``: a
@@ -143,7 +158,7 @@ def diffusers_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu", 
     import torch
 
     sched = diffusers.DDPMScheduler(num_train_timesteps=schedule.num_steps, trained_betas=schedule.betas.tolist(),
-                                    variance_type="fixed_small", clip_sample=False)
+                                    variance_type="fixed_small", clip_sample=False, prediction_type=prediction)
     sched.set_timesteps(steps)
     gen = torch.Generator(device=device).manual_seed(seed)
     net = _torch_facing(model)
@@ -171,14 +186,14 @@ def _torch_facing(model):
     return call
 
 
-def torch_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu"):
+def torch_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu", prediction="epsilon"):
     """A plain torch DDPM loop (respaced as fastddpm's leading spacing), torch.randn noise."""
     import torch
 
     from .kernels.coefficients import apply_row
     from .sampling import make_plan
 
-    plan = make_plan(schedule, "ddpm", steps)
+    plan = make_plan(schedule, "ddpm", steps, prediction=prediction)
     coef = torch.as_tensor(plan.coef, dtype=torch.float32, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
@@ -189,7 +204,7 @@ def torch_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu"):
             for k, t in enumerate(plan.t.tolist()):
                 eps = model(x, torch.full((b,), t, dtype=torch.int64, device=device))
                 z = torch.randn(x.shape, generator=gen, device=device) if plan.prev_t[k] >= 0 else None
-                x = apply_row("ddpm", coef[k], x, eps, "epsilon", noise=z, xp=torch)[0]
+                x = apply_row("ddpm", coef[k], x, eps, prediction, noise=z, xp=torch)[0]
             out.append(x)
     return torch.cat(out)
 
@@ -217,26 +232,31 @@ THROUGHPUT_METHODS = ("fastddpm", "fastddpm+ort", "diffusers", "diffusers+ort", 
 
 
 def bench_throughput(model, schedule, n, steps, batch_size=None, device="cpu", methods=THROUGHPUT_METHODS,
-                     rounds=3):
+                     rounds=3, prediction="epsilon"):
     """Whole DDPM loops side by side in alternating rounds; medians, ratios to diffusers on the same network.
 
     ``fastddpm`` / ``diffusers``: the torch network; ``+ort``: the same network exported to ONNX
     in onnxruntime. ``diffusers`` passes t per sample, as diffusers' models do; ``shared-t``
     rows pass a stride-0 t ([B] view of one t; the ORT twin then runs it as [1]), so the
     network's time path runs once there too — the ratio to those is the engine's alone.
+    Every loop treats the output as ``prediction`` (diffusers: ``prediction_type``).
     """
     if batch_size is None:  # the loop's default, the same for all three
         batch_size = DEFAULTS.resolved_batch_size(int(np.prod(_shape(model))), n, str(device).split(":")[0])
-    twin = _onnx_twin(model, schedule) if device == "cpu" else None
+    twin = _onnx_twin(model, schedule, prediction) if device == "cpu" else None
+    pred = prediction
     fns = {
-        "fastddpm": lambda: sample(model, schedule, n, steps=steps, batch_size=batch_size, device=device, progress=False),
-        "fastddpm+ort": lambda: sample(twin, schedule, n, steps=steps, batch_size=batch_size, progress=False),
-        "diffusers": lambda: diffusers_loop(model, schedule, n, steps, batch_size, device=device),
-        "diffusers+ort": lambda: diffusers_loop(twin, schedule, n, steps, batch_size),
+        "fastddpm": lambda: sample(model, schedule, n, steps=steps, batch_size=batch_size, device=device,
+                                   prediction=pred, progress=False),
+        "fastddpm+ort": lambda: sample(twin, schedule, n, steps=steps, batch_size=batch_size, prediction=pred,
+                                       progress=False),
+        "diffusers": lambda: diffusers_loop(model, schedule, n, steps, batch_size, device=device, prediction=pred),
+        "diffusers+ort": lambda: diffusers_loop(twin, schedule, n, steps, batch_size, prediction=pred),
         "diffusers shared-t": lambda: diffusers_loop(model, schedule, n, steps, batch_size, device=device,
-                                                     shared_t=True),
-        "diffusers+ort shared-t": lambda: diffusers_loop(twin, schedule, n, steps, batch_size, shared_t=True),
-        "torch": lambda: torch_loop(model, schedule, n, steps, batch_size, device=device),
+                                                     shared_t=True, prediction=pred),
+        "diffusers+ort shared-t": lambda: diffusers_loop(twin, schedule, n, steps, batch_size, shared_t=True,
+                                                         prediction=pred),
+        "torch": lambda: torch_loop(model, schedule, n, steps, batch_size, device=device, prediction=pred),
     }
     methods = [m for m in methods if twin is not None or "ort" not in m]
     try:
@@ -251,8 +271,8 @@ def bench_throughput(model, schedule, n, steps, batch_size=None, device="cpu", m
     rows = []
     for name in methods:
         sec = float(np.median(times[name]))
-        rows.append({"section": "throughput", "name": name, "n": n, "steps": steps, "batch_size": batch_size,
-                     "seconds": sec, "samples_per_s": n / sec, "us_per_step": sec / steps * 1e6,
+        rows.append({"section": "throughput", "name": name, "net": type(model).__name__, "prediction": prediction,
+                     "n": n, "steps": steps, "batch_size": batch_size, "seconds": sec, "samples_per_s": n / sec, "us_per_step": sec / steps * 1e6,
                      "rounds": rounds})
     med = {r["name"]: r["seconds"] for r in rows}
     for r in rows:
@@ -269,35 +289,55 @@ def bench_throughput(model, schedule, n, steps, batch_size=None, device="cpu", m
 _ONNX_TWINS: dict = {}
 
 
-def _onnx_twin(model, schedule):
+def _onnx_twin(model, schedule, prediction="epsilon"):
     """The same network exported to ONNX and run in onnxruntime (the CPU default of Pipeline), or None
     when onnx/onnxruntime are not installed. Exported once per model per process."""
     import importlib.util
 
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
         return None
-    if id(model) not in _ONNX_TWINS:
+    key = (id(model), prediction)
+    if key not in _ONNX_TWINS:
         import tempfile
 
         path = os.path.join(tempfile.mkdtemp(prefix="fastddpm-bench-"), "model.onnx")
-        export_onnx(model, path, sample_shape=_shape(model), schedule=schedule)
-        _ONNX_TWINS[id(model)] = OnnxModel(path, ["CPUExecutionProvider"])
-    return _ONNX_TWINS[id(model)]
+        export_onnx(model, path, sample_shape=_shape(model), schedule=schedule, prediction=prediction)
+        _ONNX_TWINS[key] = OnnxModel(path, ["CPUExecutionProvider"])
+    return _ONNX_TWINS[key]
 
 
-def bench_tiny(model, schedule, steps=1000, device="cpu", rounds=7):
+class _NullNet:
+    """A NumPy-API network that costs nothing: ``bind_batch`` hands the loop one zeros buffer
+    per step (as the ONNX Runtime model hands its bound output), so ``sample`` with it times
+    the engine alone — per-run set-up, the loop, the NaN guard, the update kernel."""
+
+    array_api = "numpy"
+
+    def __init__(self, shape):
+        self.sample_shape = tuple(shape)
+
+    def __call__(self, x, t):
+        return np.zeros_like(x)
+
+    def bind_batch(self, x, timesteps):
+        out = np.zeros_like(x)
+        return lambda k: out
+
+
+def bench_tiny(model, schedule, steps=1000, device="cpu", rounds=7, prediction="epsilon"):
     """n = 1: µs per step of the whole loop and of its network calls alone, side by side.
 
     The engine's overhead per step is (loop − network calls) / steps. Network calls only are
     made the cheapest way the engine could make them: torch — the module on a fixed x with
-    stride-0 t views under one inference_mode; ORT — ``bind_batch`` (IO binding, t [1]). Also
-    timed alone (warm, in a tight loop): the fused update call (``HostStepper.step``) and the
-    NaN guard, the two pieces of engine work per step besides the loop itself.
+    stride-0 t views under one inference_mode; ORT — ``bind_batch`` (IO binding, t [1]). That
+    difference of two noisy times is checked by a direct one: the whole loop with a network
+    that costs nothing (:class:`_NullNet`; per-run set-up included). Also timed alone (warm,
+    in a tight loop): the fused update call (``HostStepper.bind``'s step) and the NaN guard.
     """
     import torch
 
     shape = _shape(model)
-    plan = make_plan(schedule, "ddpm", steps)
+    plan = make_plan(schedule, "ddpm", steps, prediction=prediction)
     ts = plan.t.tolist()
     x = torch.zeros((1, *shape), device=device)
     tv = [torch.full((1,), t, dtype=torch.int64, device=device).expand(1) for t in ts]
@@ -306,9 +346,10 @@ def bench_tiny(model, schedule, steps=1000, device="cpu", rounds=7):
         with torch.inference_mode():
             for k in range(steps):
                 model(x, tv[k])
-    fns = {"fastddpm": lambda: sample(model, schedule, 1, steps=steps, device=device, progress=False),
+    fns = {"fastddpm": lambda: sample(model, schedule, 1, steps=steps, device=device, prediction=prediction,
+                                      progress=False),
            "network calls only": torch_net}
-    twin = _onnx_twin(model, schedule) if device == "cpu" else None
+    twin = _onnx_twin(model, schedule, prediction) if device == "cpu" else None
     if twin is not None:
         xn = np.zeros((1, *shape), np.float32)
 
@@ -316,8 +357,11 @@ def bench_tiny(model, schedule, steps=1000, device="cpu", rounds=7):
             net = twin.bind_batch(xn, ts)
             for k in range(steps):
                 net(k)
-        fns["fastddpm+ort"] = lambda: sample(twin, schedule, 1, steps=steps, progress=False)
+        fns["fastddpm+ort"] = lambda: sample(twin, schedule, 1, steps=steps, prediction=prediction, progress=False)
         fns["onnx network calls only"] = ort_net
+    null = _NullNet(shape)
+    fns["fastddpm, null network (engine alone)"] = lambda: sample(null, schedule, 1, steps=steps,
+                                                                  prediction=prediction, progress=False)
     for fn in fns.values():
         fn()  # warm-up
     times = side_by_side(fns, rounds)
@@ -326,8 +370,9 @@ def bench_tiny(model, schedule, steps=1000, device="cpu", rounds=7):
     stepper = HostStepper(plan, schedule, "numba", 0)
     xs, ms = np.zeros((1, *shape), np.float32), np.zeros((1, *shape), np.float32)
     stepper.reset(xs)
+    step = stepper.bind(xs, xs, 0)
     finite = finite_check(ms)
-    parts = {"update call (HostStepper.step)": lambda: [stepper.step(k, xs, ms, xs, 0) for k in range(steps)],
+    parts = {"update call (HostStepper.bind step)": lambda: [step(k, ms) for k in range(steps)],
              "NaN guard call": lambda: [finite(ms) for _ in range(steps)]}
     for fn in parts.values():
         fn()
@@ -335,7 +380,7 @@ def bench_tiny(model, schedule, steps=1000, device="cpu", rounds=7):
     rows = []
     for name, sec in med.items():
         row = {"section": "tiny", "name": name, "n": 1, "steps": steps, "seconds": sec, "us_per_step": sec / steps * 1e6}
-        if name.startswith("fastddpm"):
+        if name.startswith("fastddpm") and "null" not in name:
             net = med["onnx network calls only" if "ort" in name else "network calls only"]
             row["engine_us_per_step"] = (sec - net) / steps * 1e6
         rows.append(row)
@@ -455,13 +500,29 @@ def bench_memory(sizes=(10**5, 10**6), workdir=None):
     return rows
 
 
-def bench_batch(model, schedule, n=32768, steps=20, sizes=(256, 1024, 4096, 8192, 16384, 32768), device="cpu"):
-    sample(model, schedule, 64, steps=2, spacing="linspace", device=device, progress=False)
+def bench_batch(model, schedule, n=32768, steps=20, sizes=(256, 1024, 2048, 4096, 8192, 16384, 32768), device="cpu",
+                prediction="epsilon", engines=("torch", "ort"), rounds=2):
+    """fastddpm throughput per batch size, for the torch net and (on CPU) its ONNX Runtime twin;
+    the sizes alternate within each round (best of ``rounds``), so load drifts hit all alike."""
+    nets = {"torch": model}
+    if "ort" in engines and device == "cpu":
+        twin = _onnx_twin(model, schedule, prediction)
+        if twin is not None:
+            nets["ort"] = twin
+    nets = {k: v for k, v in nets.items() if k in engines}
+    fns = {}
+    for engine, net in nets.items():
+        kw = {} if engine == "ort" else {"device": device}
+        sample(net, schedule, 64, steps=2, spacing="linspace", prediction=prediction, progress=False, **kw)
+        for bs in sizes:
+            fns[(engine, bs)] = (lambda net=net, bs=bs, kw=kw: sample(
+                net, schedule, n, steps=steps, spacing="linspace", batch_size=bs, prediction=prediction,
+                progress=False, **kw))
+    times = side_by_side(fns, rounds)
     rows = []
-    for bs in sizes:
-        sec = _timed(lambda: sample(model, schedule, n, steps=steps, spacing="linspace", batch_size=bs,
-                                    device=device, progress=False), 2)
-        rows.append({"section": "batch", "name": f"batch_size={bs}", "batch_size": bs, "elements": bs * int(
+    for (engine, bs), v in times.items():
+        sec = min(v)
+        rows.append({"section": "batch", "name": f"{engine} batch_size={bs}", "batch_size": bs, "elements": bs * int(
             np.prod(_shape(model))), "seconds": sec, "sample_steps_per_s": n * steps / sec})
     return rows
 
@@ -469,10 +530,10 @@ def bench_batch(model, schedule, n=32768, steps=20, sizes=(256, 1024, 4096, 8192
 # -- driver ----------------------------------------------------------------------------------
 
 def run(sections=SECTIONS, *, quick=False, checkpoint=None, n=None, steps=1000, batch_size=None, device="cpu",
-        dataset="butterfly", log=None) -> list:
+        dataset="butterfly", log=None, net="ResMLP") -> list:
     """Run the chosen sections; returns rows (dicts with ``section`` and ``name``)."""
     rows = []
-    model = schedule = None
+    model = schedule = prediction = None
 
     def say(msg):
         if log is not None:
@@ -484,13 +545,13 @@ def run(sections=SECTIONS, *, quick=False, checkpoint=None, n=None, steps=1000, 
         if rows and log is not None:  # partial results survive a killed run
             say(format_rows([r for r in rows if r["section"] == rows[-1]["section"]], {}))
         if section in ("throughput", "tiny", "batch") and model is None:
-            model, schedule, _ = default_model(checkpoint, device)
+            model, schedule, _, prediction = default_model(checkpoint, device, net)
         say(f"[bench] {section} ...")
         if section == "throughput":
             n_s, steps_s = (n or (4096 if quick else 100_000)), (100 if quick else steps)
-            rows += bench_throughput(model, schedule, n_s, steps_s, batch_size, device)
+            rows += bench_throughput(model, schedule, n_s, steps_s, batch_size, device, prediction=prediction)
         elif section == "tiny":
-            rows += bench_tiny(model, schedule, 200 if quick else steps, device)
+            rows += bench_tiny(model, schedule, 200 if quick else steps, device, prediction=prediction)
         elif section == "quality":
             if checkpoint is None:
                 say("[bench] quality skipped: needs --checkpoint (a trained model)")
@@ -506,12 +567,13 @@ def run(sections=SECTIONS, *, quick=False, checkpoint=None, n=None, steps=1000, 
         elif section == "memory":
             rows += bench_memory((10**4, 10**5) if quick else (10**5, 10**6))
         elif section == "batch":
-            rows += bench_batch(model, schedule, 8192 if quick else 32768, 5 if quick else 20, device=device)
+            rows += bench_batch(model, schedule, 8192 if quick else 32768, 5 if quick else 20, device=device,
+                                prediction=prediction)
     return rows
 
 
 _COLUMNS = {
-    "throughput": ("name", "n", "steps", "batch_size", "seconds", "samples_per_s", "us_per_step", "x_vs_diffusers",
+    "throughput": ("name", "net", "prediction", "n", "steps", "batch_size", "seconds", "samples_per_s", "us_per_step", "x_vs_diffusers",
                    "x_vs_diffusers_shared_t"),
     "tiny": ("name", "steps", "seconds", "us_per_step", "engine_us_per_step"),
     "quality": ("name", "n", "seconds", "sliced_wasserstein", "vs_ddpm1000"),

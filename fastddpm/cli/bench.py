@@ -27,6 +27,9 @@ def add_parser(subparsers, parents):
                    help="comma-separated, from throughput,tiny,quality,kernel,memory,batch")
     p.add_argument("--checkpoint", default=None,
                    help="trained checkpoint (needed for the quality section; default model otherwise)")
+    p.add_argument("--net", choices=benchmark.NETS, default="ResMLP",
+                   help="the default model without --checkpoint: ResMLP (the training default, v-prediction) "
+                        "or MLP (the earlier default, ε-prediction); random weights")
     p.add_argument("--n", type=int, default=None, help="samples for the throughput section (default 100000)")
     p.add_argument("--steps", type=int, default=1000, help="ddpm steps for throughput and tiny")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the sampler's)")
@@ -56,7 +59,7 @@ def run(args) -> int:
     say(args, f"benchmarking {', '.join(sections)} on {info.get('cpu')} ({info.get('cores')} cores, "
               f"GPU: {info.get('gpu') or 'none'}){' — quick sizes' if args.quick else ''}")
     rows = benchmark.run(sections, quick=args.quick, checkpoint=args.checkpoint, n=args.n, steps=args.steps,
-                         batch_size=args.batch_size, device=args.device, dataset=args.dataset,
+                         batch_size=args.batch_size, device=args.device, dataset=args.dataset, net=args.net,
                          log=None if args.quiet else sys.stderr)
     print(benchmark.format_rows(rows, info))
     for path in (args.csv, args.json):

@@ -265,7 +265,7 @@ class SamplingRun:
         record = _recorder(traj, s0, s1)
         record(0, x)
         hooks = traj is not None or pbar is not None
-        step, shape, ts = self.stepper.step, x.shape, self.timesteps
+        step, shape, ts = self.stepper.bind(x, x, offset), x.shape, self.timesteps
         with (_inference_mode() if self.kind == "torch" else _null()):
             net = self.network.bind(x)
             finite = finite_check(x) if self.check_finite else None
@@ -275,7 +275,7 @@ class SamplingRun:
                     check_output(m, x, k, ts[k], K)
                 if finite is not None and not finite(m):
                     raise nonfinite_error(k, ts[k], K, self.start + s0, self.start + s1 - 1)
-                step(k, x, m, x, offset)
+                step(k, m)
                 if hooks:
                     record(k + 1, x)
                     if pbar is not None:

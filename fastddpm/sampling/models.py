@@ -97,7 +97,7 @@ class _TorchNet:
         import torch
 
         self.torch, self.model, self.timesteps = torch, model, timesteps
-        self._t1 = [torch.full((1,), t, dtype=torch.int64) for t in timesteps]
+        self._t = torch.tensor(timesteps, dtype=torch.int64)
         self._views = {}  # batch size → [K] stride-0 t views (a run has at most two sizes)
 
     def bind(self, x: np.ndarray):
@@ -105,7 +105,10 @@ class _TorchNet:
         B = x.shape[0]
         tv = self._views.get(B)
         if tv is None:
-            tv = self._views[B] = [t1.expand(B) for t1 in self._t1]
+            # Row k of a [K, B] stride-(1, 0) view of the K timesteps is t_k as a stride-0 [B]:
+            # K views in one call (a torch.full + expand per step cost ~12 µs per step of a
+            # 1000-step run at n = 1 in set-up alone; 2-core EPYC).
+            tv = self._views[B] = self._t.as_strided((len(self.timesteps), B), (1, 0)).unbind(0)
         xt = torch.from_numpy(x)  # shares x's memory: the loop's in-place updates show through
         dt, Tensor = xt.dtype, torch.Tensor
 

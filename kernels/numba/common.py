@@ -44,9 +44,15 @@ def kernel(fn):
     serial_fn.__qualname__ = fn.__qualname__ + "_serial"
     serial = njit(**flags)(serial_fn)
 
+    def pick(n):
+        """The compiled function ``launch(n, …)`` would call: bound once by a caller that makes
+        many calls of one size (the sampling loop, per batch)."""
+        return parallel if n >= PARALLEL_MIN_ELEMENTS else serial
+
     def launch(n, *args):
         return (parallel if n >= PARALLEL_MIN_ELEMENTS else serial)(*args)
 
+    launch.pick = pick
     return launch
 
 
