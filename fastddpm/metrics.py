@@ -177,24 +177,90 @@ def support_quantiles(points, dataset: str, quantiles=QUANTILES) -> dict[str, fl
 CONFIDENCE = 0.9  # a sample counts as a recognisable digit when the classifier is this sure
 
 
-@functools.lru_cache(maxsize=1)
-def digits_classifier():
-    """scikit-learn ``SVC`` (RBF kernel, Platt-scaled probabilities, seed 0) fit on all 1797 bundled
-    digits, pixels scaled to [0, 1]; fit once per process (0.3 s).
+class TemperatureOvRSVC:
+    """Ten one-vs-rest RBF SVMs whose decision values become probabilities by temperature
+    scaling (Guo et al. 2017): p = softmax(f(x) / T), with the one scalar T fit by minimising the
+    negative log-likelihood of 5-fold cross-validated decision values (stratified, seed 0).
 
-    Chosen by measurement (70/30 split of the real digits, 2-core EPYC): held-out accuracy 0.991;
-    share with confidence ≥ 0.9 on held-out real digits 0.80, on uniform noise 0.000, on real
-    digits + N(0, 0.25²) pixel noise 0.25, on 50/50 blends of two digits 0.11. An MLPClassifier
-    (128 hidden) was as accurate but called 63 % of uniform noise confident, and a logistic
-    regression (C = 10) 46 %: they cannot tell a digit from noise.
+    Why not ``SVC(probability=True)``: its pairwise-coupled Platt probabilities are
+    under-confident on real digits (0.80-0.83 of held-out digits reach 0.9, whatever C and
+    gamma; measured in ``bench/digits_sweep.py classifier``), so a "≥ 90 % confident" target
+    would be unreachable even for real data; sklearn 1.9 also deprecates that parameter.
+    Temperature scaling of a *multi-class* SVC's votes fixes the real digits but calls 30-50 %
+    of uniform noise confident; with one-vs-rest SVMs noise gets every score negative and the
+    softmax stays flat.
+    """
+
+    def __init__(self, C: float = 10.0, gamma: float | str = 0.2, folds: int = 5, seed: int = 0):
+        self.C, self.gamma, self.folds, self.seed = C, gamma, folds, seed
+
+    def _svm(self):
+        from sklearn.multiclass import OneVsRestClassifier
+        from sklearn.svm import SVC
+
+        return OneVsRestClassifier(SVC(C=self.C, gamma=self.gamma, random_state=self.seed))
+
+    def fit(self, x, y) -> "TemperatureOvRSVC":
+        from scipy.optimize import minimize_scalar
+        from scipy.special import log_softmax
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+        x, y = np.asarray(x, np.float64), np.asarray(y)
+        cv = StratifiedKFold(self.folds, shuffle=True, random_state=self.seed)
+        held_out = cross_val_predict(self._svm(), x, y, cv=cv, method="decision_function")
+
+        def nll(log_t):
+            return -log_softmax(held_out / np.exp(log_t), axis=1)[np.arange(len(y)), y].mean()
+
+        self.temperature_ = float(np.exp(minimize_scalar(nll, bounds=(-7.0, 5.0), method="bounded").x))
+        self.svm_ = self._svm().fit(x, y)
+        self.classes_ = self.svm_.classes_
+        return self
+
+    def decision_function(self, x) -> np.ndarray:
+        return self.svm_.decision_function(np.asarray(x, np.float64))
+
+    def predict_proba(self, x) -> np.ndarray:
+        from scipy.special import softmax
+
+        return softmax(self.decision_function(x) / self.temperature_, axis=1)
+
+    def predict(self, x) -> np.ndarray:
+        return self.classes_[self.decision_function(x).argmax(1)]
+
+
+@functools.lru_cache(maxsize=1)
+def digits_classifier() -> TemperatureOvRSVC:
+    """:class:`TemperatureOvRSVC` (C = 10, gamma = 0.2) fit on all 1797 bundled digits, pixels
+    scaled to [0, 1]; fit once per process (≈ 2 s on one core).
+
+    Chosen by measurement (``bench/digits_sweep.py classifier``: 70/30 split of the real digits,
+    temperature fit inside the 70 %, 2-core EPYC, 2026-12-03). Share with confidence ≥ 0.9:
+
+    ==============================  ========  ====  =======  ==========  ===========  ======
+    classifier                      accuracy  real  uniform  real+N(.1)  real+N(.25)  blends
+    ==============================  ========  ====  =======  ==========  ===========  ======
+    this (OvR SVC, C=10, γ=0.2, T)  0.993     0.97  0.000    0.96        0.75         0.35
+    SVC(probability=True) (Platt)   0.994     0.82  0.000    0.72        0.27         0.03
+    temperature over SVC votes      0.994     0.99  0.30     0.97        0.92         0.66
+    CalibratedClassifierCV isotonic 0.994     0.98  0.12     0.96        0.86         0.63
+    LogisticRegression C = 10       0.967     0.89  0.36     0.84        0.69         0.20
+    k-NN, k = 5                     0.98      0.92  0.18     0.90        0.83         0.31
+    ==============================  ========  ====  =======  ==========  ===========  ======
+
+    ("real": held-out real digits; N(s): pixel noise of std s on [0, 1] pixels; "blends":
+    50/50 mixes of two held-out digits of different classes.) It is the only candidate that
+    passes ≥ 95 % of real digits and no noise. Its known blind spot: a third of two-digit blends
+    pass, so ``confident`` alone cannot catch a model that superimposes digits — read it with
+    ``frechet`` and the class histogram.
     """
     try:
+        import scipy  # noqa: F401
         from sklearn.datasets import load_digits
-        from sklearn.svm import SVC
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("digit metrics need scikit-learn: pip install 'fastddpm[digits]'") from exc
+        raise ImportError("digit metrics need scikit-learn and scipy: pip install 'fastddpm[digits]'") from exc
     d = load_digits()
-    return SVC(probability=True, random_state=0).fit(d.data / 16.0, d.target)
+    return TemperatureOvRSVC().fit(d.data / 16.0, d.target)
 
 
 def _digit_inputs(samples) -> np.ndarray:
@@ -236,7 +302,7 @@ def digit_scores(samples, seed: int = 0) -> dict[str, Any]:
     1797 real digits; ``frechet_floor``: the same between two random halves of the real digits
     (what a perfect model scores, at half the size); ``real_confident``: ``confident`` of the
     real digits (the classifier was fit on them, so close to 1; held-out real digits score
-    0.80, see :func:`digits_classifier`); ``class_hist_max_dev``: max |share − 0.1|.
+    ≈ 0.97, see :func:`digits_classifier`); ``class_hist_max_dev``: max |share − 0.1|.
     """
     from sklearn.datasets import load_digits
 
@@ -309,6 +375,6 @@ def evaluate(samples, dataset, n_ref: int | None = None, seed: int = 0, n_projec
     }
 
 
-__all__ = ["CONFIDENCE", "QUANTILES", "SUPPORT_DATASETS", "digit_features", "digit_scores", "digits_classifier",
+__all__ = ["CONFIDENCE", "QUANTILES", "SUPPORT_DATASETS", "TemperatureOvRSVC", "digit_features", "digit_scores", "digits_classifier",
            "evaluate", "frechet_distance", "precision_recall", "sliced_wasserstein", "summary", "support_distance",
            "support_quantiles"]
