@@ -14,10 +14,13 @@ from typing import Any
 
 LOOP_BACKENDS = ("auto", "numpy", "numba", "torch", "triton")
 
-# Default CPU batch: the number of elements (B·D) per batch. `fastddpm bench --sections batch`
-# on the 2-core EPYC (butterfly MLP, loaded machine): 4096 samples (8192 elements) gave 365k
-# sample-steps/s, 8192 → 346k, 16384 → 320k, 32768 → 265k, 1024 → 319k (docs/sampling.md).
-DEFAULT_CPU_BATCH_ELEMENTS = 2**13
+# Default CPU batch: the number of elements (B·D) per batch, one number for both engines.
+# `fastddpm bench --sections batch` (default butterfly net: ResMLP, v-prediction; n = 32768,
+# ddpm-20; 2-core EPYC, load 1.2-1.6, two runs, 2026-12-03), sample-steps/s at 4096 / 8192 /
+# 16384 samples: torch 734k, 742k / 836k, 823k / 935k, 593k; ONNX Runtime 794k, 1.01M /
+# 782k, 1.04M / 709k, 1.04M. 8192 samples (2^14 elements) is +12 % over 4096 for torch and even
+# for ORT; larger batches stop fitting in L2 and swing by ±30 % between runs.
+DEFAULT_CPU_BATCH_ELEMENTS = 2**14
 # On a GPU one batch should fill the device: up to 2^26 elements (256 MiB of float32) at a time.
 DEFAULT_GPU_BATCH_ELEMENTS = 2**26
 
