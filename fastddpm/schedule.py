@@ -88,6 +88,11 @@ def _check_betas(betas) -> np.ndarray:
     return arr
 
 
+# The sample() keywords a diffusers scheduler config implies besides the prediction type
+# (Schedule.sampler_defaults; the ONNX metadata entry fastddpm.sampling holds the same keys).
+SAMPLER_DEFAULT_KEYS = ("variance", "clip", "spacing")
+
+
 class Schedule:
     """A diffusion schedule of T steps with its derived tables (float64, read-only).
 
@@ -291,7 +296,7 @@ class Schedule:
         type — ``{"variance", "clip", "spacing"}`` — or None for a schedule not made by from_diffusers.
         ``Pipeline.from_diffusers`` samples with them and ``export_onnx`` records them in the file."""
         defaults = getattr(self, "sampling_defaults", None)
-        return None if defaults is None else {k: defaults[k] for k in ("variance", "clip", "spacing")}
+        return None if defaults is None else {k: defaults[k] for k in SAMPLER_DEFAULT_KEYS}
 
     def to_diffusers_config(self, *, prediction: str | None = None, variance: str | None = None,
                             clip: float | None | str = "default", spacing: str | None = None) -> dict[str, Any]:

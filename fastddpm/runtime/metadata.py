@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kernels.coefficients import PREDICTIONS
-from ..schedule import Schedule
+from ..schedule import SAMPLER_DEFAULT_KEYS, Schedule
 
 PREFIX = "fastddpm."
 FORMAT = "1"
 KEYS = ("format", "version", "schedule", "prediction", "normalization", "sample_shape", "model", "shared_t",
         "sampling")
-SAMPLING_KEYS = ("variance", "clip", "spacing")
 
 
 @dataclass(frozen=True)
@@ -144,6 +143,6 @@ def decode(props: dict[str, str], *, source: str = "the ONNX file") -> OnnxMetad
 
 
 def _check_sampling(sampling, name: str) -> dict:
-    if not isinstance(sampling, dict) or not set(sampling) <= set(SAMPLING_KEYS):
-        raise ValueError(f"{name} must be a dict with keys among {', '.join(SAMPLING_KEYS)}; got {sampling!r}")
+    if not isinstance(sampling, dict) or not set(sampling) <= set(SAMPLER_DEFAULT_KEYS):
+        raise ValueError(f"{name} must be a dict with keys among {', '.join(SAMPLER_DEFAULT_KEYS)}; got {sampling!r}")
     return dict(sampling)

@@ -48,15 +48,12 @@ class HostStepper:
 
             self._chunk = CHUNK
             # Per-step tables as views of one array each ([1] t and prev_t, [1, C] rows; list()
-            # splits an array into views in C): ~1 µs per step of set-up instead of ~4 with an
-            # array (and two Philox key scalars) built per step.
+            # splits an array into views in C) instead of an array built per step.
             K = plan.num_steps
             self._t_arr = list(np.asarray(plan.t, dtype=np.int64).reshape(K, 1))
             self._p_arr = list(np.asarray(plan.prev_t, dtype=np.int64).reshape(K, 1))
             self._rows = list(np.ascontiguousarray(plan.coef).reshape(K, 1, -1))
-            k0 = philox_key(self.seed, 0)[0]
-            streams = np.arange(1, K + 1, dtype=np.uint64) % np.uint64(2**32)  # philox_key(seed, k + 1)[1]
-            self._keys = [(k0, k1) for k1 in streams]
+            self._keys = [philox_key(self.seed, k + 1) for k in range(K)]  # step k draws stream k + 1
             if plan.sampler == "ddpm":
                 self._kernel = numba_step._step_kernel
                 self._mode = (False, False)  # is_ddim, is_eps

@@ -50,7 +50,7 @@ def kernel(fn):
         return parallel if n >= PARALLEL_MIN_ELEMENTS else serial
 
     def launch(n, *args):
-        return (parallel if n >= PARALLEL_MIN_ELEMENTS else serial)(*args)
+        return pick(n)(*args)
 
     launch.pick = pick
     return launch
