@@ -266,3 +266,12 @@ def test_train_distributed_without_batch_size(tmp_path):
 
     assert json.loads((tmp_path / "ck" / "config.json").read_text())["train"]["batch_size"] == \
         KIND_DEFAULTS["vector"]["batch_size"]
+
+
+def test_benchmark_default_model_names_the_net():
+    from fastddpm import benchmark
+
+    with pytest.raises(ValueError, match="net must be one of ResMLP, MLP, got 'UNet'"):
+        benchmark.default_model(net="UNet")
+    model, _, _, prediction = benchmark.default_model(net="MLP")
+    assert type(model).__name__ == "MLP" and prediction == "epsilon"
