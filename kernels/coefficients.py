@@ -1,27 +1,32 @@
-"""The step math in one place: schedule tables and every sampler's per-step coefficient row.
+"""The step math's one layout: schedule tables and the generic coefficient row every sampler compiles to.
 
 Everything here is float64 and written with array operators plus the few functions of an
-array namespace ``xp`` (``sqrt``, ``maximum(x, scalar)``, ``where``, ``stack(…, axis=1)``,
-``zeros_like``, ``ones_like``, ``clip``). NumPy is the default; kernels/triton passes a torch
-shim so that per-sample rows are built on the device without a host sync. Who consumes what:
+array namespace ``xp`` (``sqrt``, ``where``, ``stack(…, axis=1)``, ``zeros_like``,
+``ones_like``, ``clip``, ``maximum(x, scalar)``); NumPy is the default, and kernels/triton passes
+a torch shim so that the public ops' per-sample rows are built on the device without a host sync.
 
-- the sampling plan (``make_plan``): a run's [K, C] table (``rows``), read row by row by every loop;
-- kernels/numba/step.py: the public ops' rows (a cached table of every (t, t − 1), or for an
-  explicit prev_t one row per call or per sample), read by the fused kernels, which compute no
-  coefficient themselves;
-- kernels/triton/ddpm_step.py, ddim_step.py: the same rows on device tensors, then the one
-  fused update kernel of kernels/triton/update.py;
-- ``apply_row``: the update x′ from a row written once in operators — the torch reference
-  stepper and the plain torch benchmark loop use it (the fused kernels restate it in their
-  own languages, and are tested against kernels/reference.py).
+The generic row (docs/sampling.md, "Step math"). One network call is one row. With x the state
+(what the network was called on), m its output, s an auxiliary state buffer, h1 … h3 the last
+three quantities pushed onto the history ring (most recent first) and z a standard normal from
+the row's Philox stream, the fused kernel computes, per element:
 
-kernels/reference.py is the oracle and restates all of this independently: it must not
-import this module. The formulas and the row layouts are documented in docs/sampling.md
-("Step math").
+    x̂0  = cx·x + cm·m,   x̂0c = clip(x̂0)              (the clip, when asked, is the only non-linearity)
+    x′  = yx·x + y0·x̂0c + ym·m + ys·s + y1·h1 + y2·h2 + y3·h3 + yz·z
+    s′  = sx·x + s0·x̂0c + sm·m + ss·s + s1·h1 + s2·h2 + s3·h3      (written when the table uses s)
+    q   = qx·x + q0·x̂0c + qm·m                                        (pushed when the row pushes)
+
+and, for a network with a variance channel v (learned / learned_range DDPM), the noise
+coefficient is yz·exp(vg·v + vb) instead of yz. The kernels read the columns by name
+(``COL``) and never learn which sampler wrote them; which buffers a run touches follows from
+which columns are non-zero anywhere in its table (kernels/samplers/_table.py).
+
+Samplers build rows from linear forms (:class:`Lin`) over the symbols X, X0, M, S, H1, H2, H3, Z,
+so that a sampler module reads like the method's formula (kernels/samplers/*.py).
+kernels/reference.py is the oracle and restates every sampler independently: it must not
+import this module or kernels/samplers.
 """
 from __future__ import annotations
 
-import math
 import weakref
 
 import numpy as np
@@ -29,24 +34,26 @@ import numpy as np
 from ._checks import check_choice
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
-PRED_CODE = {name: i for i, name in enumerate(PREDICTIONS)}  # what the kernels receive
+PRED_CODE = {name: i for i, name in enumerate(PREDICTIONS)}
 PRED_EPSILON, PRED_SAMPLE, PRED_V = (PRED_CODE[p] for p in PREDICTIONS)
-VARIANCES = ("fixed_small", "fixed_large")
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
 
 # Floor of the fixed_small posterior variance (β̃ is 0 at t = 0): diffusers' clamp.
 MIN_VARIANCE = 1e-20
 
-# The row layout of each sampler (x̂0 = cx·x_t + cm·out, sigma multiplies the noise z):
-#   ddpm:    x′ = c1·x̂0 + c2·x_t + sigma·z
-#   ddim:    ε̂ = out (epsilon) or (x_t − sab·x̂0)/s1mab from the unclipped x̂0;
-#            x′ = sab_p·x̂0 + dirc·ε̂ + sigma·z
-#   dpmpp2m: x′ = a·x_t + b·x̂0 + c·x̂0_prev, then x̂0_prev ← x̂0
-COLUMNS = {
-    "ddpm": ("cx", "cm", "c1", "c2", "sigma"),
-    "ddim": ("cx", "cm", "sab", "s1mab", "sab_p", "dirc", "sigma"),
-    "dpmpp2m": ("cx", "cm", "a", "b", "c"),
-}
+# The symbols of the linear forms, and the columns of a row (see the module docstring).
+Y_BASIS = ("x", "x0", "m", "s", "h1", "h2", "h3", "z")
+S_BASIS = ("x", "x0", "m", "s", "h1", "h2", "h3")
+Q_BASIS = ("x", "x0", "m")
+HISTORY = 3  # h1 … h3: third-order multistep
+SUFFIX = {"x": "x", "x0": "0", "m": "m", "s": "s", "h1": "1", "h2": "2", "h3": "3", "z": "z"}
+COLUMNS = (("cx", "cm") + tuple("y" + SUFFIX[b] for b in Y_BASIS) + tuple("s" + SUFFIX[b] for b in S_BASIS)
+           + tuple("q" + SUFFIX[b] for b in Q_BASIS) + ("vg", "vb"))
+# = cx cm | yx y0 ym ys y1 y2 y3 yz | sx s0 sm ss s1 s2 s3 | qx q0 qm | vg vb
+COL = {name: i for i, name in enumerate(COLUMNS)}
+NUM_COLUMNS = len(COLUMNS)
+Y_COLS = tuple(COL["y" + SUFFIX[b]] for b in Y_BASIS)
+S_COLS = tuple(COL["s" + SUFFIX[b]] for b in S_BASIS)
+Q_COLS = tuple(COL["q" + SUFFIX[b]] for b in Q_BASIS)
 
 TABLE_NAMES = (
     "betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
@@ -84,15 +91,52 @@ def schedule_tables(betas) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------
-# Coefficient rows
+# Linear forms and rows
 # ----------------------------------------------------------------------------------------
 
 
-def step_alphas(alphas_cumprod, t, prev_t, xp=np):
-    """(ᾱ_t, ᾱ_p, final) for index arrays t, prev_t of one shape; ᾱ_p = 1 where prev_t < 0."""
-    ab_t = alphas_cumprod[t]
-    ab_p = xp.where(prev_t >= 0, alphas_cumprod[xp.maximum(prev_t, 0)], 1.0)
-    return ab_t, ab_p, prev_t < 0
+class Lin:
+    """A linear form Σ c_b·b over the symbols of Y_BASIS; coefficients are scalars or arrays (one
+    per row). ``+``, ``-`` and multiplication by a scalar/array build new forms."""
+
+    __slots__ = ("c",)
+
+    def __init__(self, **coefficients):
+        unknown = set(coefficients) - set(Y_BASIS)
+        if unknown:
+            raise ValueError(f"unknown symbols {sorted(unknown)}; the basis is {Y_BASIS}")
+        self.c = coefficients
+
+    def __add__(self, other: "Lin") -> "Lin":
+        out = dict(self.c)
+        for k, v in other.c.items():
+            out[k] = out[k] + v if k in out else v
+        return Lin(**out)
+
+    def __neg__(self) -> "Lin":
+        return Lin(**{k: -v for k, v in self.c.items()})
+
+    def __sub__(self, other: "Lin") -> "Lin":
+        return self + (-other)
+
+    def __mul__(self, scale) -> "Lin":
+        return Lin(**{k: v * scale for k, v in self.c.items()})
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, scale) -> "Lin":
+        return Lin(**{k: v / scale for k, v in self.c.items()})
+
+    def get(self, symbol: str, zero=0.0):
+        return self.c.get(symbol, zero)
+
+    def __repr__(self) -> str:
+        return " + ".join(f"{v!r}·{k}" for k, v in self.c.items()) or "0"
+
+
+X, X0, M, S, H1, H2, H3, Z = (Lin(**{b: 1.0}) for b in Y_BASIS)
+H = (H1, H2, H3)
+ZERO = Lin()
 
 
 def x0_coefficients(ab_t, prediction: str, xp=np):
@@ -106,71 +150,37 @@ def x0_coefficients(ab_t, prediction: str, xp=np):
     return xp.zeros_like(ab_t), xp.ones_like(ab_t)
 
 
-def ddpm_rows(ab_t, ab_p, final, prediction: str, variance: str, xp=np):
-    """[N, 5] rows (COLUMNS["ddpm"]): the posterior mean and σ of an ancestral step t → t′."""
-    check_choice(variance, "variance", VARIANCES)
-    cx, cm = x0_coefficients(ab_t, prediction, xp)
-    alpha_c = ab_t / ab_p
-    beta_c = 1.0 - alpha_c
-    c1 = xp.sqrt(ab_p) * beta_c / (1.0 - ab_t)
-    c2 = xp.sqrt(alpha_c) * (1.0 - ab_p) / (1.0 - ab_t)
-    if variance == "fixed_small":
-        var = xp.maximum((1.0 - ab_p) / (1.0 - ab_t) * beta_c, MIN_VARIANCE)
-    else:
-        var = beta_c
-    sigma = xp.where(final, 0.0, xp.sqrt(var))
-    return xp.stack([cx, cm, c1, c2, sigma], axis=1)
+def eps_hat(ab_t, prediction: str, *, from_clipped: bool = False, xp=np) -> Lin:
+    """ε̂ as a linear form. ``from_clipped``: (x − √ᾱ·x̂0c)/√(1−ᾱ) (what a sampler integrating
+    ε uses after x̂0 was clipped or thresholded). Otherwise from the network output itself —
+    epsilon: m; v: √(1−ᾱ)·x + √ᾱ·m; sample: (x − √ᾱ·m)/√(1−ᾱ) — diffusers' ε̂ from the
+    unclipped x̂0 (``use_clipped_model_output=False``)."""
+    if from_clipped:
+        return (X - X0 * xp.sqrt(ab_t)) / xp.sqrt(1.0 - ab_t)
+    if prediction == "epsilon":
+        return M * xp.ones_like(ab_t)
+    if prediction == "v_prediction":
+        return X * xp.sqrt(1.0 - ab_t) + M * xp.sqrt(ab_t)
+    check_choice(prediction, "prediction", PREDICTIONS)
+    return (X - M * xp.sqrt(ab_t)) / xp.sqrt(1.0 - ab_t)
 
 
-def ddim_rows(ab_t, ab_p, final, prediction: str, eta: float, xp=np):
-    """[N, 7] rows (COLUMNS["ddim"]) of a DDIM(η) step t → t′; σ = 0 at the end."""
-    cx, cm = x0_coefficients(ab_t, prediction, xp)
-    beta_c = 1.0 - ab_t / ab_p
-    sigma = eta * xp.sqrt((1.0 - ab_p) / (1.0 - ab_t)) * xp.sqrt(beta_c)
-    sigma = xp.where(final, 0.0, sigma)
-    dirc = xp.sqrt(xp.maximum(1.0 - ab_p - sigma * sigma, 0.0))
-    return xp.stack([cx, cm, xp.sqrt(ab_t), xp.sqrt(1.0 - ab_t), xp.sqrt(ab_p), dirc, sigma], axis=1)
-
-
-def dpmpp2m_rows(ab_t, ab_p, final, prediction: str):
-    """[K, 5] rows (COLUMNS["dpmpp2m"]) of a whole run (NumPy only: row k depends on step k − 1).
-
-    DPM-Solver++(2M) (Lu et al. 2022, the "midpoint" form of diffusers) with α = √ᾱ, σ = √(1−ᾱ),
-    λ = log α − log σ, h = λ_t′ − λ_t, r = (λ_t − λ_prev)/h, φ = α_t′·(1 − e^{−h}):
-    a = σ_t′/σ_t, b = φ·(1 + 1/(2r)), c = −φ/(2r); first order (b = φ, c = 0) at the first step,
-    and x′ = x̂0 at the last (final σ = 0, as diffusers' ``final_sigmas_type="zero"``).
-    """
-    cx, cm = x0_coefficients(ab_t, prediction)
-    K = ab_t.shape[0]
-    with np.errstate(divide="ignore"):
-        lam_s = 0.5 * (np.log(ab_t) - np.log1p(-ab_t))
-        lam_t = 0.5 * (np.log(ab_p) - np.log1p(-ab_p))  # +inf after the last step
-    a = np.zeros(K)
-    b = np.ones(K)
-    c = np.zeros(K)
-    for k in range(K):
-        if final[k]:
-            continue
-        h = lam_t[k] - lam_s[k]
-        a[k] = math.sqrt(1.0 - ab_p[k]) / math.sqrt(1.0 - ab_t[k])
-        phi = math.sqrt(ab_p[k]) * (-math.expm1(-h))
-        if k == 0:
-            b[k], c[k] = phi, 0.0
-        else:
-            r = (lam_s[k] - lam_s[k - 1]) / h
-            b[k], c[k] = phi * (1.0 + 0.5 / r), -0.5 * phi / r
-    return np.stack([cx, cm, a, b, c], axis=1)
-
-
-def rows(sampler: str, ab_t, ab_p, final, *, prediction: str = "epsilon", variance: str = "fixed_small",
-         eta: float = 0.0, xp=np):
-    """The [N, len(COLUMNS[sampler])] float64 rows of steps (ᾱ_t, ᾱ_p, final)."""
-    if sampler == "ddpm":
-        return ddpm_rows(ab_t, ab_p, final, prediction, variance, xp)
-    if sampler == "ddim":
-        return ddim_rows(ab_t, ab_p, final, prediction, eta, xp)
-    check_choice(sampler, "sampler", SAMPLERS)
-    return dpmpp2m_rows(ab_t, ab_p, final, prediction)
+def rows(cx, cm, y: Lin, s: Lin | None = None, q: Lin | None = None, var=None, xp=np):
+    """[N, NUM_COLUMNS] float64 rows from per-row (cx, cm) [N] and the forms of x′, s′ and q
+    (coefficients scalars or [N]); ``var`` = (vg, vb) for a variance-channel network."""
+    zero = xp.zeros_like(cx)
+    full = lambda v: zero + v  # noqa: E731  scalar or [N] → [N]
+    s, q = s or ZERO, q or ZERO
+    for form, basis, what in ((s, S_BASIS, "s"), (q, Q_BASIS, "q")):
+        extra = set(form.c) - set(basis)
+        if extra:
+            raise ValueError(f"the form of {what} may use {basis} only, got {sorted(extra)}")
+    cols = [full(cx), full(cm)]
+    cols += [full(y.get(b)) for b in Y_BASIS]
+    cols += [full(s.get(b)) for b in S_BASIS]
+    cols += [full(q.get(b)) for b in Q_BASIS]
+    cols += [full(v) for v in (var if var is not None else (0.0, 0.0))]
+    return xp.stack(cols, axis=1)
 
 
 # Per-table caches: keyed by id() and dropped with the table (arrays and tensors cannot be
@@ -192,25 +202,35 @@ def cached(owner, key, build):
     return entry[1][key]
 
 
-def apply_row(sampler: str, row, x_t, model_output, prediction: str, clip=None, noise=None, x0_prev=None,
-              xp=np):
-    """One update from a row, in array operators (NumPy arrays or torch tensors): (x′, x̂0).
+def apply_row(row, x, m, *, clip=None, s=None, h=(), z=None, v=None, xp=np):
+    """One update from a row in array operators (NumPy arrays or torch tensors): (x′, s′, q).
 
-    ``row`` holds scalars of the data dtype; ``noise`` (ddpm, ddim) is added with the last
-    column; ``x0_prev`` is dpmpp2m's multistep state. ε̂ of ddim comes from the unclipped x̂0
-    (diffusers' ``use_clipped_model_output=False``).
+    The torch reference stepper and the plain torch benchmark loop use it; the fused kernels
+    restate it in their own languages and are tested against kernels/reference.py. ``row``
+    holds scalars of the data dtype; ``h`` the history buffers (most recent first); ``z`` the
+    noise (None: no noise term); ``v`` the variance channel. s′ and q are None when the row
+    does not produce them.
     """
-    x0 = model_output if prediction == "sample" else row[0] * x_t + row[1] * model_output
-    if sampler == "ddim":
-        eps = model_output if prediction == "epsilon" else (x_t - row[2] * x0) / row[3]
+    c = lambda name: row[COL[name]]  # noqa: E731
+    x0 = c("cx") * x + c("cm") * m
     if clip is not None:
         x0 = xp.clip(x0, -clip, clip)
-    if sampler == "ddpm":
-        y = row[2] * x0 + row[3] * x_t
-    elif sampler == "ddim":
-        y = row[4] * x0 + row[5] * eps
-    else:
-        return row[2] * x_t + row[3] * x0 + row[4] * x0_prev, x0
-    if noise is not None:
-        y = y + row[-1] * noise
-    return y, x0
+    terms = {"x": x, "x0": x0, "m": m, "s": s, "h1": h[0] if len(h) > 0 else None,
+             "h2": h[1] if len(h) > 1 else None, "h3": h[2] if len(h) > 2 else None}
+
+    def combine(prefix, basis):
+        out = None
+        for b in basis:
+            coef = c(prefix + SUFFIX[b])
+            if terms[b] is None or float(coef) == 0.0:
+                continue
+            out = coef * terms[b] if out is None else out + coef * terms[b]
+        return out
+
+    y = combine("y", Y_BASIS[:-1])
+    if y is None:
+        y = x * 0
+    if z is not None:
+        sigma = c("yz") if v is None else c("yz") * xp.exp(c("vg") * v + c("vb"))
+        y = y + sigma * z
+    return y, combine("s", S_BASIS), combine("q", Q_BASIS)

@@ -1,0 +1,194 @@
+"""The one fused update of every sampler on the CPU: any row of the generic layout, one pass.
+
+Per element (kernels/coefficients.py; docs/sampling.md "Step math"):
+
+    x̂0c = clip(cx·x + cm·m)
+    x′  = yx·x + y0·x̂0c + ym·m + ys·s + y1·h1 + y2·h2 + y3·h3 + σ·z,   σ = yz (· exp(vg·v + vb) | · √v)
+    s′  = sx·x + s0·x̂0c + sm·m + ss·s + s1·h1 + s2·h2 + s3·h3            (a run that uses s: every row)
+    q   = qx·x + q0·x̂0c + qm·m  → the history ring slot given             (a row that pushes)
+
+The kernel computes no coefficient and knows no sampler: it reads a row of a table already
+rounded to the data dtype (row ``ridx[b]`` for sample b: one row for the whole call in the
+sampling loop, a row per sample for the public ops' per-sample timesteps).
+
+Specialisation instead of branches: a buffer a call does not use is passed as None, and Numba
+compiles (once, cached on disk) a version of the kernel without it — no load, no term, no
+branch — so every sampler gets a branch-free loop that vectorises. Loops run over views of one
+span (``range(len)`` on slices: with ``range(start, stop)`` over the whole array Numba cannot
+prove the index non-negative and the loop stays scalar, 6× slower). ``out=None`` updates x in
+place (the store goes to the same view the loads come from, which LLVM vectorises; a distinct
+``out`` aliasing x would fail its runtime overlap check and run scalar). The noise of the
+call's Philox stream is drawn per chunk into an L1-sized buffer (kernels/numba/philox.py).
+
+Bytes per element (float32): 12 for ddpm/ddim (x, m in; x′ out), +4 per history value read,
++4 for the pushed q, +8 for the state s (in and out).
+"""
+import numba
+import numpy as np
+from numba import njit
+
+from .. import coefficients as KC
+from .common import CHUNK, kernel, num_chunks, philox_key
+from .philox import chunk_normals
+
+(CX, CM, YX, Y0, YM, YS, Y1, Y2, Y3, YZ, SX, S0, SM, SS, S1, S2, S3, QX, Q0, QM, VG, VB) = range(KC.NUM_COLUMNS)
+assert KC.COLUMNS == ("cx", "cm", "yx", "y0", "ym", "ys", "y1", "y2", "y3", "yz", "sx", "s0", "sm", "ss", "s1",
+                      "s2", "s3", "qx", "q0", "qm", "vg", "vb"), "kernels/numba/update.py reads the columns by position"
+
+VAR_NONE, VAR_LOG, VAR_SQRT = 0, 1, 2
+VAR_MODES = {None: VAR_NONE, "log": VAR_LOG, "sqrt": VAR_SQRT}
+
+
+# _body and _span are compiled per signature (not inlined): Numba prunes an ``is None`` branch on
+# an argument typed None only in the function that receives it.
+@njit(cache=True, error_model="numpy")
+def _body(cr, x, m, v, s, h1, h2, h3, z, out, q, lo, hi, has_clip, var_mode):
+    """One span: views of equal length (None: not used by this call, compiled away).
+
+    ``cr``: the row (data dtype); ``out`` None: x is updated in place; ``s`` is read and written
+    in place; ``z``: the noise (drawn float32 buffer or given normals); ``v``: the variance channel.
+    """
+    dt = x.dtype.type
+    cx, cm, yx, y0, ym, ys, y1, y2, y3, yz = cr[CX], cr[CM], cr[YX], cr[Y0], cr[YM], cr[YS], cr[Y1], cr[Y2], cr[Y3], \
+        cr[YZ]
+    sx, s0, sm, ss, s1, s2, s3, qx, q0, qm = cr[SX], cr[S0], cr[SM], cr[SS], cr[S1], cr[S2], cr[S3], cr[QX], cr[Q0], \
+        cr[QM]
+    vg, vb = cr[VG], cr[VB]
+    for i in range(x.shape[0]):
+        xv, mv = x[i], m[i]
+        x0 = cx * xv + cm * mv
+        if has_clip:
+            x0 = min(max(x0, lo), hi)
+        y = (yx * xv + y0 * x0) + ym * mv
+        if s is not None:
+            sv = s[i]
+            y += ys * sv
+            sn = (sx * xv + s0 * x0) + (sm * mv + ss * sv)
+        if h1 is not None:
+            a1 = h1[i]
+            y += y1 * a1
+            if s is not None:
+                sn += s1 * a1
+        if h2 is not None:
+            a2 = h2[i]
+            y += y2 * a2
+            if s is not None:
+                sn += s2 * a2
+        if h3 is not None:
+            a3 = h3[i]
+            y += y3 * a3
+            if s is not None:
+                sn += s3 * a3
+        if z is not None:
+            zv = dt(z[i])
+            if v is not None:
+                if var_mode == VAR_LOG:
+                    zv *= np.exp(vg * v[i] + vb)
+                else:
+                    zv *= np.sqrt(v[i])
+            y += yz * zv
+        if q is not None:
+            q[i] = (qx * xv + q0 * x0) + qm * mv
+        if s is not None:
+            s[i] = sn
+        if out is None:
+            x[i] = y
+        else:
+            out[i] = y
+
+
+@njit(cache=True, error_model="numpy")
+def _span(cr, x, m, vm, s, h1, h2, h3, z, out, q, a, b, mo, vo, zo, lo, hi, has_clip, var_mode):
+    """Elements [a, b) with row ``cr``: the output at m[k + mo], its variance channel at vm[k + vo],
+    the noise at z[k − zo]."""
+    _body(cr, x[a:b], m[a + mo:b + mo], None if vm is None else vm[a + vo:b + vo],
+          None if s is None else s[a:b], None if h1 is None else h1[a:b], None if h2 is None else h2[a:b],
+          None if h3 is None else h3[a:b], None if z is None else z[a - zo:b - zo],
+          None if out is None else out[a:b], None if q is None else q[a:b], lo, hi, has_clip, var_mode)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _uniform(ridx, r_stride, b_first, b_last):
+    """True when samples b_first … b_last read the same row (a stride-0 index, or equal entries)."""
+    if r_stride == 0:
+        return True
+    r0 = ridx[b_first * r_stride]
+    for b in range(b_first + 1, b_last + 1):
+        if ridx[b * r_stride] != r0:
+            return False
+    return True
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _chunk(coef, ridx, r_stride, x, m, vm, s, h1, h2, h3, z, zo, out, q, start, stop, per_sample, lo, hi, has_clip,
+           var_mode):
+    """Elements [start, stop): one span when its samples share a row (the sampling loop: one
+    vectorised loop whatever D is), else sample by sample (a row per sample; the variance
+    channel's offsets: m holds [mean D | variance D] per sample)."""
+    b = start // per_sample
+    if vm is None and _uniform(ridx, r_stride, b, (stop - 1) // per_sample):
+        _span(coef[ridx[b * r_stride]], x, m, vm, s, h1, h2, h3, z, out, q, start, stop, 0, 0, zo, lo, hi, has_clip,
+              var_mode)
+        return
+    k = start
+    while k < stop:
+        end = min(stop, (b + 1) * per_sample)
+        mo = b * per_sample if vm is not None else 0
+        _span(coef[ridx[b * r_stride]], x, m, vm, s, h1, h2, h3, z, out, q, k, end, mo, mo + per_sample, zo, lo, hi,
+              has_clip, var_mode)
+        k = end
+        b += 1
+
+
+@kernel
+def _update_kernel(x, m, vm, s, h1, h2, h3, out, q, coef, ridx, r_stride, clip, has_clip, noise, draw, key0, key1,
+                   offset, per_sample, var_mode, n_chunks):
+    """Flat contiguous buffers of one dtype; coef [R, C] in that dtype; sample b reads row ridx[b·r_stride]."""
+    n = x.shape[0]
+    dt = x.dtype.type
+    lo, hi = dt(-clip), dt(clip)
+    for ch in numba.prange(n_chunks):
+        start = ch * CHUNK
+        stop = min(n, start + CHUNK)
+        if noise is not None:  # given normals (the public ops)
+            _chunk(coef, ridx, r_stride, x, m, vm, s, h1, h2, h3, noise, 0, out, q, start, stop, per_sample, lo, hi,
+                   has_clip, var_mode)
+        elif draw:  # drawn here, chunk by chunk, into an L1-sized buffer
+            buf, shift = chunk_normals(key0, key1, offset + start, stop - start)
+            _chunk(coef, ridx, r_stride, x, m, vm, s, h1, h2, h3, buf, start - shift, out, q, start, stop, per_sample,
+                   lo, hi, has_clip, var_mode)
+        else:
+            _chunk(coef, ridx, r_stride, x, m, vm, s, h1, h2, h3, None, 0, out, q, start, stop, per_sample, lo, hi,
+                   has_clip, var_mode)
+
+
+def launch_args(x, m, coef, ridx, *, out=None, clip=None, s=None, h=(), q=None, noise=None, draw_noise=False, seed=0,
+                stream=0, offset=0, per_sample=1, variance=None):
+    """The kernel's arguments from keywords: (size, tuple). Flat contiguous arrays of x's dtype;
+    ``coef`` [R, C] in that dtype; ``ridx`` int64 [1] or [B].
+
+    ``out``: None updates x in place; ``s``: the state buffer (read and written); ``h``: up to
+    three history buffers, most recent first; ``q``: the ring slot this call pushes to (None:
+    no push; never one of ``h``); ``noise``: given normals, or ``draw_noise`` from (seed, stream)
+    at global offset ``offset``; ``variance``: None | "log" | "sqrt" (m then holds
+    2·per_sample values per sample, the variance channel second).
+    """
+    h = tuple(h) + (None,) * (3 - len(h))
+    k0, k1 = philox_key(int(seed), int(stream))
+    ridx = np.asarray(ridx, dtype=np.int64)
+    return x.shape[0], (x, m, None if variance is None else m, s, h[0], h[1], h[2], out, q, coef, ridx,
+                        int(ridx.shape[0] > 1), float(clip or 0.0), clip is not None, noise,
+                        bool(draw_noise) and noise is None, k0, k1, np.int64(offset), int(per_sample),
+                        VAR_MODES[variance], num_chunks(x.shape[0]))
+
+
+def update(x, m, coef, ridx, **kw) -> None:
+    """One fused update (see :func:`launch_args` for the keywords)."""
+    n, args = launch_args(x, m, coef, ridx, **kw)
+    _update_kernel(n, *args)
+
+
+def compiled(n: int):
+    """The compiled kernel for calls of n elements (serial below PARALLEL_MIN_ELEMENTS): bound once
+    by a caller that makes many calls of one size, then called with launch_args(...)[1]."""
+    return _update_kernel.pick(n)
