@@ -10,7 +10,11 @@ import numpy as np
 
 from . import _validate as V
 from .backends import is_torch_tensor, kernels, resolve
-from .kernels.coefficients import PREDICTIONS, VARIANCES
+from .kernels.coefficients import PREDICTIONS
+
+# The public ddpm_step takes the fixed variances (the model output has x_t's shape; the learned ones
+# need a variance channel: fastddpm.sample with sampler="ddpm", variance="learned_range").
+VARIANCES = ("fixed_small", "fixed_large")
 from .schedule import Schedule
 
 

@@ -14,8 +14,9 @@ Paths:
   on any device): tensors all the way. The update is one fused Triton kernel per step that
   reads its coefficient row, step index and noise counter from device memory (TorchStepper);
   nothing about a step is a host argument, so on CUDA runs of GRAPH_STEPS steps (network +
-  update) replay from captured CUDA graphs, cached per (model, batch, plan, dtype) across calls
-  (``cuda_graph``); a model that cannot be captured runs eagerly after one warning.
+  update) replay from captured CUDA graphs (fastddpm.sampling.graphs), cached per (model,
+  batch, plan, dtype) across calls (``cuda_graph``); a model that cannot be captured runs
+  eagerly after one warning.
   ``backend="torch"`` is the torch-ops reference of the update (never the hot path, no graphs).
 """
 from __future__ import annotations
@@ -24,21 +25,20 @@ import contextlib
 import dataclasses
 import inspect
 import sys
-import warnings
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..backends import BackendUnavailableError, interpreting_triton, kernels
 from ..schedule import Schedule
+from . import graphs
 from .adapters import as_fastddpm_model
 from .bulk import write_samples
 from .guard import finite_check, nonfinite_error
 from .models import check_output, host_model, model_device, model_kind
 from .options import SamplingOptions, check_int
 from .plan import make_plan
-from .steppers import HostStepper, TorchStepper, numba_randn
+from .steppers import HostStepper, TorchStepper
 
 @dataclass
 class Trajectory:
@@ -98,21 +98,6 @@ def _np_dtype(dtype):
     return np.dtype(name)
 
 
-# A batch's K steps replay as ⌊K/GRAPH_STEPS⌋ graphs of GRAPH_STEPS steps and one of K mod
-# GRAPH_STEPS: one replay call per 20 steps keeps the host's share per step small without
-# capturing all K steps (capture time and graph size grow with the steps held). Not yet
-# measured on a GPU (docs/triton.md).
-GRAPH_STEPS = 20
-
-# Captured graphs, per model (dropped with it) and per (device, batch, shape, plan, dtype, …).
-_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def clear_graph_cache() -> None:
-    """Drop every cached CUDA graph (and the device buffers it holds)."""
-    _GRAPHS.clear()
-
-
 def trajectory_positions(num_steps: int, trajectory_steps) -> list:
     """Default: 11 evenly spaced positions from 0 (x_T) to K (the sample); "all": every one."""
     if trajectory_steps is None:
@@ -148,8 +133,8 @@ class SamplingRun:
         self.kind = model_kind(model)
         backend = opts.backend
         self.seed = opts.seed
-        self.plan = make_plan(schedule, opts.sampler, opts.steps, opts.spacing, eta=opts.eta,
-                              prediction=opts.prediction, variance=opts.variance, clip=opts.clip)
+        self.plan = make_plan(schedule, opts.sampler, opts.steps, opts.spacing, prediction=opts.prediction,
+                              clip=opts.clip, final=opts.final, **opts.sampler_kwargs())
         self.schedule, self.model = schedule, model
         self.shape = opts.resolved_shape(model)
         _check_shape_fits(model, self.shape)
@@ -170,11 +155,13 @@ class SamplingRun:
                 except ImportError as exc:  # pragma: no cover
                     raise BackendUnavailableError(f"backend='numba' is not installed ({exc}); pip install numba "
                                                   "or use backend='numpy'") from exc
-            self.stepper = HostStepper(self.plan, schedule, self.kernel_backend, self.seed)
+            self.stepper = HostStepper(self.plan, self.kernel_backend, self.seed, self.dtype)
             self.timesteps = self.plan.t.tolist()
             self.network = host_model(model, self.kind, self.dtype, self.timesteps)
             self.cuda_graph = False
         self.batch_size = opts.resolved_batch_size(self.D, self.n, self.device.type if self.on_torch else "cpu")
+        # A network with a variance channel (learned variances) returns twice the channels: [B, 2C, …].
+        self.out_shape = ((2 * self.shape[0],) + self.shape[1:]) if self.plan.table.variance_channel else self.shape
         self.model_id = None  # identifies the weights in a bulk progress record (set by Pipeline)
 
     def _torch_setup(self, backend, dtype, cuda_graph) -> None:
@@ -250,29 +237,24 @@ class SamplingRun:
         return self._host_batch(s0, s1, out, traj, pbar)
 
     def _host_batch(self, s0, s1, x, traj, pbar):
-        # Per batch: buffers, the network binding and the guard; the per-step path below is the
-        # network call, the guard's one dot product and the fused kernel, nothing else.
+        # Per batch: buffers, x_T, the network binding and the guard; the per-call path below is
+        # the network call, the guard's one dot product and the fused kernel, nothing else.
         K = self.plan.num_steps
         B, offset = s1 - s0, (self.start + s0) * self.D
         if x is None:
             x = np.empty((B,) + self.shape, dtype=self.dtype)
-        flat = x.reshape(-1)
-        if self.kernel_backend == "numba":
-            numba_randn(flat, self.seed, 0, offset)
-        else:
-            flat[:] = kernels("numpy").randn(flat.size, self.seed, 0, offset)
-        self.stepper.reset(x)
+        step = self.stepper.begin(x, offset)  # x ← x_T
         record = _recorder(traj, s0, s1)
         record(0, x)
         hooks = traj is not None or pbar is not None
-        step, shape, ts = self.stepper.bind(x, x, offset), x.shape, self.timesteps
+        shape, ts = (B,) + self.out_shape, self.timesteps
         with (_inference_mode() if self.kind == "torch" else _null()):
             net = self.network.bind(x)
             finite = finite_check(x) if self.check_finite else None
             for k in range(K):
                 m = net(k)
                 if m.shape != shape:
-                    check_output(m, x, k, ts[k], K)
+                    check_output(m, x, k, ts[k], K, expected=shape)
                 if finite is not None and not finite(m):
                     raise nonfinite_error(k, ts[k], K, self.start + s0, self.start + s1 - 1)
                 step(k, m)
@@ -291,9 +273,10 @@ class SamplingRun:
         with torch.inference_mode(), guard:
             # Graphs replay on fixed buffers: full batches replay, a smaller last batch and
             # trajectory runs (host copies between steps) run the same steps eagerly.
-            graphed = self._graphed(B, offset & 3) if self.cuda_graph and traj is None and B == self.batch_size else None
+            graphed = graphs.graphed(self, B, offset & 3) if self.cuda_graph and traj is None \
+                and B == self.batch_size else None
             if graphed is not None:
-                return self._replay(graphed, s0, s1, offset, out, pbar)
+                return graphs.replay(self, graphed, s0, s1, offset, out, pbar)
             if out is None or not out.is_contiguous() or out.dtype != self.torch_dtype:
                 x = torch.empty((B,) + self.shape, dtype=self.torch_dtype, device=self.device)
             else:
@@ -326,7 +309,7 @@ class SamplingRun:
         if k is not None:
             if not isinstance(m, torch.Tensor):
                 raise TypeError(f"the model must return a torch tensor, got {type(m).__name__}")
-            check_output(m, x, k, int(self.plan.t[k]), self.plan.num_steps)
+            check_output(m, x, k, int(self.plan.t[k]), self.plan.num_steps, expected=(x.shape[0],) + self.out_shape)
         if not m.is_contiguous():
             m = m.contiguous()
         if self.check_finite:  # first bad step index, on the device (one sync per batch, after the loop)
@@ -339,80 +322,6 @@ class SamplingRun:
             if first >= 0:
                 raise nonfinite_error(first, int(self.plan.t[first]), self.plan.num_steps,
                                       self.start + s0, self.start + s1 - 1)
-
-    def _graph_key(self, B: int, shift: int):
-        p = self.plan
-        weights = tuple(t.data_ptr() for t in self.model.parameters()) + tuple(
-            t.data_ptr() for t in self.model.buffers())
-        return (str(self.device), B, self.shape, p.sampler, p.t.tobytes(), p.prev_t.tobytes(), p.coef.tobytes(),
-                p.prediction, p.clip, str(self.torch_dtype), self.check_finite, shift, weights)
-
-    def _graphed(self, B: int, shift: int):
-        """The captured graphs for batches of B samples with offset & 3 == shift, or None when
-        capture failed (then the loop runs eagerly; warned once). Cached across calls."""
-        per_model = _GRAPHS.setdefault(self.model, {})
-        key = self._graph_key(B, shift)
-        if key in per_model:
-            return per_model[key]
-        try:
-            per_model[key] = self._capture(B, shift)
-        except Exception as exc:  # noqa: BLE001 - any capture failure falls back to eager
-            warnings.warn(f"CUDA graph capture of the sampling step failed ({type(exc).__name__}: {exc}); "
-                          "sampling this model eagerly (pass cuda_graph=False to skip the attempt)",
-                          RuntimeWarning, stacklevel=4)
-            per_model[key] = None
-        return per_model[key]
-
-    def _capture(self, B: int, shift: int) -> dict:
-        """Static buffers and their own TorchStepper (every table built here, before capture);
-        graphs of GRAPH_STEPS steps and of K mod GRAPH_STEPS steps."""
-        import torch
-
-        K = self.plan.num_steps
-        st = TorchStepper(self.plan, self.device, self.torch_dtype, self.seed, "triton")
-        x = torch.zeros((B,) + self.shape, dtype=self.torch_dtype, device=self.device)
-        state = st.state(x)
-        bad = torch.full((), -1, dtype=torch.int64, device=self.device)
-        # Warm up on a side stream (Triton compile, cuBLAS handles, lazy init) with one checked
-        # step; the buffers are reset by every batch, so it leaves nothing behind.
-        st.begin(x, state, shift)
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self._step(st, x, state, bad, 0)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        torch.cuda.synchronize(self.device)
-        graphs, pool = {}, None
-        for steps in sorted({min(K, GRAPH_STEPS), K % GRAPH_STEPS} - {0}, reverse=True):
-            st.begin(x, state, shift)  # ctl[0] in range while capturing (nothing runs)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
-                for _ in range(steps):
-                    self._step(st, x, state, bad)
-            pool = g.pool()
-            graphs[steps] = g
-        return {"stepper": st, "x": x, "state": state, "bad": bad, "graphs": graphs}
-
-    def _replay(self, graphed, s0, s1, offset, out, pbar):
-        K, B = self.plan.num_steps, s1 - s0
-        st, x, state, bad = graphed["stepper"], graphed["x"], graphed["state"], graphed["bad"]
-        st.begin(x, state, offset)
-        bad.fill_(-1)
-        done = 0
-        while done < K:
-            steps = min(GRAPH_STEPS, K - done)
-            graphed["graphs"][steps].replay()
-            done += steps
-            if pbar is not None:
-                pbar.update(B * steps)
-        self._raise_if_nonfinite(bad, s0, s1)
-        if out is None:
-            import torch
-
-            return x.float() if self.torch_dtype == torch.bfloat16 else x.clone()
-        out.copy_(x)
-        return out
-
 
 def _recorder(traj, s0, s1):
     if traj is None:

@@ -39,11 +39,19 @@ def model_device(model):
     return torch.device("cpu")
 
 
-def check_output(out, x, k: int, t: int, num_steps: int):
-    """The model output must have x's shape (and, on the host, be an array)."""
-    if tuple(out.shape) != tuple(x.shape):
-        raise ValueError(f"the model returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)} "
-                         f"at step {k + 1}/{num_steps} (t={t}); it must return one value per input element")
+def check_output(out, x, k: int, t: int, num_steps: int, expected=None):
+    """The model output must have the ``expected`` shape: x's, or with the channel axis doubled for a
+    sampler that reads a variance channel (learned / learned_range)."""
+    expected = tuple(x.shape) if expected is None else tuple(expected)
+    if tuple(out.shape) == expected:
+        return
+    if expected != tuple(x.shape):
+        raise ValueError(f"the model returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)} at call "
+                         f"{k + 1}/{num_steps} (t={t}); variance='learned'/'learned_range' needs a network whose "
+                         f"output carries a variance channel, shape {expected} (twice the channels); use a fixed "
+                         "variance (fixed_small, fixed_large) for this network")
+    raise ValueError(f"the model returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)} "
+                     f"at call {k + 1}/{num_steps} (t={t}); it must return one value per input element")
 
 
 def host_model(model, kind: str, dtype, timesteps=()):

@@ -44,10 +44,15 @@ def check_int(value, name: str, low: int = 1) -> int:
 class SamplingOptions:
     """Everything of a sampling request but the model, the schedule and n.
 
-    sampler: "ddpm" | "ddim" | "dpmpp2m"; steps: None → T for ddpm, 50 for ddim, 20 for dpmpp2m;
-    spacing: None (the sampler's default, ``fastddpm.sampling.plan.DEFAULT_SPACING``) | "leading" |
-    "trailing" | "linspace" | "logsnr" | a list of timesteps; eta: DDIM's η;
-    prediction / variance / clip: the network's output type, the DDPM variance, x̂0 clipping;
+    sampler: one of ``fastddpm.SAMPLERS`` (each sampler's own module in fastddpm.kernels.samplers
+    documents it); steps: its steps (None: the sampler's default; Heun's N steps are 2N − 1
+    network calls); spacing: None (the sampler's default) | "leading" | "trailing" | "linspace" |
+    "logsnr" | "karras" | "exponential" | a list of timesteps; final: "zero" | "sigma_min" (None:
+    the sampler's default end point);
+    eta, variance, order, solver_type: the sampler's own options (None: its default; an option the
+    sampler does not take is an error), ``sampler_options`` any other of them as a dict
+    (``fastddpm.kernels.samplers.options(name)`` lists a sampler's);
+    prediction / clip: the network's output type, x̂0 clipping;
     seed: the noise seed in [0, 2**32); batch_size: samples per batch (None: cache-sized on
     CPU, device-sized on CUDA; the samples do not depend on it); device / backend / dtype /
     cuda_graph: where and how the loop runs; progress: a progress bar; check_finite: stop at a
@@ -62,9 +67,13 @@ class SamplingOptions:
     sampler: str = "ddpm"
     steps: int | None = None
     spacing: Any = None
-    eta: float = 0.0
+    final: str | None = None
+    eta: float | None = None
+    variance: str | None = None
+    order: int | None = None
+    solver_type: str | None = None
+    sampler_options: Any = None
     prediction: str = "epsilon"
-    variance: str = "fixed_small"
     clip: float | None = None
     seed: int = 0
     batch_size: int | None = None
@@ -94,8 +103,19 @@ class SamplingOptions:
             object.__setattr__(self, "batch_size", check_int(self.batch_size, "batch_size"))
         if self.out is not None and self.return_trajectory:
             raise ValueError("return_trajectory=True cannot be combined with out= (trajectories stay in memory)")
+        if self.sampler_options is not None and not isinstance(self.sampler_options, dict):
+            raise TypeError(f"sampler_options must be a dict, got {type(self.sampler_options).__name__}")
         if self.out is None and self.resume:
             raise ValueError("resume=True needs out= (a .npy path to continue writing)")
+
+    def sampler_kwargs(self) -> dict:
+        """The sampler's own options given (None fields left at the sampler's defaults)."""
+        given = {k: getattr(self, k) for k in SAMPLER_OPTION_FIELDS if getattr(self, k) is not None}
+        extra = dict(self.sampler_options or {})
+        clash = sorted(set(extra) & set(given))
+        if clash:
+            raise ValueError(f"{', '.join(clash)} given both as keywords and in sampler_options")
+        return {**given, **extra}
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -117,7 +137,15 @@ class SamplingOptions:
         unknown = set(kwargs) - allowed
         if unknown:
             raise TypeError(f"{where}: unexpected keyword argument(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-        return cls(**{**(defaults or {}), **kwargs})
+        defaults = dict(defaults or {})
+        if defaults:  # a default the chosen sampler does not take (a diffusers DDPM dir's variance) is dropped
+            from ..kernels import samplers
+
+            sampler = kwargs.get("sampler", defaults.get("sampler", cls.sampler))
+            if sampler in samplers.NAMES:
+                takes = samplers.options(sampler)
+                defaults = {k: v for k, v in defaults.items() if k not in SAMPLER_OPTION_FIELDS or k in takes}
+        return cls(**{**defaults, **kwargs})
 
     def replace(self, **changes) -> "SamplingOptions":
         return dataclasses.replace(self, **changes)
@@ -142,4 +170,6 @@ class SamplingOptions:
 
 
 OUTPUT_OPTIONS = ("out", "resume", "overwrite", "return_trajectory", "trajectory_steps")
+# Fields that are the sampler's own options (passed to its table when not None).
+SAMPLER_OPTION_FIELDS = ("eta", "variance", "order", "solver_type")
 DEFAULTS = SamplingOptions()

@@ -1,86 +1,92 @@
-"""A sampling plan: the visited timesteps and every per-step coefficient, computed once in float64.
+"""A sampling plan: the grid a run visits and its sampler's coefficient table, computed once in float64.
 
-A loop reads row k of ``plan.coef`` [K, C] for step k; on a GPU the table is copied to the
-device once, so the loop never syncs. The rows and their columns come from
-kernels/coefficients.py (``rows``, ``COLUMNS``), the one home of the step math; the formulas
-and the layout are in docs/sampling.md ("Step math").
+``make_plan`` places the points (fastddpm.sampling.timesteps.make_grid) and asks the sampler's
+own module (fastddpm.kernels.samplers) for its table; a loop reads row k of ``plan.coef``
+[K, C] for network call k (on a GPU the table is copied to the device once, so the loop never
+syncs). Nothing here knows a sampler's name: what a run needs around the kernel (history
+depth, network calls, state buffer, noise, variance channel) comes from the table itself.
+The formulas and the layout are in docs/sampling.md ("Step math").
 
-No torch here: the ONNX runtime path reuses it.
+No torch here: the ONNX Runtime path reuses it.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..kernels import coefficients as KC
-from ..kernels.coefficients import COLUMNS, PREDICTIONS, SAMPLERS, VARIANCES  # noqa: F401 (COLUMNS: re-exported)
-from .timesteps import resolve_spacing, step_pairs, timesteps
+from ..kernels import samplers
+from ..kernels.coefficients import COLUMNS, PREDICTIONS  # noqa: F401 (COLUMNS: re-exported)
+from .timesteps import make_grid
 
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp2m": 20}  # None: all T steps
-# The spacing a sampler gets when none is given (spacing=None: fastddpm.sample, Pipeline.sample,
-# `fastddpm sample`, make_plan, the demo). From the quality-vs-steps table of docs/sampling.md
-# (butterfly, the default ResMLP v-prediction net, 4000 samples; p90 distance to the curve / SW
-# over the data-vs-data floor): dpmpp2m-20 logsnr 0.049 / 1.12 against leading 0.115 / 1.25 and
-# trailing 0.123 / 1.27 (its uniform spacings end at t = 47 and return that step's blurred x̂0);
-# ddim-50 leading 0.072 / 1.46, logsnr 0.054 / 1.84 — logsnr is sharper but spends too few
-# steps at high noise, which moves mass between the lobes (SW), so ddim keeps leading, as does
-# ddpm (ddpm-250 leading 0.042 / 0.88, trailing 0.044 / 0.87, logsnr 0.041 / 1.12).
-DEFAULT_SPACING = {"ddpm": "leading", "ddim": "leading", "dpmpp2m": "logsnr"}
+SAMPLERS = samplers.NAMES
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything a loop needs besides the model: [K] timesteps, [K] targets, [K, C] coefficients."""
+    """Everything a loop needs besides the model: the sampler's table on its grid."""
 
     sampler: str
-    t: np.ndarray          # int64 [K], descending
-    prev_t: np.ndarray     # int64 [K], the next visited step, −1 at the end
-    coef: np.ndarray       # float64 [K, C], columns COLUMNS[sampler]
+    grid: samplers.Grid
+    table: samplers.Table
     prediction: str
-    variance: str
-    eta: float
     clip: float | None
+    options: dict = field(default_factory=dict)  # the sampler options given (e.g. eta, order)
+
+    @property
+    def t(self) -> np.ndarray:
+        """int64 [K]: the timestep of network call k."""
+        return self.table.t
+
+    @property
+    def coef(self) -> np.ndarray:
+        """float64 [K, C]: row k of network call k (kernels.coefficients.COLUMNS)."""
+        return self.table.rows
 
     @property
     def num_steps(self) -> int:
-        return int(self.t.shape[0])
+        """Network calls of a run (rows of the table; 2N − 1 for Heun's N steps)."""
+        return self.table.calls
 
     @property
     def noisy(self) -> bool:
-        """Whether any step adds noise (stream k for step k)."""
-        if self.sampler == "dpmpp2m":
-            return False
-        return bool(np.any(self.coef[:, -1] > 0))
+        """Whether any call adds noise (call k draws stream k + 1)."""
+        return self.table.noisy
+
+    def settings(self) -> dict:
+        """What identifies the run's math (for resume records and caches)."""
+        return {"sampler": self.sampler, "prediction": self.prediction, "clip": self.clip,
+                "options": {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in sorted(self.options.items())}}
 
 
-def make_plan(schedule, sampler: str = "ddpm", steps: int | None = None, spacing=None, *,
-              eta: float = 0.0, prediction: str = "epsilon", variance: str = "fixed_small",
-              clip: float | None = None) -> Plan:
-    """Validate the sampler settings and build the plan (see the module docstring).
-
-    spacing: None (the sampler's :data:`DEFAULT_SPACING`), "leading" | "trailing" | "linspace" |
-    "logsnr" or a list of timesteps (fastddpm.sampling.timesteps)."""
-    KC.check_choice(sampler, "sampler", SAMPLERS)
-    KC.check_choice(prediction, "prediction", PREDICTIONS)
-    KC.check_choice(variance, "variance", VARIANCES)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (eta >= 0 and math.isfinite(eta)):
-        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
-    if eta and sampler != "ddim":
-        raise ValueError(f"eta applies to sampler='ddim' only; got eta={eta} with sampler={sampler!r}")
+def check_clip(clip) -> float | None:
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
                              or not (clip > 0 and math.isfinite(clip))):
         raise ValueError(f"clip must be None or a finite number > 0, got {clip!r}")
-    T = schedule.num_steps
-    steps, spacing = resolve_spacing(schedule, sampler, steps, spacing)
-    if steps is None and isinstance(spacing, str):
-        steps = DEFAULT_STEPS[sampler] or T
-        steps = min(steps, T)
-    convention = "dpmsolver" if sampler == "dpmpp2m" else "ddim"
-    t, prev = step_pairs(timesteps(T, steps, spacing, convention=convention))
-    ab_t, ab_p, final = KC.step_alphas(np.asarray(schedule.alphas_cumprod, dtype=np.float64), t, prev)
-    coef = KC.rows(sampler, ab_t, ab_p, final, prediction=prediction, variance=variance, eta=float(eta))
-    return Plan(sampler, t, prev, np.ascontiguousarray(coef), prediction, variance, float(eta),
-                None if clip is None else float(clip))
+    return None if clip is None else float(clip)
 
+
+def make_plan(schedule, sampler: str = "ddpm", steps: int | None = None, spacing=None, *,
+              prediction: str = "epsilon", clip: float | None = None, final: str | None = None,
+              **options) -> Plan:
+    """Validate the sampler settings and build the plan.
+
+    sampler: one of :data:`SAMPLERS`; steps: the sampler's steps (None: its default; Heun's N
+    steps are 2N − 1 network calls); spacing: None (the sampler's default), one of
+    fastddpm.sampling.timesteps.ALL_SPACINGS or a list of timesteps; final: "zero" | "sigma_min"
+    (None: the sampler's default); ``options``: the sampler's own (``eta``, ``variance``,
+    ``order``, ``solver_type``, …; fastddpm.kernels.samplers.options(sampler) lists them).
+    An option set to None is left at the sampler's default.
+    """
+    samplers.module(sampler)  # a clear error naming the samplers
+    options = {k: v for k, v in options.items() if v is not None}
+    allowed = samplers.options(sampler)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} {'does' if len(unknown) == 1 else 'do'} not apply to "
+                         f"sampler={sampler!r} (its options: {', '.join(allowed) or 'none'})")
+    clip = check_clip(clip)
+    grid = make_grid(schedule, sampler, steps, spacing, final=final)
+    table = samplers.compile(sampler, grid, prediction, **options)
+    return Plan(sampler, grid, table, prediction, clip, options)

@@ -16,8 +16,20 @@ Spacings (``convention="ddim"``, the one of DDPMScheduler / DDIMScheduler.set_ti
 - a list/array of ints: used as given (must be strictly decreasing, within [0, T)).
 
 ``convention="dpmsolver"`` follows DPMSolverMultistepScheduler.set_timesteps instead
-(``steps + 1`` points, the last dropped), which the ``dpmpp2m`` sampler uses so that it
-visits the same steps as diffusers for the same spacing.
+(``steps + 1`` points, the last dropped), which the DPM-Solver, UniPC and DEIS samplers use so
+that they visit the same steps as diffusers for the same spacing; ``convention="euler"`` is
+EulerDiscreteScheduler's (its ``linspace`` points fall between integer timesteps).
+
+Spacings computed from the schedule's ᾱ (:func:`make_grid`): ``logsnr`` (uniform in λ),
+``karras`` (Karras et al. 2022, ρ = 7, diffusers' ``use_karras_sigmas``) and ``exponential``
+(uniform in log σ, ``use_exponential_sigmas``), all between σ(T−1) and σ(0) with
+σ = √((1 − ᾱ)/ᾱ). A point between integer timesteps keeps its exact ᾱ in the sampler's math
+while the network is fed the nearest integer t (diffusers rounds the same way for DPM-Solver
+and UniPC; k-diffusion's ``quantize=True``).
+
+:func:`make_grid` turns (schedule, sampler, steps, spacing, final) into the
+``kernels.samplers.Grid`` a sampler compiles: the network timesteps and ᾱ at every point plus
+the final one (ᾱ = 1, σ = 0 for ``final="zero"``; ᾱ_0 for ``"sigma_min"``).
 """
 from __future__ import annotations
 
@@ -26,10 +38,11 @@ import numbers
 import numpy as np
 
 SPACINGS = ("leading", "trailing", "linspace")
-# Spacings computed from the schedule's ᾱ (not from T alone): resolve_spacing turns them into
-# an explicit list before the plan is made.
-SCHEDULE_SPACINGS = ("logsnr",)
-CONVENTIONS = ("ddim", "dpmsolver")
+# Spacings computed from the schedule's ᾱ (not from T alone): make_grid places them.
+SCHEDULE_SPACINGS = ("logsnr", "karras", "exponential")
+ALL_SPACINGS = SPACINGS + SCHEDULE_SPACINGS
+CONVENTIONS = ("ddim", "dpmsolver", "euler")
+KARRAS_RHO = 7.0  # Karras et al. 2022, diffusers' _convert_to_karras
 
 
 def _check_steps(num_train_steps, steps) -> tuple[int, int]:
@@ -76,7 +89,7 @@ def timesteps(num_train_steps: int, steps: int | None = None, spacing="leading",
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}; got {convention!r}")
     T, n = _check_steps(num_train_steps, num_train_steps if steps is None else steps)
-    if convention == "ddim":
+    if convention in ("ddim", "euler"):  # euler's linspace is fractional: make_grid places it
         if spacing == "linspace":
             out = np.linspace(0, T - 1, n).round()[::-1]
         elif spacing == "leading":
@@ -140,21 +153,68 @@ def logsnr_timesteps(alphas_cumprod, steps: int) -> np.ndarray:
     return out
 
 
-def resolve_spacing(schedule, sampler: str, steps, spacing):
-    """(steps, spacing) for :func:`timesteps`: ``None`` becomes the sampler's default spacing
-    (``fastddpm.sampling.plan.DEFAULT_SPACING``), a schedule spacing ("logsnr") its explicit
-    list (steps None → the sampler's default count); anything else passes through unchanged."""
-    if spacing is None or (isinstance(spacing, str) and spacing in SCHEDULE_SPACINGS):
-        from .plan import DEFAULT_SPACING, DEFAULT_STEPS, SAMPLERS
+def _sigmas_ve(alphas_cumprod) -> np.ndarray:
+    return np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
 
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}")
-        if spacing is None:
-            spacing = DEFAULT_SPACING[sampler]
-            if spacing not in SCHEDULE_SPACINGS:
-                return steps, spacing
-        T = schedule.num_steps
-        if steps is None:
-            steps = min(DEFAULT_STEPS[sampler] or T, T)
-        return None, logsnr_timesteps(schedule.alphas_cumprod, steps)
-    return steps, spacing
+
+def sigma_to_t(sigma, alphas_cumprod) -> np.ndarray:
+    """The (fractional) timestep of σ: linear interpolation of log σ over the integer timesteps,
+    clamped to [0, T − 1] — diffusers' ``_sigma_to_t``."""
+    log_sigmas = np.log(_sigmas_ve(np.asarray(alphas_cumprod, dtype=np.float64)))
+    log_sigma = np.log(np.maximum(np.asarray(sigma, dtype=np.float64), 1e-10))
+    dists = log_sigma - log_sigmas[:, None]
+    low = np.clip(np.cumsum(dists >= 0, axis=0).argmax(axis=0), None, log_sigmas.shape[0] - 2)
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0.0, 1.0)
+    return (1.0 - w) * low + w * (low + 1)
+
+
+def _sigma_spacing(alphas_cumprod, steps: int, spacing: str) -> np.ndarray:
+    """``steps`` descending σ from σ(T − 1) to σ(0): karras (ρ = 7) or exponential."""
+    sig = _sigmas_ve(alphas_cumprod)
+    s_max, s_min = float(sig[-1]), float(sig[0])
+    ramp = np.linspace(0.0, 1.0, steps)
+    if spacing == "karras":
+        lo, hi = s_min ** (1.0 / KARRAS_RHO), s_max ** (1.0 / KARRAS_RHO)
+        return (hi + ramp * (lo - hi)) ** KARRAS_RHO
+    return np.exp(np.linspace(np.log(s_max), np.log(s_min), steps))
+
+
+def make_grid(schedule, sampler: str, steps=None, spacing=None, *, final=None, steps_offset: int = 0):
+    """The ``kernels.samplers.Grid`` of a run: ``steps`` (None: the sampler's default), ``spacing``
+    (None: the sampler's default; a name of :data:`ALL_SPACINGS` or a list of timesteps) and
+    ``final`` ("zero" | "sigma_min"; None: the sampler's default)."""
+    from ..kernels import samplers
+
+    defaults = samplers.defaults(sampler)
+    convention = samplers.convention(sampler)
+    final = defaults["final"] if final is None else final
+    if final not in samplers.FINALS:
+        raise ValueError(f"final must be one of {', '.join(map(repr, samplers.FINALS))}; got {final!r}")
+    spacing = defaults["spacing"] if spacing is None else spacing
+    ac = np.asarray(schedule.alphas_cumprod, dtype=np.float64)
+    T = ac.shape[0]
+    if isinstance(spacing, str) and spacing not in ALL_SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(map(repr, ALL_SPACINGS))} or a list of timesteps; "
+                         f"got {spacing!r}")
+    if steps is None and (isinstance(spacing, str)):
+        steps = min(defaults["steps"] or T, T)
+    if isinstance(spacing, str) and spacing in ("karras", "exponential"):
+        _check_steps(T, steps)
+        sig = _sigma_spacing(ac, steps, spacing)
+        t = np.round(sigma_to_t(sig, ac)).astype(np.int64)
+        ab = 1.0 / (1.0 + sig * sig)
+    elif spacing == "linspace" and convention == "euler":  # EulerDiscreteScheduler: fractional timesteps
+        _check_steps(T, steps)
+        frac = np.linspace(0, T - 1, steps)[::-1]
+        sig = np.interp(frac, np.arange(T), _sigmas_ve(ac))
+        t = np.round(frac).astype(np.int64)
+        ab = 1.0 / (1.0 + sig * sig)
+    else:
+        if spacing == "logsnr":
+            t = logsnr_timesteps(ac, steps)
+        else:
+            t = timesteps(T, steps, spacing, convention="ddim" if convention == "euler" else convention,
+                          steps_offset=steps_offset)
+        ab = ac[t]
+    ab_final = 1.0 if final == "zero" else float(ac[0])
+    return samplers.Grid(t=t, alpha_bar=np.append(ab, ab_final))

@@ -43,7 +43,8 @@ def _discover() -> dict:
 
 _MODULES = _discover()
 # Listed in a stable order: the classic ones first, then by name.
-NAMES = tuple(sorted(_MODULES, key=lambda n: (n not in ("ddpm", "ddim", "dpmpp2m"), n)))
+_FIRST = ("ddpm", "ddim", "dpmpp2m")
+NAMES = tuple(sorted(_MODULES, key=lambda n: (_FIRST.index(n) if n in _FIRST else len(_FIRST), n)))
 
 
 def module(name: str):

@@ -130,25 +130,31 @@ class Table:
     def pushes(self) -> bool:
         return bool(self.push.any()) and self.depth > 0
 
-    def slots(self) -> np.ndarray:
-        """int64 [K, 4]: row k's ring slot to write (−1: none) and the slots holding h1, h2, h3.
+    @property
+    def ring(self) -> int:
+        """Buffers of the history ring: depth + 1, so that the slot a row pushes to is never one it
+        reads (the kernels then read and write distinct buffers, which they vectorise); 0 when
+        no row reads history."""
+        return self.depth + 1 if self.depth else 0
 
-        The ring has ``depth`` slots; after p pushes the next push goes to slot p mod depth, and
-        h_j (the j-th most recent push) sits in slot (p − j) mod depth. Slots of pushes that
-        have not happened yet are read as zeros: the loop zero-fills the ring per batch, and a
-        table gives them coefficient 0.
+    def slots(self) -> np.ndarray:
+        """int64 [K, 4]: row k's ring slot to write (−1: none) and the slots holding h1, h2, h3
+        (−1 beyond the depth).
+
+        After p pushes the next push goes to slot p mod ring, and h_j (the j-th most recent push)
+        sits in slot (p − j) mod ring. Slots of pushes that have not happened yet are read as
+        zeros: the loop zero-fills the ring per batch, and a table gives them coefficient 0.
         """
-        R = self.depth
+        R, ring = self.depth, self.ring
         out = np.full((self.calls, 4), -1, dtype=np.int64)
         if R == 0:
             return out
         p = 0
         for k in range(self.calls):
-            for j in range(1, 4):
-                if j <= R:
-                    out[k, j] = (p - j) % R
+            for j in range(1, R + 1):
+                out[k, j] = (p - j) % ring
             if self.push[k]:
-                out[k, 0] = p % R
+                out[k, 0] = p % ring
                 p += 1
         return out
 

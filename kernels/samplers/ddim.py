@@ -30,8 +30,9 @@ def check_eta(eta) -> float:
     return float(eta)
 
 
-def step_rows(ab_t, ab_p, prediction: str, eta: float = 0.0, clipped_eps: bool = False, xp=np):
-    """[N, NUM_COLUMNS] rows of steps (ᾱ_t, ᾱ_p) [N]; also the public op ``ddim_step``'s."""
+def step_rows(ab_t, ab_p, final, prediction: str, eta: float = 0.0, clipped_eps: bool = False, xp=np):
+    """[N, NUM_COLUMNS] rows of steps (ᾱ_t, ᾱ_p) [N]; also the public op ``ddim_step``'s. (``final``
+    is not needed: σ vanishes by itself when the run ends at ᾱ_p = 1.)"""
     cx, cm = KC.x0_coefficients(ab_t, prediction, xp)
     beta_c = 1.0 - ab_t / ab_p
     sigma = eta * xp.sqrt((1.0 - ab_p) / (1.0 - ab_t)) * xp.sqrt(xp.maximum(beta_c, 0.0))
@@ -42,4 +43,4 @@ def step_rows(ab_t, ab_p, prediction: str, eta: float = 0.0, clipped_eps: bool =
 
 def table(name: str, grid, prediction: str, *, eta: float = 0.0, clipped_eps: bool = False) -> Table:
     ab = grid.alpha_bar
-    return Table(t=grid.t, rows=step_rows(ab[:-1], ab[1:], prediction, check_eta(eta), bool(clipped_eps)))
+    return Table(t=grid.t, rows=step_rows(ab[:-1], ab[1:], None, prediction, check_eta(eta), bool(clipped_eps)))

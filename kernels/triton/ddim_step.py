@@ -1,6 +1,7 @@
 """ddim_step: one fused DDIM(η) step x_t → x_{prev_t}: x̂0, ε̂ → clip → √ᾱ_p·x̂0 + dir·ε̂ + σ·z."""
 from __future__ import annotations
 
+from ..samplers.ddim import step_rows
 from .update import step_update
 from .utils import step_launch
 
@@ -11,5 +12,5 @@ def ddim_step(schedule, x_t, model_output, t, prev_t, eta, prediction, clip, noi
     out, launch = step_launch(schedule, x_t, model_output, t, prev_t, noise, seed, stream, offset, out,
                               check_finite, noise_wanted=eta > 0)
     if launch is not None:
-        step_update("ddim", launch, prediction=prediction, eta=eta, clip=clip)
+        step_update(step_rows, launch, prediction=prediction, eta=eta, clip=clip)
     return out

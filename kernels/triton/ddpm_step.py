@@ -1,6 +1,7 @@
 """ddpm_step: one fused ancestral step x_t → x_{prev_t}: x̂0 → clip → posterior mean → + σ·z."""
 from __future__ import annotations
 
+from ..samplers.ddpm import step_rows
 from .update import step_update
 from .utils import step_launch
 
@@ -14,5 +15,5 @@ def ddpm_step(schedule, x_t, model_output, t, prev_t, prediction, variance, clip
     out, launch = step_launch(schedule, x_t, model_output, t, prev_t, noise, seed, stream, offset, out,
                               check_finite, noise_wanted=True)
     if launch is not None:
-        step_update("ddpm", launch, prediction=prediction, variance=variance, clip=clip)
+        step_update(step_rows, launch, prediction=prediction, variance=variance, clip=clip)
     return out

@@ -1,22 +1,33 @@
-"""The fused update from float32 coefficient rows: ddpm, ddim(η) and DPM-Solver++(2M), one pass.
+"""The one fused update of every sampler on the GPU: any row of the generic layout, one pass.
 
-Every Triton reverse step runs ``_update_kernel``, which reads its per-step scalars from a
-float32 table ``coef`` [R, C] instead of computing them:
+Per element (kernels/coefficients.py; docs/sampling.md "Step math"):
 
-- loop (``LOOP``): the row is the step index k read from device memory (``ctl`` = int64
-  [k, offset, seed]); the noise of step k is stream k + 1 at global offset ``offset`` + element,
-  so a captured CUDA graph replays every step and batch by writing ``ctl`` only;
-- ddpm_step/ddim_step (``step_update``): one row for the call, or (``ROW_PER_SAMPLE``) row
-  e // D for element e; the rows are kernels/coefficients.py's, evaluated in float64 on the
-  data's device (torch ops over B entries, no host sync) and rounded once to float32.
+    x̂0c = clip(cx·x + cm·m)
+    x′  = yx·x + y0·x̂0c + ym·m + ys·s + y1·h1 + y2·h2 + y3·h3 + σ·z,   σ = yz (· exp(vg·v + vb) | · √v)
+    s′  = sx·x + s0·x̂0c + sm·m + ss·s + s1·h1 + s2·h2 + s3·h3            (runs that use s: every row)
+    q   = qx·x + q0·x̂0c + qm·m  → the history ring slot of the row        (rows that push)
 
-Columns: kernels.coefficients.COLUMNS (the layout is documented there and in docs/sampling.md);
-NUM_COLUMNS below is this kernel's own reading of it (its column indices), checked against
-COLUMNS by tests/triton/test_triton_loop.py. x̂0 = cx·x_t + cm·out (the output itself for
-prediction "sample"), clipped when asked. Bytes per element (float32): 12 for ddpm/ddim (read
-x_t and out, write x′), 20 for dpmpp2m.
+``_update_kernel`` reads its scalars from a float32 table ``coef`` [R, C] and computes none; it
+never learns which sampler wrote the table. Which buffers a launch touches are constexprs
+derived from the table (HAS_S, H = history depth, VAR, NOISE), so a run reads and writes only
+what its sampler needs.
+
+- loop (``LOOP``, :class:`LoopUpdate`): the row is the call index k read from device memory
+  (``ctl`` = int64 [k, offset, seed]), and so are the ring slots of row k (``slots`` int64
+  [K, 4]: the slot to push to, −1 for none, then those of h1 … h3); the noise of call k is
+  stream k + 1 at global offset ``offset`` + element. A captured CUDA graph replays every call
+  and batch by writing ``ctl`` only.
+- the public ops ddpm_step / ddim_step (:func:`step_update`): one row for the call, or
+  (``ROW_PER_SAMPLE``) row e // D for element e; their rows are built on the data's device in
+  float64 by kernels/samplers/{ddpm,ddim}.py (torch ops over B entries, no host sync) and rounded
+  once to float32.
+
+Bytes per element (float32): 12 for ddpm/ddim (x, m in; x′ out), +4 per history value read,
++4 for a pushed q, +8 for the state s.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -25,14 +36,17 @@ import triton.language as tl
 from .. import coefficients as KC
 from .utils import NO_SPECIALIZE, grid_size, index_bits, launch_config, normal_tile, on_device, philox_seed, tile, tile_at
 
-SAMPLER_CODE = {"ddpm": 0, "ddim": 1, "dpmpp2m": 2}
-NUM_COLUMNS = {"ddpm": 5, "ddim": 7, "dpmpp2m": 5}
+NOISE_NONE, NOISE_GIVEN, NOISE_DRAWN = 0, 1, 2
+VAR_MODES = {None: 0, "log": 1, "sqrt": 2}
+assert KC.COLUMNS == ("cx", "cm", "yx", "y0", "ym", "ys", "y1", "y2", "y3", "yz", "sx", "s0", "sm", "ss", "s1",
+                      "s2", "s3", "qx", "q0", "qm", "vg", "vb"), "kernels/triton/update.py reads the columns by position"
 
 
-class _TorchMath:
-    """The array namespace kernels.coefficients expects, on torch tensors (any device)."""
+class TorchMath:
+    """The array namespace kernels/coefficients and kernels/samplers expect, on torch tensors."""
 
     sqrt = staticmethod(torch.sqrt)
+    log = staticmethod(torch.log)
     where = staticmethod(torch.where)
     zeros_like = staticmethod(torch.zeros_like)
     ones_like = staticmethod(torch.ones_like)
@@ -47,24 +61,25 @@ class _TorchMath:
 
 
 @triton.jit
-def _column(coef_ptr, r, j, mask, ROW_PER_SAMPLE: tl.constexpr):
+def _c(coef_ptr, r, j: tl.constexpr, mask, ROW_PER_SAMPLE: tl.constexpr):
+    """Column j of row r (r is per element with ROW_PER_SAMPLE, else a scalar: one load per program)."""
     if ROW_PER_SAMPLE:
-        return tl.load(coef_ptr + r + j, mask=mask, other=1.0)  # 1: no 0/0 in masked lanes
+        return tl.load(coef_ptr + r + j, mask=mask, other=0.0)
     return tl.load(coef_ptr + r + j)
 
 
 @triton.jit(do_not_specialize=NO_SPECIALIZE + ["last_row"])
-def _update_kernel(x_ptr, m_ptr, out_ptr, x0p_ptr, noise_ptr, coef_ptr, ctl_ptr, key_ptr,
+def _update_kernel(x_ptr, m_ptr, out_ptr, s_ptr, ring_ptr, slots_ptr, noise_ptr, coef_ptr, ctl_ptr, key_ptr,
                    n, per_sample, last_row, seed_word, stream_word, ctr_lo, ctr_hi, clip,
-                   SAMPLER: tl.constexpr, PRED: tl.constexpr, HAS_CLIP: tl.constexpr, C: tl.constexpr,
-                   ROW_PER_SAMPLE: tl.constexpr, NOISE: tl.constexpr, LOOP: tl.constexpr,
+                   HAS_CLIP: tl.constexpr, C: tl.constexpr, ROW_PER_SAMPLE: tl.constexpr, HAS_S: tl.constexpr,
+                   H: tl.constexpr, NOISE: tl.constexpr, VAR: tl.constexpr, LOOP: tl.constexpr,
                    KEY_ON_DEVICE: tl.constexpr, SHIFT: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
     if LOOP:
-        step = tl.load(ctl_ptr)
+        step = tl.minimum(tl.maximum(tl.load(ctl_ptr), 0), last_row)
         k, mask, counters = tile_at(n, tl.load(ctl_ptr + 1) >> 2, SHIFT, IDX64, BLOCK)
         # seed64 = stream·2³² + seed with stream k + 1 (the seed is stored in [0, 2³²))
         seed64 = (((step + 1) << 32) | tl.load(ctl_ptr + 2)).to(tl.uint64, bitcast=True)
-        r = tl.minimum(tl.maximum(step, 0), last_row) * C
+        r = step * C
     else:
         k, mask, counters = tile(n, ctr_lo, ctr_hi, SHIFT, IDX64, BLOCK)
         seed64 = philox_seed(key_ptr, seed_word, stream_word, KEY_ON_DEVICE)
@@ -73,131 +88,179 @@ def _update_kernel(x_ptr, m_ptr, out_ptr, x0p_ptr, noise_ptr, coef_ptr, ctl_ptr,
         else:  # one row for the whole call: scalar loads, once per program
             r = 0
     x = tl.load(x_ptr + k, mask=mask).to(tl.float32)
-    m = tl.load(m_ptr + k, mask=mask).to(tl.float32)
-    if PRED == 1:
-        x0 = m
+    if VAR != 0:  # m holds [mean D | variance D] per sample
+        mk = k + (k // per_sample) * per_sample
+        m = tl.load(m_ptr + mk, mask=mask).to(tl.float32)
+        v = tl.load(m_ptr + mk + per_sample, mask=mask, other=1.0).to(tl.float32)
     else:
-        x0 = _column(coef_ptr, r, 0, mask, ROW_PER_SAMPLE) * x + _column(coef_ptr, r, 1, mask, ROW_PER_SAMPLE) * m
-    if SAMPLER == 1:  # ε̂ from the unclipped x̂0 (diffusers' use_clipped_model_output=False)
-        if PRED == 0:
-            eps = m
-        else:
-            eps = (x - _column(coef_ptr, r, 2, mask, ROW_PER_SAMPLE) * x0) / _column(coef_ptr, r, 3, mask,
-                                                                                      ROW_PER_SAMPLE)
+        m = tl.load(m_ptr + k, mask=mask).to(tl.float32)
+    x0 = _c(coef_ptr, r, 0, mask, ROW_PER_SAMPLE) * x + _c(coef_ptr, r, 1, mask, ROW_PER_SAMPLE) * m
     if HAS_CLIP:
         x0 = tl.minimum(tl.maximum(x0, -clip), clip)
-    if SAMPLER == 0:
-        y = _column(coef_ptr, r, 2, mask, ROW_PER_SAMPLE) * x0 + _column(coef_ptr, r, 3, mask, ROW_PER_SAMPLE) * x
-    elif SAMPLER == 1:
-        y = _column(coef_ptr, r, 4, mask, ROW_PER_SAMPLE) * x0 + _column(coef_ptr, r, 5, mask, ROW_PER_SAMPLE) * eps
-    else:
-        x0_prev = tl.load(x0p_ptr + k, mask=mask).to(tl.float32)
-        y = (_column(coef_ptr, r, 2, mask, ROW_PER_SAMPLE) * x + _column(coef_ptr, r, 3, mask, ROW_PER_SAMPLE) * x0
-             + _column(coef_ptr, r, 4, mask, ROW_PER_SAMPLE) * x0_prev)
-        tl.store(x0p_ptr + k, x0.to(x0p_ptr.dtype.element_ty), mask=mask)
+    y = (_c(coef_ptr, r, 2, mask, ROW_PER_SAMPLE) * x + _c(coef_ptr, r, 3, mask, ROW_PER_SAMPLE) * x0
+         + _c(coef_ptr, r, 4, mask, ROW_PER_SAMPLE) * m)
+    if HAS_S:
+        sv = tl.load(s_ptr + k, mask=mask).to(tl.float32)
+        y += _c(coef_ptr, r, 5, mask, ROW_PER_SAMPLE) * sv
+        sn = (_c(coef_ptr, r, 10, mask, ROW_PER_SAMPLE) * x + _c(coef_ptr, r, 11, mask, ROW_PER_SAMPLE) * x0
+              + _c(coef_ptr, r, 12, mask, ROW_PER_SAMPLE) * m + _c(coef_ptr, r, 13, mask, ROW_PER_SAMPLE) * sv)
+    if H >= 1:
+        slot = tl.load(slots_ptr + step * 4 + 1)
+        a1 = tl.load(ring_ptr + slot * n + k, mask=mask).to(tl.float32)
+        y += _c(coef_ptr, r, 6, mask, ROW_PER_SAMPLE) * a1
+        if HAS_S:
+            sn += _c(coef_ptr, r, 14, mask, ROW_PER_SAMPLE) * a1
+    if H >= 2:
+        slot = tl.load(slots_ptr + step * 4 + 2)
+        a2 = tl.load(ring_ptr + slot * n + k, mask=mask).to(tl.float32)
+        y += _c(coef_ptr, r, 7, mask, ROW_PER_SAMPLE) * a2
+        if HAS_S:
+            sn += _c(coef_ptr, r, 15, mask, ROW_PER_SAMPLE) * a2
+    if H >= 3:
+        slot = tl.load(slots_ptr + step * 4 + 3)
+        a3 = tl.load(ring_ptr + slot * n + k, mask=mask).to(tl.float32)
+        y += _c(coef_ptr, r, 8, mask, ROW_PER_SAMPLE) * a3
+        if HAS_S:
+            sn += _c(coef_ptr, r, 16, mask, ROW_PER_SAMPLE) * a3
     if NOISE != 0:
         if NOISE == 1:
             z = tl.load(noise_ptr + k, mask=mask).to(tl.float32)
         else:  # drawn here, rounded through the data dtype (as the reference's noise is)
             z = normal_tile(seed64, counters).to(out_ptr.dtype.element_ty).to(tl.float32)
-        y = y + _column(coef_ptr, r, C - 1, mask, ROW_PER_SAMPLE) * z  # sigma: the last column
+        if VAR == 1:
+            z = z * tl.exp(_c(coef_ptr, r, 20, mask, ROW_PER_SAMPLE) * v + _c(coef_ptr, r, 21, mask, ROW_PER_SAMPLE))
+        elif VAR == 2:
+            z = z * tl.sqrt(v)
+        y += _c(coef_ptr, r, 9, mask, ROW_PER_SAMPLE) * z
+    if H >= 1:  # a row that pushes (its slot ≥ 0) stores q into the ring
+        w = tl.load(slots_ptr + step * 4)
+        if w >= 0:
+            q = (_c(coef_ptr, r, 17, mask, ROW_PER_SAMPLE) * x + _c(coef_ptr, r, 18, mask, ROW_PER_SAMPLE) * x0
+                 + _c(coef_ptr, r, 19, mask, ROW_PER_SAMPLE) * m)
+            tl.store(ring_ptr + w * n + k, q.to(ring_ptr.dtype.element_ty), mask=mask)
+    if HAS_S:
+        tl.store(s_ptr + k, sn.to(s_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + k, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _rows_of(sampler: str, ac: torch.Tensor, t: torch.Tensor, p: torch.Tensor, options: dict) -> torch.Tensor:
-    """kernels.coefficients rows of steps (t, p) in float64 on ac's device, rounded once to float32."""
-    t, p = torch.broadcast_tensors(t, p)
-    ab_t, ab_p, final = KC.step_alphas(ac, t, p, xp=_TorchMath)
-    return KC.rows(sampler, ab_t, ab_p, final, xp=_TorchMath, **options).to(torch.float32).contiguous()
+# ----------------------------------------------------------------------------------------
+# The public ops: ddpm_step / ddim_step
+# ----------------------------------------------------------------------------------------
 
 
-def _chain_rows(sampler: str, ac: torch.Tensor, options: dict):
+def _chain_rows(row_fn, ac: torch.Tensor, options: dict):
     """The rows of every (t, t − 1), row t, per ᾱ table (Schedule.tables caches it per device)
     and options, built once on the device. A prev_t=None call then gathers its rows (one
-    index_select: 24–28 µs of host time per call for the rows, CPU tensors, loaded 2-core EPYC)
-    instead of running the ~38 small float64 ops of _rows_of (285–325 µs; on a GPU each is a
-    launch). None during a CUDA-graph capture before the table exists (never cache memory of a
-    graph's private pool)."""
+    index_select: 24–28 µs of host time per call, CPU tensors, loaded 2-core EPYC) instead of
+    running the ~40 small float64 ops of the row functions (285–325 µs; on a GPU each is a
+    launch). None during a CUDA-graph capture before the table exists (never cache memory of
+    a graph's private pool)."""
     def build():
         if ac.is_cuda and torch.cuda.is_current_stream_capturing():
             return None
         t = torch.arange(ac.shape[0], dtype=torch.int64, device=ac.device)
-        return _rows_of(sampler, ac, t, t - 1, options)
-    return KC.cached(ac, ("triton", sampler, tuple(sorted(options.items()))), build)
+        return _rows_of(row_fn, ac, t, t - 1, options)
+    return KC.cached(ac, ("triton", row_fn.__module__, tuple(sorted(options.items()))), build)
 
 
-def step_rows(sampler: str, launch, **options) -> torch.Tensor:
-    """The float32 [R, C] rows of a ddpm_step/ddim_step call on the data's device: R = 1 for a
-    uniform (t, t′), else B; ``options`` are kernels.coefficients.rows'. t and t′ are clamped
-    into the table, so a bad device value (unchecked: no sync) can never read out of bounds."""
-    _, args, kw = launch
-    t, p, ac, last_step = args[4], args[5], args[6], args[10]
-    t = t.to(torch.int64).clamp(0, last_step)
-    if kw["PREV_IS_T_MINUS_1"]:
-        chain = _chain_rows(sampler, ac, options)
-        if chain is not None:
-            return chain.index_select(0, t)
-        p = t - 1
-    else:
-        p = p.to(torch.int64).clamp(-1, last_step)
-    return _rows_of(sampler, ac, t, p, options)
+def _rows_of(row_fn, ac: torch.Tensor, t: torch.Tensor, p: torch.Tensor, options: dict) -> torch.Tensor:
+    """Rows of steps (t, p) in float64 on ac's device, rounded once to float32."""
+    t, p = torch.broadcast_tensors(t, p)
+    ab_t = ac[t]
+    ab_p = torch.where(p >= 0, ac[p.clamp(min=0)], torch.ones_like(ab_t))
+    return row_fn(ab_t, ab_p, p < 0, xp=TorchMath, **options).to(torch.float32).contiguous()
 
 
-def step_update(sampler: str, launch, *, clip=None, **options) -> None:
-    """ddpm_step/ddim_step: the call's coefficient rows, then one fused pass.
+def step_update(row_fn, launch, *, clip=None, **options) -> None:
+    """ddpm_step/ddim_step: the call's coefficient rows (``row_fn(ab_t, ab_p, final, …)`` of the
+    op's sampler module), then one fused pass. ``launch``: utils.StepLaunch of the call.
+    t and t′ are clamped into the table, so a bad device value (unchecked: no sync) can never
+    read out of bounds."""
+    L = launch
+    with on_device(L.x):
+        t = L.t.to(torch.int64).clamp(0, L.last_step)
+        rows = None
+        if L.prev_is_t_minus_1:
+            chain = _chain_rows(row_fn, L.alphas_cumprod, options)
+            if chain is not None:
+                rows = chain.index_select(0, t)
+        if rows is None:
+            p = t - 1 if L.prev_is_t_minus_1 else L.prev_t.to(torch.int64).clamp(-1, L.last_step)
+            rows = _rows_of(row_fn, L.alphas_cumprod, t, p, options)
+        _update_kernel[L.grid](
+            L.x, L.m, L.out, L.x, L.x, L.x, L.noise, rows, L.key, L.key, L.n, L.per_sample, rows.shape[0] - 1,
+            L.seed_word, L.stream_word, L.ctr_lo, L.ctr_hi, float(clip or 0.0),
+            HAS_CLIP=clip is not None, C=KC.NUM_COLUMNS, ROW_PER_SAMPLE=rows.shape[0] > 1, HAS_S=False, H=0,
+            NOISE=L.noise_mode, VAR=0, LOOP=False, KEY_ON_DEVICE=L.key_on_device, SHIFT=L.shift, IDX64=L.idx64,
+            BLOCK=L.block, num_warps=L.num_warps)
 
-    ``launch`` is what utils.step_launch returns for the call (grid, args, kwargs); ``options``
-    (prediction, and variance or eta) go to kernels.coefficients.rows.
-    """
-    grid, args, kw = launch
-    x_t, m, out, noise, _, _, _, key, n, per_sample = args[:10]
-    with on_device(x_t):
-        rows = step_rows(sampler, launch, **options)
-        _update_kernel[grid](
-            x_t, m, out, x_t, noise, rows, key, key, n, per_sample, rows.shape[0] - 1, *args[11:],
-            float(clip or 0.0), SAMPLER=SAMPLER_CODE[sampler], PRED=KC.PRED_CODE[options["prediction"]],
-            HAS_CLIP=clip is not None, C=NUM_COLUMNS[sampler], ROW_PER_SAMPLE=rows.shape[0] > 1, NOISE=kw["NOISE"],
-            LOOP=False, KEY_ON_DEVICE=kw["KEY_ON_DEVICE"], SHIFT=kw["SHIFT"], IDX64=kw["IDX64"], BLOCK=kw["BLOCK"],
-            num_warps=kw["num_warps"])
+
+# ----------------------------------------------------------------------------------------
+# The sampling loop
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoopBuffers:
+    """Per-batch device buffers of a run: the state s ([N], or None) and the history ring
+    ([ring, N], or None), zero-filled by ``reset``."""
+
+    s: torch.Tensor | None
+    ring: torch.Tensor | None
+
+    def reset(self) -> None:
+        for b in (self.s, self.ring):
+            if b is not None:
+                b.zero_()
 
 
 class LoopUpdate:
-    """The sampling loop's update for batches of one shape: one launch per step, in place.
+    """The sampling loop's update for batches of one shape: one launch per network call, in place.
 
-    coef: float32 [K, C] on the data's device (row k for loop step k); ctl: int64 [3] on the
-    same device holding (k, offset, seed) — the step index, the global noise offset of the
-    batch's first element, and the seed — read by the kernel, so nothing about a step is a
-    launch argument and a CUDA graph of it replays for every step and batch. ``shift`` =
-    offset & 3 is fixed per instance (a constexpr that keeps the loads aligned). Arguments
-    are validated by the caller once per run; a call does no checks.
+    coef: float32 [K, C] and slots: int64 [K, 4] on the data's device (row k for call k);
+    ctl: int64 [3] on the same device holding (k, offset, seed) — read by the kernel, so nothing
+    about a call is a launch argument and a CUDA graph of it replays for every call and batch.
+    ``shift`` = offset & 3 is fixed per instance (a constexpr that keeps the loads aligned).
+    The table's properties say which buffers exist (``has_state``, ``depth``, ``noise``,
+    ``variance``). Arguments are validated by the caller once per run; a call does no checks.
     """
 
-    def __init__(self, sampler: str, coef: torch.Tensor, ctl: torch.Tensor, numel: int, per_sample: int, *,
-                 prediction: str, clip=None, noise: bool, shift: int = 0):
-        if sampler not in SAMPLER_CODE:
-            raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLER_CODE))}; got {sampler!r}")
-        if coef.dtype != torch.float32 or coef.ndim != 2 or coef.shape[1] != NUM_COLUMNS[sampler]:
-            raise ValueError(f"coef must be float32 [K, {NUM_COLUMNS[sampler]}] for {sampler}, got "
-                             f"{coef.dtype} {tuple(coef.shape)}")
+    def __init__(self, coef: torch.Tensor, slots: torch.Tensor, ctl: torch.Tensor, numel: int, per_sample: int, *,
+                 clip=None, noise: bool, has_state: bool, depth: int, variance=None, shift: int = 0):
+        if coef.dtype != torch.float32 or coef.ndim != 2 or coef.shape[1] != KC.NUM_COLUMNS:
+            raise ValueError(f"coef must be float32 [K, {KC.NUM_COLUMNS}], got {coef.dtype} {tuple(coef.shape)}")
+        if slots.dtype != torch.int64 or slots.shape != (coef.shape[0], 4) or slots.device != coef.device:
+            raise ValueError(f"slots must be int64 [K, 4] = [{coef.shape[0]}, 4] on coef's device")
         if ctl.dtype != torch.int64 or ctl.shape != (3,) or ctl.device != coef.device:
             raise ValueError("ctl must be an int64 tensor [3] (k, offset, seed) on coef's device")
         if shift not in (0, 1, 2, 3):
             raise ValueError(f"shift must be offset & 3, got {shift!r}")
-        self.coef, self.ctl, self.numel, self.per_sample = coef.contiguous(), ctl, int(numel), int(per_sample)
+        if depth not in (0, 1, 2, 3) or variance not in VAR_MODES:
+            raise ValueError(f"depth must be 0-3 and variance one of {tuple(VAR_MODES)}")
+        self.coef, self.slots, self.ctl = coef.contiguous(), slots.contiguous(), ctl
+        self.numel, self.per_sample, self.depth, self.has_state = int(numel), int(per_sample), depth, has_state
         self.clip = float(clip or 0.0)
         block, warps = launch_config(self.numel)
         self.grid = grid_size(self.numel, shift, block)
-        self.kwargs = dict(SAMPLER=SAMPLER_CODE[sampler], PRED=KC.PRED_CODE[prediction], HAS_CLIP=clip is not None,
-                           C=NUM_COLUMNS[sampler], ROW_PER_SAMPLE=False, NOISE=2 if noise else 0, LOOP=True,
-                           KEY_ON_DEVICE=False, SHIFT=shift, IDX64=index_bits(self.numel, shift), BLOCK=block,
-                           num_warps=warps)
+        self.kwargs = dict(HAS_CLIP=clip is not None, C=KC.NUM_COLUMNS, ROW_PER_SAMPLE=False, HAS_S=has_state,
+                           H=depth, NOISE=NOISE_DRAWN if noise else NOISE_NONE, VAR=VAR_MODES[variance], LOOP=True,
+                           KEY_ON_DEVICE=False, SHIFT=shift, IDX64=index_bits(self.numel * max(1, depth + 1), shift),
+                           BLOCK=block, num_warps=warps)
         self.last_row = coef.shape[0] - 1
 
-    def __call__(self, x: torch.Tensor, model_output: torch.Tensor, x0_prev=None) -> None:
-        """x ← update(x, model_output) for step ctl[0]; dpmpp2m also x0_prev ← x̂0."""
+    def buffers(self, like: torch.Tensor) -> LoopBuffers:
+        """Zeroed per-batch buffers for x = ``like`` (state and ring, as this run needs)."""
+        s = torch.zeros_like(like) if self.has_state else None
+        ring = torch.zeros((self.depth + 1,) + tuple(like.shape), dtype=like.dtype, device=like.device) \
+            if self.depth else None
+        return LoopBuffers(s, ring)
+
+    def __call__(self, x: torch.Tensor, model_output: torch.Tensor, bufs: LoopBuffers) -> None:
+        """x ← the update of call ctl[0] from the model output (s and the ring updated too)."""
         if self.numel == 0:
             return
         with on_device(x):
-            _update_kernel[self.grid](x, model_output, x, x if x0_prev is None else x0_prev, x, self.coef, self.ctl,
-                                      self.ctl, self.numel, self.per_sample, self.last_row, 0, 0, 0, 0, self.clip,
-                                      **self.kwargs)
+            _update_kernel[self.grid](
+                x, model_output, x, x if bufs.s is None else bufs.s, x if bufs.ring is None else bufs.ring,
+                self.slots, x, self.coef, self.ctl, self.ctl, self.numel, self.per_sample, self.last_row, 0, 0, 0,
+                0, self.clip, **self.kwargs)

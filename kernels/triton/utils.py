@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -312,14 +313,39 @@ def load_steps(t_ptr, k, mask, per_sample, last_step, PER_SAMPLE: tl.constexpr, 
 # Shared launcher part of the reverse steps
 # ----------------------------------------------------------------------------------------
 
+@dataclass
+class StepLaunch:
+    """A validated ddpm_step / ddim_step call, by name (kernels/triton/update.step_update reads it)."""
+
+    grid: tuple
+    x: torch.Tensor
+    m: torch.Tensor
+    out: torch.Tensor
+    noise: torch.Tensor         # x when no noise is given
+    t: torch.Tensor             # int, 1 or B entries
+    prev_t: torch.Tensor        # t when prev_is_t_minus_1
+    prev_is_t_minus_1: bool
+    alphas_cumprod: torch.Tensor  # float64 on the device
+    key: torch.Tensor           # the Philox key on the device, or x
+    n: int
+    per_sample: int
+    last_step: int
+    seed_word: int
+    stream_word: int
+    ctr_lo: int
+    ctr_hi: int
+    noise_mode: int             # 0 none, 1 given, 2 drawn
+    key_on_device: bool
+    shift: int
+    idx64: bool
+    block: int
+    num_warps: int
+
+
 def step_launch(schedule, x_t, model_output, t, prev_t, noise, seed, stream, offset, out,
                 check_finite_: bool, *, noise_wanted: bool):
-    """Validate a reverse step and build the launch: returns (out, launch) where ``launch``
-    is None for an empty batch, else (grid, args, kwargs) shared by ddpm_step and ddim_step.
-
-    Kernel signature prefix: (x_ptr, m_ptr, out_ptr, noise_ptr, t_ptr, p_ptr, ac_ptr, key_ptr,
-    n, per_sample, last_step, seed_word, stream_word, ctr_lo, ctr_hi, …).
-    """
+    """Validate a reverse step: returns (out, launch) where ``launch`` is None for an empty batch,
+    else the :class:`StepLaunch` shared by ddpm_step and ddim_step."""
     x_t = check_data(x_t, "x_t")
     model_output = check_like(model_output, "model_output", x_t, "x_t")
     batch, per_sample = batch_shape(x_t, "x_t")
@@ -342,16 +368,12 @@ def step_launch(schedule, x_t, model_output, t, prev_t, noise, seed, stream, off
     prev_host = (ts.host - 1) if ps is None and ts.host is not None else (ps.host if ps is not None else None)
     final = prev_host is not None and bool(np.all(prev_host < 0))
     noise_mode = 0 if (not noise_wanted or final) else (1 if noise is not None else 2)
-    ac = schedule.tables(x_t.device, torch.float64)["alphas_cumprod"]
     block, warps = launch_config(n)
-    launch_args = (
-        x_t, model_output, out, noise if noise is not None else x_t, ts.tensor,
-        ps.tensor if ps is not None else ts.tensor, ac, args["key"] if args["key"] is not None else x_t,
-        n, per_sample, T - 1, args["seed_word"], args["stream_word"], args["ctr_lo"], args["ctr_hi"],
-    )
-    kwargs = dict(
-        T_PER_SAMPLE=ts.per_sample, P_PER_SAMPLE=ps.per_sample if ps is not None else ts.per_sample,
-        PREV_IS_T_MINUS_1=ps is None, NOISE=noise_mode, KEY_ON_DEVICE=args["KEY_ON_DEVICE"],
-        SHIFT=args["SHIFT"], IDX64=index_bits(n, args["SHIFT"]), BLOCK=block, num_warps=warps,
-    )
-    return out, (grid_size(n, args["SHIFT"], block), launch_args, kwargs)
+    return out, StepLaunch(
+        grid=grid_size(n, args["SHIFT"], block), x=x_t, m=model_output, out=out,
+        noise=noise if noise is not None else x_t, t=ts.tensor, prev_t=ps.tensor if ps is not None else ts.tensor,
+        prev_is_t_minus_1=ps is None, alphas_cumprod=schedule.tables(x_t.device, torch.float64)["alphas_cumprod"],
+        key=args["key"] if args["key"] is not None else x_t, n=n, per_sample=per_sample, last_step=T - 1,
+        seed_word=args["seed_word"], stream_word=args["stream_word"], ctr_lo=args["ctr_lo"], ctr_hi=args["ctr_hi"],
+        noise_mode=noise_mode, key_on_device=args["KEY_ON_DEVICE"], shift=args["SHIFT"],
+        idx64=index_bits(n, args["SHIFT"]), block=block, num_warps=warps)
