@@ -190,7 +190,7 @@ def torch_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu", pred
     """A plain torch DDPM loop (respaced as fastddpm's leading spacing), torch.randn noise."""
     import torch
 
-    from .kernels.coefficients import apply_row
+    from .kernels.coefficients import COL, apply_row
     from .sampling import make_plan
 
     plan = make_plan(schedule, "ddpm", steps, prediction=prediction)
@@ -203,8 +203,8 @@ def torch_loop(model, schedule, n, steps, batch_size, seed=0, device="cpu", pred
             x = torch.randn((b, *_shape(model)), generator=gen, device=device)
             for k, t in enumerate(plan.t.tolist()):
                 eps = model(x, torch.full((b,), t, dtype=torch.int64, device=device))
-                z = torch.randn(x.shape, generator=gen, device=device) if plan.prev_t[k] >= 0 else None
-                x = apply_row("ddpm", coef[k], x, eps, prediction, noise=z, xp=torch)[0]
+                z = torch.randn(x.shape, generator=gen, device=device) if plan.coef[k, COL["yz"]] != 0 else None
+                x = apply_row(coef[k], x, eps, z=z, xp=torch)[0]
             out.append(x)
     return torch.cat(out)
 
@@ -332,7 +332,7 @@ def bench_tiny(model, schedule, steps=1000, device="cpu", rounds=7, prediction="
     stride-0 t views under one inference_mode; ORT — ``bind_batch`` (IO binding, t [1]). That
     difference of two noisy times is checked by a direct one: the whole loop with a network
     that costs nothing (:class:`_NullNet`; per-run set-up included). Also timed alone (warm,
-    in a tight loop): the fused update call (``HostStepper.bind``'s step) and the NaN guard.
+    in a tight loop): the fused update call (``HostStepper.begin``'s step) and the NaN guard.
     """
     import torch
 
@@ -367,12 +367,11 @@ def bench_tiny(model, schedule, steps=1000, device="cpu", rounds=7, prediction="
     times = side_by_side(fns, rounds)
     med = {name: float(np.median(v)) for name, v in times.items()}
 
-    stepper = HostStepper(plan, schedule, "numba", 0)
+    stepper = HostStepper(plan, "numba", 0, np.float32)
     xs, ms = np.zeros((1, *shape), np.float32), np.zeros((1, *shape), np.float32)
-    stepper.reset(xs)
-    step = stepper.bind(xs, xs, 0)
+    step = stepper.begin(xs, 0)
     finite = finite_check(ms)
-    parts = {"update call (HostStepper.bind step)": lambda: [step(k, ms) for k in range(steps)],
+    parts = {"update call (HostStepper.begin step)": lambda: [step(k, ms) for k in range(steps)],
              "NaN guard call": lambda: [finite(ms) for _ in range(steps)]}
     for fn in parts.values():
         fn()

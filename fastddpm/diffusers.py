@@ -352,8 +352,8 @@ class FusedDDIMScheduler(_FusedScheduler):
 class FusedDPMSolverMultistepScheduler(_FusedScheduler):
     """diffusers' ``DPMSolverMultistepScheduler`` (DPM-Solver++ 2M) with each step one fused
     kernel: x′ = a·x_t + b·x̂0 + c·x̂0_prev, and x̂0_prev ← x̂0 in the same pass
-    (fastddpm.kernels.numba.dpmpp2m on CPU tensors; the Triton loop update on CUDA, after a copy
-    of x_t, since the kernel updates in place).
+    (the generic update kernel of fastddpm.kernels.numba.update on CPU tensors, the Triton
+    loop update on CUDA, after a copy of x_t, since the kernels update in place).
 
     Same constructor and config as ``DPMSolverMultistepScheduler``; supported: algorithm_type
     "dpmsolver++", solver_order 2, solver_type "midpoint", final_sigmas_type "zero",
@@ -395,7 +395,7 @@ class FusedDPMSolverMultistepScheduler(_FusedScheduler):
         self.sigmas = None
         self._step_index = self._begin_index = None
         self._plan = None
-        self._x0_prev = None
+        self._ring = None
         self.lower_order_nums = 0
 
     @property
@@ -422,7 +422,7 @@ class FusedDPMSolverMultistepScheduler(_FusedScheduler):
         ac = self.schedule.alphas_cumprod[ts]
         self.sigmas = torch.from_numpy(np.append(np.sqrt((1 - ac) / ac), 0.0).astype(np.float32))
         self._step_index = self._begin_index = None
-        self._x0_prev = None
+        self._ring = None
         self.lower_order_nums = 0
 
     def _init_step_index(self, t: int) -> None:
@@ -441,52 +441,63 @@ class FusedDPMSolverMultistepScheduler(_FusedScheduler):
         k = self._step_index
         if k >= len(self._ts):
             raise ValueError(f"step called {k + 1} times after set_timesteps({len(self._ts)}); call set_timesteps again")
-        cx, cm, a, b, c = self._plan.coef[k].tolist()
-        if self.lower_order_nums < 1:  # the run's first step is first order (b = φ = b + c of the row)
-            b, c = b + c, 0.0
+        row, slots = self._plan.coef[k], self._plan.table.slots()[k]
+        if self.lower_order_nums < 1 and k > 0:  # a run started mid-way (set_begin_index): first order, as diffusers
+            from .kernels import samplers
+
+            g = self._plan.grid
+            row = samplers.compile("dpmpp2m", samplers.Grid(g.t[k:k + 1], g.alpha_bar[k:k + 2]), self.prediction).rows[0]
         x = sample.detach().contiguous()
         m = _contiguous(model_output, x)
-        if self._x0_prev is None or self._x0_prev.shape != x.shape or self._x0_prev.dtype != x.dtype \
-                or self._x0_prev.device != x.device:
+        if self._ring is None or self._ring.shape[1:] != x.shape or self._ring.dtype != x.dtype \
+                or self._ring.device != x.device:
             if self.lower_order_nums:
                 raise ValueError(f"sample changed to {tuple(x.shape)} {x.dtype} {x.device} within a run; "
                                  "call set_timesteps before stepping a new batch")
-            self._x0_prev = torch.zeros_like(x)
-        y = self._update(x, m, (cx, cm, a, b, c))
+            self._ring = torch.zeros((self._plan.table.ring,) + tuple(x.shape), dtype=x.dtype, device=x.device)
+        y = self._update(x, m, row, slots)
         self.lower_order_nums = min(self.lower_order_nums + 1, 2)
         self._step_index += 1
         if not return_dict:
             return (y,)
         return SchedulerOutput(prev_sample=y)
 
-    def _update(self, x, m, row):
-        from .kernels.reference import PREDICTIONS
-
+    def _update(self, x, m, row, slots):
+        """One generic fused update from ``row`` with the history ring of this run (slots: write, h1)."""
         backend = self._backend(x)
         if backend == "auto":
             backend = "triton" if x.device.type == "cuda" else "numba"
+        ring = self._ring
         if backend == "triton":
             from .kernels.triton.update import LoopUpdate
 
             y = x.clone()  # the loop kernel updates in place; the caller keeps its sample
-            coef = torch.tensor([row], dtype=torch.float32, device=x.device)
+            coef = torch.as_tensor(row, dtype=torch.float32, device=x.device).reshape(1, -1)
+            sl = torch.as_tensor(slots, dtype=torch.int64, device=x.device).reshape(1, 4)
             ctl = torch.zeros(3, dtype=torch.int64, device=x.device)
             n = x.numel()
-            LoopUpdate("dpmpp2m", coef, ctl, n, n // max(1, x.shape[0]), prediction=self.prediction, clip=self.clip,
-                       noise=False)(y, m, self._x0_prev)
+            upd = LoopUpdate(coef, sl, ctl, n, n // max(1, x.shape[0]), clip=self.clip, noise=False, has_state=False,
+                             depth=self._plan.table.depth)
+            upd(y, m, upd.buffers(y).__class__(None, ring))
             return y
         if x.device.type != "cpu":
             raise ValueError(f"sample is on {x.device}; backend={backend!r} needs CPU tensors")
         if x.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"sample must be float32 or float64 on the CPU, got {x.dtype}")
-        y = torch.empty_like(x)
-        xf, mf, yf, pf = (v.numpy().reshape(-1) for v in (x, m, y, self._x0_prev))
+        y = x.clone()
+        yf, mf = y.numpy().reshape(-1), m.numpy().reshape(-1)
+        rf = ring.numpy().reshape(ring.shape[0], -1)
+        w, h1 = int(slots[0]), int(slots[1])
         if backend == "numba":
-            from .kernels.numba.dpmpp2m import dpmpp2m_update
+            from .kernels.numba.update import update
 
-            dpmpp2m_update(xf, mf, yf, pf, *row, PREDICTIONS.index(self.prediction), self.clip)
+            update(yf, mf, np.ascontiguousarray(row.reshape(1, -1), dtype=yf.dtype), np.zeros(1, np.int64),
+                   clip=self.clip, h=(rf[h1],), q=rf[w], per_sample=x.numel() // max(1, x.shape[0]))
         else:
-            from .sampling.steppers import dpmpp2m_update_reference
+            from .kernels import coefficients as KC
 
-            yf[...], pf[...] = dpmpp2m_update_reference(xf, mf, pf, *row, self.prediction, self.clip)
+            dt = yf.dtype.type
+            out, _, q = KC.apply_row(row.astype(yf.dtype), yf, mf, clip=None if self.clip is None else dt(self.clip),
+                                     h=(rf[h1],))
+            rf[w], yf[...] = q, out
         return y

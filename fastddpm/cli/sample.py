@@ -11,7 +11,8 @@ from ..sampling.engines import ENGINES
 from ..sampling.options import DEFAULTS, LOOP_BACKENDS
 from ..sampling.pipeline import OnnxSampler, Pipeline
 from ..sampling.plan import SAMPLERS
-from ..sampling.timesteps import SCHEDULE_SPACINGS, SPACINGS
+from ..kernels import samplers as _samplers
+from ..sampling.timesteps import ALL_SPACINGS
 
 
 def _spacing(value: str):
@@ -22,7 +23,7 @@ def _spacing(value: str):
         return [int(v) for v in value.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"must be one of {', '.join(SPACINGS + SCHEDULE_SPACINGS)} or a comma-separated list of timesteps, got {value!r}") from None
+            f"must be one of {', '.join(ALL_SPACINGS)} or a comma-separated list of timesteps, got {value!r}") from None
 
 
 def add_parser(subparsers, parents):
@@ -32,14 +33,27 @@ def add_parser(subparsers, parents):
                    help="checkpoint directory (fastddpm train output), or an ONNX file from fastddpm export")
     p.add_argument("--n", type=int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output .npy file (data space, float32 [n, ...])")
-    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS.sampler, help="sampling method")
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS.sampler,
+                   help="sampling method: " + "; ".join(f"{n}: {_samplers.description(n)}" for n in SAMPLERS))
     p.add_argument("--steps", type=int, default=DEFAULTS.steps,
-                   help="sampling steps (default: T for ddpm, 50 for ddim, 20 for dpmpp2m)")
+                   help="sampler steps (default: the sampler's: " + ", ".join(
+                       f"{n} {_samplers.defaults(n)['steps'] or 'T'}" for n in SAMPLERS) + "; heun makes 2 network "
+                        "calls per step)")
     p.add_argument("--spacing", type=_spacing, default=None,
-                   help="leading | trailing | linspace | logsnr | comma-separated timesteps (default: for a "
-                        "diffusers directory its scheduler's timestep_spacing, else the sampler's, "
-                        "fastddpm.sampling.plan.DEFAULT_SPACING)")
-    p.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM eta (0: deterministic)")
+                   help=" | ".join(ALL_SPACINGS) + " | comma-separated timesteps (default: for a diffusers "
+                        "directory its scheduler's timestep_spacing, else the sampler's: " + ", ".join(
+                            f"{n} {_samplers.defaults(n)['spacing']}" for n in SAMPLERS) + ")")
+    p.add_argument("--final", choices=_samplers.FINALS, default=DEFAULTS.final,
+                   help="where the run ends: zero (a clean sample) or sigma_min (the noise level of t = 0; deis' "
+                        "default)")
+    p.add_argument("--eta", type=float, default=DEFAULTS.eta,
+                   help="eta of ddim (default 0: deterministic) and euler-ancestral (default 1)")
+    p.add_argument("--variance", default=DEFAULTS.variance,
+                   help="ddpm's variance: fixed_small (default), fixed_large, or learned / learned_range for a "
+                        "network with a variance channel")
+    p.add_argument("--order", type=int, default=DEFAULTS.order, help="order of unipc and deis (default 2; 1-3)")
+    p.add_argument("--solver-type", default=DEFAULTS.solver_type,
+                   help="dpmpp*: midpoint | heun (default midpoint); unipc: bh1 | bh2 (default bh2)")
     p.add_argument("--clip", type=float, default=None,
                    help="clip the predicted x0 to [-CLIP, CLIP] (default: for a diffusers directory its scheduler's "
                         "clip_sample_range when clip_sample is set, else no clipping)")
@@ -74,7 +88,8 @@ def run(args) -> int:
         pipe = OnnxSampler(args.checkpoint, providers=providers)
     else:
         check_device(args.device)
-    options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
+    options = dict(sampler=args.sampler, steps=args.steps, final=args.final, eta=args.eta, variance=args.variance,
+                   order=args.order, solver_type=args.solver_type, seed=args.seed,
                    batch_size=args.batch_size, backend=args.backend, resume=args.resume,
                    overwrite=args.overwrite, progress=not args.quiet, dtype=args.dtype)
     # --spacing/--clip only when given: otherwise the Pipeline's defaults apply (a diffusers

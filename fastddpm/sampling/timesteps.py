@@ -203,14 +203,14 @@ def make_grid(schedule, sampler: str, steps=None, spacing=None, *, final=None, s
         sig = _sigma_spacing(ac, steps, spacing)
         t = np.round(sigma_to_t(sig, ac)).astype(np.int64)
         ab = 1.0 / (1.0 + sig * sig)
-    elif spacing == "linspace" and convention == "euler":  # EulerDiscreteScheduler: fractional timesteps
+    elif isinstance(spacing, str) and spacing == "linspace" and convention == "euler":  # EulerDiscreteScheduler: fractional timesteps
         _check_steps(T, steps)
         frac = np.linspace(0, T - 1, steps)[::-1]
         sig = np.interp(frac, np.arange(T), _sigmas_ve(ac))
         t = np.round(frac).astype(np.int64)
         ab = 1.0 / (1.0 + sig * sig)
     else:
-        if spacing == "logsnr":
+        if isinstance(spacing, str) and spacing == "logsnr":
             t = logsnr_timesteps(ac, steps)
         else:
             t = timesteps(T, steps, spacing, convention="ddim" if convention == "euler" else convention,
