@@ -250,7 +250,7 @@ class SamplingRun:
         shape, ts = (B,) + self.out_shape, self.timesteps
         with (_inference_mode() if self.kind == "torch" else _null()):
             net = self.network.bind(x)
-            finite = finite_check(x) if self.check_finite else None
+            finite = finite_check(np.empty(shape, self.dtype)) if self.check_finite else None
             for k in range(K):
                 m = net(k)
                 if m.shape != shape:

@@ -88,20 +88,18 @@ class HostStepper:
         xf = x.reshape(-1)
         if self.backend == "numpy":
             return self._numpy_step(x, s, ring, offset, per_sample)
-        from ..kernels.numba.update import compiled, launch_args
+        from ..kernels.numba.update import bind, launch_args
 
-        launch = compiled(x.size)  # the serial compile below PARALLEL_MIN_ELEMENTS
-        tails = []
+        calls = []
         for k in range(self.plan.num_steps):
             w, hs = self.slots[k, 0], self.slots[k, 1:1 + self.depth]
-            _, args = launch_args(xf, xf, self.coef, self._ridx[k], clip=self.plan.clip, s=s,
-                                  h=tuple(ring[j] for j in hs), q=ring[w] if w >= 0 else None,
-                                  draw_noise=self.draws[k], seed=self.seed, stream=k + 1, offset=offset,
-                                  per_sample=per_sample, variance=self.variance)
-            tails.append(args[2:])
+            calls.append(bind(*launch_args(xf, xf, self.coef, self._ridx[k], clip=self.plan.clip, s=s,
+                                           h=tuple(ring[j] for j in hs), q=ring[w] if w >= 0 else None,
+                                           draw_noise=self.draws[k], seed=self.seed, stream=k + 1, offset=offset,
+                                           per_sample=per_sample, variance=self.variance)))
 
         def step(k, m):
-            launch(xf, m.reshape(-1), *tails[k])
+            calls[k](m.reshape(-1))
         return step
 
     def _numpy_step(self, x, s, ring, offset, per_sample):

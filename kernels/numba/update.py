@@ -188,7 +188,13 @@ def update(x, m, coef, ridx, **kw) -> None:
     _update_kernel(n, *args)
 
 
-def compiled(n: int):
-    """The compiled kernel for calls of n elements (serial below PARALLEL_MIN_ELEMENTS): bound once
-    by a caller that makes many calls of one size, then called with launch_args(...)[1]."""
-    return _update_kernel.pick(n)
+def bind(n: int, args: tuple):
+    """``call(m)``: the kernel on ``launch_args``' arguments (n, args) with the model output m in
+    place of the one given there — for a caller that makes many calls of one size with
+    everything but m fixed (the sampling loop binds each call of a batch once). The compiled
+    version is picked once (serial below PARALLEL_MIN_ELEMENTS)."""
+    f = _update_kernel.pick(n)
+    x, tail = args[0], args[3:]
+    if args[2] is None:
+        return lambda m: f(x, m, None, *tail)
+    return lambda m: f(x, m, m, *tail)  # the variance channel is read from m itself

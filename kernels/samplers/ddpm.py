@@ -10,10 +10,11 @@ learned_range exp(frac·log β_c + (1 − frac)·log β̃) with frac = (v + 1)/2
 and learned v itself (σ = √v, as diffusers' DDPMScheduler reads it). The *_log names are the same
 variances computed in log space (diffusers' fixed_small_log; Glide's fixed_large_log).
 
-Its table (T = 1000 linear, 4 steps "leading", ε-prediction, fixed_small), from ``describe()``:
-    k=0 t=750: cx=… cm=… yx=0.0313 y0=0.278 yz=0.792
-    …
-    k=3 t=0: cx=1.00005 cm=-0.01 y0=1
+Its table (T = 1000 linear, 4 steps "leading", ε-prediction, fixed_small), from ``Table.describe()``:
+    k=0 t=750: cx=17.4073 cm=-17.3786 yx=0.190568 y0=0.267973 yz=0.94128
+    k=1 t=500: cx=3.58525 cm=-3.44297 yx=0.200452 y0=0.666186 yz=0.664471
+    k=2 t=250: cx=1.38486 cm=-0.958034 yx=0.000150892 y0=0.999841 yz=0.00999946
+    k=3 t=0: cx=1.00005 cm=-0.0100005 y0=1
 Row k reads x and m only: 12 bytes per element in float32.
 """
 from __future__ import annotations
