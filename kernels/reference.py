@@ -12,6 +12,10 @@ Conventions (docs/core.md, "Reproducibility promise"):
 
 Each public function states the bytes it moves per element (float32), which is what the
 benchmarks count as "useful" traffic.
+
+``sample_run`` (last section) restates every sampler as a whole run, one short function per
+sampler in k-diffusion's style, from its anchor's math (diffusers' schedulers); it never reads
+a coefficient table. tests/test_reference_samplers.py checks each against its anchor.
 """
 from __future__ import annotations
 
@@ -461,6 +465,9 @@ def sample_ddpm(model, x, t, alpha_bar, noise, prediction, clip, variance="fixed
             frac = (v + f(1)) / f(2)
             sigma = np.exp(f(0.5) * (frac * f(np.log(beta)) + (f(1) - frac) * f(np.log(beta_tilde))))
         else:
+            if np.any(v < 0):
+                raise ValueError(f"variance='learned' reads the network's second half as σ²; "
+                                 f"it has values < 0 at t={int(t[i])}")
             sigma = np.sqrt(v)
         x = x + sigma * _normal(noise, i, x)
     return x
@@ -478,6 +485,8 @@ def sample_ddim(model, x, t, alpha_bar, noise, prediction, clip, eta=0.0, clippe
     num_train_timesteps // num_inference_steps``), which is the next visited step only for a
     uniform stride of T//N ("leading", or "trailing" with N | T); this function steps along the grid.
     """
+    if not eta >= 0:
+        raise ValueError(f"eta must be ≥ 0, got {eta!r}")
     n = len(t)
     for i in range(n):
         a, a_next = alpha_bar[i], alpha_bar[i + 1]
@@ -559,6 +568,19 @@ def _dpm_coefficients(h, k, sde, solver_type):
     return 1.0, cs, (np.sqrt(np.expm1(2.0 * h)) if sde else 0.0)
 
 
+def _check_dpm_options(algorithm, solver_type, sde, order, alpha_bar):
+    if algorithm not in DPM_ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {DPM_ALGORITHMS}, got {algorithm!r}")
+    if solver_type not in DPM_SOLVER_TYPES:
+        raise ValueError(f"solver_type must be one of {DPM_SOLVER_TYPES}, got {solver_type!r}")
+    if algorithm == "dpmsolver" and alpha_bar[-1] == 1.0:
+        raise ValueError("algorithm='dpmsolver' (noise prediction) needs a final ᾱ < 1 (sigma_min)")
+    if algorithm == "dpmsolver" and sde and order > 2:
+        # diffusers' multistep_dpm_solver_third_order_update has no "sde-dpmsolver" branch
+        # (UnboundLocalError on x_t).
+        raise ValueError("algorithm='dpmsolver' has no third-order SDE step (diffusers neither)")
+
+
 def sample_dpmsolver_multistep(model, x, t, alpha_bar, noise, prediction, clip, order, sde,
                                algorithm="dpmsolver++", solver_type="midpoint",
                                lower_order_final=True, euler_at_final=False):
@@ -573,14 +595,7 @@ def sample_dpmsolver_multistep(model, x, t, alpha_bar, noise, prediction, clip, 
     (≥ 15 steps, so not lowered) gives NaN: r0 = r1 = h_0/0 = ∞ and r0/(r0 + r1) = ∞/∞
     (scheduling_dpmsolver_multistep.py, ``D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)``).
     """
-    if algorithm not in DPM_ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {DPM_ALGORITHMS}, got {algorithm!r}")
-    if solver_type not in DPM_SOLVER_TYPES:
-        raise ValueError(f"solver_type must be one of {DPM_SOLVER_TYPES}, got {solver_type!r}")
-    if algorithm == "dpmsolver" and alpha_bar[-1] == 1.0:
-        raise ValueError("algorithm='dpmsolver' (noise prediction) needs a final ᾱ < 1 (sigma_min)")
-    if algorithm == "dpmsolver" and sde and order > 2:
-        raise ValueError("algorithm='dpmsolver' has no third-order SDE step (diffusers neither)")
+    _check_dpm_options(algorithm, solver_type, sde, order, alpha_bar)
     n, lam = len(t), _half_log_snr(alpha_bar)
     alpha, sigma = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
     ms = []
@@ -589,11 +604,11 @@ def sample_dpmsolver_multistep(model, x, t, alpha_bar, noise, prediction, clip, 
         out = _network(model, x, t[i])
         if algorithm == "dpmsolver++":
             ms.append(_denoised(x, out, a, prediction, clip))
-        elif clip is None:
-            ms.append(_eps_from_output(x, out, a, prediction))
         else:
-            x0 = _clip(_denoised(x, _eps_from_output(x, out, a, prediction), a, "epsilon", None), clip)
-            ms.append(_eps_from_x0(x, x0, a))
+            eps = _eps_from_output(x, out, a, prediction)
+            if clip is not None:  # as diffusers' thresholding: x̂0 from ε̂, clipped, ε̂ back
+                eps = _eps_from_x0(x, _denoised(x, eps, a, "epsilon", clip), a)
+            ms.append(eps)
         h = lam[i + 1] - lam[i]
         if h == 0:  # a null step (ᾱ′ = ᾱ) is the identity, the h → 0 limit of every order
             continue
@@ -755,6 +770,8 @@ def sample_euler_ancestral(model, x, t, alpha_bar, noise, prediction, clip, eta=
         ρ↑ = min(ρ′, η·√(ρ′²(ρ² − ρ′²)/ρ²)),  ρ↓ = √(ρ′² − ρ↑²),
         X′ = X + (ρ↓ − ρ)·(X − x̂0)/ρ + ρ↑·z,  x′ = √ᾱ′·X′.
     """
+    if not eta >= 0:
+        raise ValueError(f"eta must be ≥ 0, got {eta!r}")
     rho = _ve(alpha_bar)
     f = x.dtype.type
     for i in range(len(t)):
