@@ -691,6 +691,17 @@ def test_ddim_eta_0_draws_no_noise_and_ddpm_is_ddim_eta_1_fixed_small():
     np.testing.assert_allclose(ddim, ddpm, rtol=0, atol=1e-11)
 
 
+@pytest.mark.parametrize("name", [n for n in R.SAMPLER_NAMES if n != "deis"])
+def test_clip_bounds_x0_for_every_sampler(name):
+    # No anchor clips for dpmpp*, unipc, euler and euler-ancestral; all of them end at σ = 0 on
+    # x̂0 of the last call, so a network whose x̂0 is always 5 ends at the clip value 0.75.
+    case = euler_case("sample", 7)
+    x_T, zs = x_T_and_noise(2 * len(case.t))
+    out = R.sample_run(name, lambda x, t: np.full_like(x, 5.0), x_T, case.t, case.alpha_bar,
+                       lambda k, shape: zs[k], "sample", clip=0.75)
+    np.testing.assert_allclose(out, 0.75, rtol=0, atol=4 * U32)
+
+
 def test_the_comparison_can_fail():
     # A wrong option on the reference's side only (midpoint vs heun, one corrector dropped, an
     # order lower, the noise missing from diffusers) is ≥ 1000× the float32 tolerance.
