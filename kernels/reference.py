@@ -12,6 +12,10 @@ Conventions (docs/core.md, "Reproducibility promise"):
 
 Each public function states the bytes it moves per element (float32), which is what the
 benchmarks count as "useful" traffic.
+
+``sample_run`` (last section) restates every sampler as a whole run, one short function per
+sampler in k-diffusion's style, from its anchor's math (diffusers' schedulers); it never reads
+a coefficient table. tests/test_reference_samplers.py checks each against its anchor.
 """
 from __future__ import annotations
 
@@ -307,3 +311,558 @@ def dpmpp2m_update(x_t, model_output, x0_prev, cx, cm, a, b, c, prediction, clip
     if clip is not None:
         x0 = np.clip(x0, dt(-clip), dt(clip))
     return dt(a) * x_t + dt(b) * x0 + dt(c) * x0_prev, x0
+
+
+# ----------------------------------------------------------------------------------------
+# Whole-run reference samplers (issue 23: every sampler, restated from its anchor's math)
+# ----------------------------------------------------------------------------------------
+#
+# A run walks a *grid*: ``t`` int [N], the descending timesteps fed to the network, and
+# ``alpha_bar`` float64 [N+1], ᾱ at each visited point and last at the final point (1.0 for a
+# final σ of 0, diffusers' final_sigmas_type="zero"; ᾱ_0 for "sigma_min"). Step i goes from
+# alpha_bar[i] (written ᾱ) to alpha_bar[i+1] (ᾱ′). With α = √ᾱ, σ = √(1−ᾱ): λ = log(α/σ) is
+# the half log-SNR and ρ = σ/α = √((1−ᾱ)/ᾱ) the VE noise level (diffusers' ``sigmas``).
+#
+# Each sampler is one short function in the style of k-diffusion's sampling.py. Data arithmetic
+# is in x_T's dtype (float32 in the engine; float64 lets the tests check the math itself);
+# every scalar is computed in float64 and rounded once to that dtype where it meets the data.
+# ``model(x, t_int)`` is the network, ``noise(k, shape)`` the standard normals of network call k.
+#
+# Where diffusers (the anchor) differs, the function says so: see sample_ddpm (noise on a last
+# step with t > 0), sample_ddim (the stride it steps by), sample_unipc (bh1 at a final σ of 0).
+
+SAMPLER_NAMES = (
+    "ddpm", "ddim", "dpmpp2m", "dpmpp3m", "dpmpp2m-sde", "dpmpp3m-sde", "unipc", "deis",
+    "euler", "euler-ancestral", "heun",
+)
+DDPM_VARIANCES = ("fixed_small", "fixed_large", "learned_range", "learned")
+DPM_ALGORITHMS = ("dpmsolver++", "dpmsolver")
+DPM_SOLVER_TYPES = ("midpoint", "heun")
+UNIPC_SOLVER_TYPES = ("bh1", "bh2")
+# diffusers' DPM-Solver and DEIS only lower the order of the last two steps of short runs.
+LOWER_ORDER_FINAL_MAX_STEPS = 15
+
+
+def _lincomb(dtype, *terms):
+    """Σ c·y over (c, y) pairs: float64 scalars c rounded to the data dtype, summed in order."""
+    f = np.dtype(dtype).type
+    out = None
+    for c, y in terms:
+        term = f(c) * y
+        out = term if out is None else out + term
+    return out
+
+
+def _clip(x0, clip):
+    if clip is None:
+        return x0
+    f = x0.dtype.type
+    return np.clip(x0, f(-clip), f(clip))
+
+
+def _network(model, x, t_i, width=None):
+    """The network's output at (x, t_i) in x's dtype, shape-checked ([B, width] when given)."""
+    out = np.asarray(model(x, int(t_i)))
+    expected = x.shape if width is None else (x.shape[0], width)
+    if out.shape != expected:
+        raise ValueError(f"model output has shape {out.shape}, expected {expected} at t={int(t_i)}")
+    return out.astype(x.dtype, copy=False)
+
+
+def _normal(noise, k, x):
+    z = np.asarray(noise(k, x.shape))
+    if z.shape != x.shape:
+        raise ValueError(f"noise({k}, {x.shape}) returned shape {z.shape}")
+    return z.astype(x.dtype, copy=False)
+
+
+def _denoised(x, out, ab, prediction, clip):
+    """x̂0 from the network output at ᾱ, then clipped to [−c, c] when clip = c is given.
+
+    epsilon: (x − √(1−ᾱ)·ε̂)/√ᾱ;  v_prediction: √ᾱ·x − √(1−ᾱ)·v̂;  sample: the output itself.
+    """
+    f = x.dtype.type
+    if prediction == "epsilon":
+        x0 = (x - f(np.sqrt(1.0 - ab)) * out) / f(np.sqrt(ab))
+    elif prediction == "v_prediction":
+        x0 = f(np.sqrt(ab)) * x - f(np.sqrt(1.0 - ab)) * out
+    elif prediction == "sample":
+        x0 = out.copy()
+    else:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    return _clip(x0, clip)
+
+
+def _eps_from_output(x, out, ab, prediction):
+    """ε̂ read from the network output: ε̂ itself; v: √ᾱ·v̂ + √(1−ᾱ)·x; sample: (x − √ᾱ·out)/√(1−ᾱ)."""
+    f = x.dtype.type
+    if prediction == "epsilon":
+        return out
+    if prediction == "v_prediction":
+        return f(np.sqrt(ab)) * out + f(np.sqrt(1.0 - ab)) * x
+    return _eps_from_x0(x, out, ab)
+
+
+def _eps_from_x0(x, x0, ab):
+    """ε̂ = (x − √ᾱ·x̂0)/√(1−ᾱ)."""
+    f = x.dtype.type
+    return (x - f(np.sqrt(ab)) * x0) / f(np.sqrt(1.0 - ab))
+
+
+def _half_log_snr(alpha_bar):
+    """λ = log(√ᾱ/√(1−ᾱ)), +∞ where ᾱ = 1 (a final σ of 0)."""
+    alpha_bar = np.asarray(alpha_bar, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(alpha_bar < 1.0, 0.5 * np.log(alpha_bar / (1.0 - alpha_bar)), np.inf)
+
+
+def _multistep_order(i, n, order, lower_order_final, final_first_order):
+    """diffusers' DPM-Solver/DEIS order at step i of n: warm-up min(order, i+1); the last step
+    first order when ``final_first_order`` (a final σ of 0, or euler_at_final) or when
+    lower_order_final and n < 15; the one before it at most second order in that short case."""
+    short = lower_order_final and n < LOWER_ORDER_FINAL_MAX_STEPS
+    if i == n - 1 and (final_first_order or short):
+        return 1
+    k = min(order, i + 1)
+    if i == n - 2 and short:
+        k = min(k, 2)
+    return k
+
+
+def sample_ddpm(model, x, t, alpha_bar, noise, prediction, clip, variance="fixed_small"):
+    """Ancestral sampling (Ho et al. 2020; diffusers' DDPMScheduler.step), step ᾱ → ᾱ′:
+
+        β = 1 − ᾱ/ᾱ′,  μ = √ᾱ′·β/(1−ᾱ)·x̂0 + √(ᾱ/ᾱ′)·(1−ᾱ′)/(1−ᾱ)·x,  x′ = μ + σ·z,
+        σ² = β̃ = max((1−ᾱ′)/(1−ᾱ)·β, 1e-20) (fixed_small),  β (fixed_large),
+             exp(f·log β + (1−f)·log β̃) with f = (v+1)/2 (learned_range),  v (learned),
+
+    v being the second half of a [B, 2D] network output [mean | v]. No noise on the last step
+    (fastddpm's contract). diffusers adds σ·z whenever t > 0 (scheduling_ddpm.py, ``if t > 0:``):
+    for fixed_small that is σ = 1e-10 at a last step to ᾱ′ = 1, but for fixed_large,
+    learned_range and learned on a respaced run whose last t is > 0 (e.g. "trailing") it adds a
+    real σ·z that fastddpm does not.
+    """
+    if variance not in DDPM_VARIANCES:
+        raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {variance!r}")
+    f, d, n = x.dtype.type, x.shape[1], len(t)
+    learned = variance in ("learned", "learned_range")
+    for i in range(n):
+        a, a_next = alpha_bar[i], alpha_bar[i + 1]
+        out = _network(model, x, t[i], 2 * d if learned else None)
+        out, v = (out[:, :d], out[:, d:]) if learned else (out, None)
+        x0 = _denoised(x, out, a, prediction, clip)
+        beta = 1.0 - a / a_next
+        x = _lincomb(x.dtype, (np.sqrt(a_next) * beta / (1.0 - a), x0),
+                     (np.sqrt(a / a_next) * (1.0 - a_next) / (1.0 - a), x))
+        if i == n - 1:
+            break
+        beta_tilde = max((1.0 - a_next) / (1.0 - a) * beta, FIXED_SMALL_MIN_VARIANCE)
+        if variance == "fixed_small":
+            sigma = f(np.sqrt(beta_tilde))
+        elif variance == "fixed_large":
+            sigma = f(np.sqrt(beta))
+        elif variance == "learned_range":
+            frac = (v + f(1)) / f(2)
+            sigma = np.exp(f(0.5) * (frac * f(np.log(beta)) + (f(1) - frac) * f(np.log(beta_tilde))))
+        else:
+            if np.any(v < 0):
+                raise ValueError(f"variance='learned' reads the network's second half as σ²; "
+                                 f"it has values < 0 at t={int(t[i])}")
+            sigma = np.sqrt(v)
+        x = x + sigma * _normal(noise, i, x)
+    return x
+
+
+def sample_ddim(model, x, t, alpha_bar, noise, prediction, clip, eta=0.0, clipped_eps=False):
+    """DDIM(η) (Song et al. 2021, eq. 12 and 16; diffusers' DDIMScheduler.step), step ᾱ → ᾱ′:
+
+        σ = η·√((1−ᾱ′)/(1−ᾱ))·√(1 − ᾱ/ᾱ′),  x′ = √ᾱ′·x̂0 + √(1−ᾱ′−σ²)·ε̂ + σ·z,
+
+    ε̂ read from the network output (diffusers' use_clipped_model_output=False: for v √ᾱ·v̂ +
+    √(1−ᾱ)·x, for sample from the unclipped x̂0) or, with clipped_eps, (x − √ᾱ·x̂0)/√(1−ᾱ) from
+    the clipped x̂0. Noise on every step when η > 0 (σ = 0 on a last step to ᾱ′ = 1).
+    diffusers' DDIM steps from t to t − T//N (scheduling_ddim.py, ``prev_timestep = timestep -
+    num_train_timesteps // num_inference_steps``), which is the next visited step only for a
+    uniform stride of T//N ("leading", or "trailing" with N | T); this function steps along the grid.
+    """
+    if not eta >= 0:
+        raise ValueError(f"eta must be ≥ 0, got {eta!r}")
+    n = len(t)
+    for i in range(n):
+        a, a_next = alpha_bar[i], alpha_bar[i + 1]
+        out = _network(model, x, t[i])
+        x0 = _denoised(x, out, a, prediction, None)
+        eps = _eps_from_output(x, out, a, prediction)
+        x0 = _clip(x0, clip)
+        if clipped_eps:
+            eps = _eps_from_x0(x, x0, a)
+        sigma = eta * np.sqrt((1.0 - a_next) / (1.0 - a)) * np.sqrt(1.0 - a / a_next)
+        if 1.0 - a_next - sigma**2 < 0:
+            raise ValueError(f"eta={eta} is too large for this grid: 1 − ᾱ′ − σ² < 0 at step {i}")
+        x = _lincomb(x.dtype, (np.sqrt(a_next), x0), (np.sqrt(1.0 - a_next - sigma**2), eps))
+        if eta > 0:
+            x = x + x.dtype.type(sigma) * _normal(noise, i, x)
+    return x
+
+
+def _dpm_differences(ms, lam, i, k, dtype):
+    """DPM-Solver's backward differences of the history ms (newest last) at step i, order k:
+    D0 = m0; D1 = (m0 − m1)/r0 (k = 2); for k = 3 D1 = D1_0 + r0/(r0+r1)·(D1_0 − D1_1) and
+    D2 = (D1_0 − D1_1)/(r0+r1), with D1_j = (m_j − m_{j+1})/r_j, r_j = (λ_{i−j} − λ_{i−j−1})/h."""
+    h = lam[i + 1] - lam[i]
+    m0 = ms[-1]
+    if k == 1:
+        return m0, None, None
+    r0 = (lam[i] - lam[i - 1]) / h
+    d1_0 = _lincomb(dtype, (1.0 / r0, m0 - ms[-2]))
+    if k == 2:
+        return m0, d1_0, None
+    r1 = (lam[i - 1] - lam[i - 2]) / h
+    d1_1 = _lincomb(dtype, (1.0 / r1, ms[-2] - ms[-3]))
+    d1 = d1_0 + _lincomb(dtype, (r0 / (r0 + r1), d1_0 - d1_1))
+    return m0, d1, _lincomb(dtype, (1.0 / (r0 + r1), d1_0 - d1_1))
+
+
+def _dpmpp_coefficients(h, k, sde, solver_type):
+    """DPM-Solver++ (data prediction) step of order k as (c_x, [c_D0 … c_D(k−1)], c_z), with the
+    σ′/σ of x and the α′ of the D terms and σ′ of z factored out; φ = e^{−h} − 1 (ODE) or
+    1 − e^{−2h} (SDE):
+
+    ODE: x′ = (σ′/σ)·x − α′φ·D0 − ½α′φ·D1 (midpoint) | + α′(φ/h + 1)·D1 (heun, 3rd order)
+             − α′((φ + h)/h² − ½)·D2
+    SDE: x′ = (σ′/σ)e^{−h}·x + α′φ·D0 + ½α′φ·D1 (midpoint) | + α′(φ/(−2h) + 1)·D1
+             + α′((φ − 2h)/(2h)² − ½)·D2 + σ′√φ·z
+    """
+    midpoint = k == 2 and solver_type == "midpoint"
+    if not sde:
+        phi = np.expm1(-h)
+        cs = [-phi]
+        if k >= 2:
+            cs.append(-0.5 * phi if midpoint else phi / h + 1.0)
+        if k == 3:
+            cs.append(-((phi + h) / h**2 - 0.5))
+        return 1.0, cs, 0.0
+    phi = -np.expm1(-2.0 * h)
+    cs = [phi]
+    if k >= 2:
+        cs.append(0.5 * phi if midpoint else phi / (-2.0 * h) + 1.0)
+    if k == 3:
+        cs.append((phi - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
+    return np.exp(-h), cs, np.sqrt(phi)
+
+
+def _dpm_coefficients(h, k, sde, solver_type):
+    """The same for DPM-Solver (noise prediction), with α′/α of x and σ′ of the D terms and z
+    factored out; ψ = e^{h} − 1 (diffusers has no third-order noise-prediction SDE step):
+
+    ODE: x′ = (α′/α)·x − σ′ψ·D0 − ½σ′ψ·D1 (midpoint) | − σ′(ψ/h − 1)·D1 − σ′((ψ − h)/h² − ½)·D2
+    SDE: x′ = (α′/α)·x − 2σ′ψ·D0 − σ′ψ·D1 (midpoint) | − 2σ′(ψ/h − 1)·D1 + σ′√(e^{2h} − 1)·z
+    """
+    psi = np.expm1(h)
+    scale = 2.0 if sde else 1.0
+    cs = [-scale * psi]
+    if k >= 2:
+        cs.append(-0.5 * scale * psi if (k == 2 and solver_type == "midpoint") else -scale * (psi / h - 1.0))
+    if k == 3:
+        cs.append(-((psi - h) / h**2 - 0.5))
+    return 1.0, cs, (np.sqrt(np.expm1(2.0 * h)) if sde else 0.0)
+
+
+def _check_dpm_options(algorithm, solver_type, sde, order, alpha_bar):
+    if algorithm not in DPM_ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {DPM_ALGORITHMS}, got {algorithm!r}")
+    if solver_type not in DPM_SOLVER_TYPES:
+        raise ValueError(f"solver_type must be one of {DPM_SOLVER_TYPES}, got {solver_type!r}")
+    if algorithm == "dpmsolver" and alpha_bar[-1] == 1.0:
+        raise ValueError("algorithm='dpmsolver' (noise prediction) needs a final ᾱ < 1 (sigma_min)")
+    if algorithm == "dpmsolver" and sde and order > 2:
+        # diffusers' multistep_dpm_solver_third_order_update has no "sde-dpmsolver" branch
+        # (UnboundLocalError on x_t).
+        raise ValueError("algorithm='dpmsolver' has no third-order SDE step (diffusers neither)")
+
+
+def sample_dpmsolver_multistep(model, x, t, alpha_bar, noise, prediction, clip, order, sde,
+                               algorithm="dpmsolver++", solver_type="midpoint",
+                               lower_order_final=True, euler_at_final=False):
+    """Multistep DPM-Solver++ (Lu et al. 2022b) and DPM-Solver (2022a), ODE or SDE, orders 1–3 —
+    diffusers' DPMSolverMultistepScheduler (algorithm_type "dpmsolver++"/"sde-dpmsolver++",
+    "dpmsolver"/"sde-dpmsolver"), formulas in _dpmpp_coefficients / _dpm_coefficients, on the
+    history of x̂0 (++: clipped) or ε̂ (noise prediction: from the output, or recomputed from the
+    clipped x̂0 when clip is given), h = λ′ − λ. Order rules in _multistep_order; the SDE draws
+    z at every step (the last step's σ′·√(1 − e^{−2h}) is 0 at a final σ of 0).
+    A step with h = 0 leaves x as it is. diffusers' karras grids with final_sigmas_type
+    "sigma_min" end with one (their last karras σ is σ_min already); there its third-order step
+    (≥ 15 steps, so not lowered) gives NaN: r0 = r1 = h_0/0 = ∞ and r0/(r0 + r1) = ∞/∞
+    (scheduling_dpmsolver_multistep.py, ``D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)``).
+    """
+    _check_dpm_options(algorithm, solver_type, sde, order, alpha_bar)
+    n, lam = len(t), _half_log_snr(alpha_bar)
+    alpha, sigma = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
+    ms = []
+    for i in range(n):
+        a = alpha_bar[i]
+        out = _network(model, x, t[i])
+        if algorithm == "dpmsolver++":
+            ms.append(_denoised(x, out, a, prediction, clip))
+        else:
+            eps = _eps_from_output(x, out, a, prediction)
+            if clip is not None:  # as diffusers' thresholding: x̂0 from ε̂, clipped, ε̂ back
+                eps = _eps_from_x0(x, _denoised(x, eps, a, "epsilon", clip), a)
+            ms.append(eps)
+        h = lam[i + 1] - lam[i]
+        if h == 0:  # a null step (ᾱ′ = ᾱ) is the identity, the h → 0 limit of every order
+            continue
+        k = _multistep_order(i, n, order, lower_order_final, alpha_bar[-1] == 1.0 or euler_at_final)
+        d0, d1, d2 = _dpm_differences(ms, lam, i, k, x.dtype)
+        if algorithm == "dpmsolver++":
+            cx, cs, cz = _dpmpp_coefficients(h, k, sde, solver_type)
+            cx, scale = cx * sigma[i + 1] / sigma[i], alpha[i + 1]
+        else:
+            cx, cs, cz = _dpm_coefficients(h, k, sde, solver_type)
+            cx, scale = cx * alpha[i + 1] / alpha[i], sigma[i + 1]
+        terms = [(cx, x)] + [(scale * c, dk) for c, dk in zip(cs, (d0, d1, d2))]
+        terms += [(sigma[i + 1] * cz, _normal(noise, i, x))] if sde else []
+        x = _lincomb(x.dtype, *terms)
+    return x
+
+
+def _unipc_update(x, ms, lams, lam_next, alpha_next, sigma_next, sigma_now, solver_type, m_new=None):
+    """One UniP (predictor, m_new None) or UniC (corrector) update of order p = len(ms) (Zhao et
+    al. 2023, Algorithms 2–3, B(h) variants; diffusers' multistep_uni_p/c_bh_update, predict_x0):
+
+        x′ = (σ′/σ)·x − α′(e^{−h} − 1)·m0 − α′·B(h)·(Σ_k ρ_k·D_k [+ ρ_p·(m_new − m0)]),
+
+    ms/lams the x̂0 history and its λ, newest first (m0 at x's point); h = λ′ − λ0,
+    r_k = (λ_k − λ0)/h, D_k = (m_k − m0)/r_k (k = 1 … p−1); B(h) = −h (bh1) or e^{−h} − 1 (bh2);
+    g_j = j!·φ_j/B(h) from φ_1 = (e^{−h}−1)/(−h) − 1, φ_{j+1} = φ_j/(−h) − 1/(j+1)!;
+    R_jk = r_k^{j−1} (r_p = 1). UniP solves R[:p−1, :p−1]·ρ = g[:p−1] (ρ = ½ for p = 2),
+    UniC solves R·ρ = g (ρ = ½ for p = 1). With no residual term (p = 1 predictor) x′ is the
+    exact limit as h → ∞ too: x′ = x̂0 at a final σ of 0 (diffusers' bh1 gives NaN there,
+    B(h)·0 = −∞·0 in multistep_uni_p_bh_update: ``x_t = x_t_ - alpha_t * B_h * pred_res``).
+    """
+    p, m0 = len(ms), ms[0]
+    if lam_next == lams[0]:  # a null step (ᾱ′ = ᾱ): the identity, the h → 0 limit
+        return x
+    hh = -(lam_next - lams[0])
+    h_phi_1 = np.expm1(hh)
+    terms = [(sigma_next / sigma_now, x), (-alpha_next * h_phi_1, m0)]
+    if p == 1 and m_new is None:
+        return _lincomb(x.dtype, *terms)
+    b_h = hh if solver_type == "bh1" else h_phi_1
+    rks = np.array([(lam - lams[0]) / -hh for lam in lams[1:]] + [1.0])
+    g, h_phi_k, factorial = [], h_phi_1 / hh - 1.0, 1.0
+    for j in range(1, p + 1):
+        g.append(h_phi_k * factorial / b_h)
+        factorial *= j + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    r = np.stack([rks**j for j in range(p)])
+    if m_new is None:
+        rhos = np.array([0.5]) if p == 2 else np.linalg.solve(r[:-1, :-1], np.array(g[:-1]))
+    else:
+        rhos = np.array([0.5]) if p == 1 else np.linalg.solve(r, np.array(g))
+    f = x.dtype.type
+    res = [f(rhos[k - 1]) * ((ms[k] - m0) / f(rks[k - 1])) for k in range(1, p)]
+    if m_new is not None:
+        res.append(f(rhos[-1]) * (m_new - m0))
+    return _lincomb(x.dtype, *terms, (-alpha_next * b_h, sum(res[1:], res[0])))
+
+
+def sample_unipc(model, x, t, alpha_bar, noise, prediction, clip, order=2, solver_type="bh2",
+                 lower_order_final=True, disable_corrector=()):
+    """UniPC (Zhao et al. 2023; diffusers' UniPCMultistepScheduler with predict_x0=True): at
+    point i the network's x̂0 (from the *predicted* x_i) first corrects x_i with UniC of the
+    previous predictor's order (unless i−1 is in disable_corrector), then UniP of order
+    p = min(order, i+1, N−i if lower_order_final) moves to point i+1 (_unipc_update). The last
+    point gets no corrector (there is no network call after it).
+    """
+    if solver_type not in UNIPC_SOLVER_TYPES:
+        raise ValueError(f"solver_type must be one of {UNIPC_SOLVER_TYPES}, got {solver_type!r}")
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3 for unipc, got {order!r}")
+    if not lower_order_final and order > 1 and alpha_bar[-1] == 1.0:
+        raise ValueError("unipc with lower_order_final=False needs a final ᾱ < 1: a higher-order "
+                         "last step to σ = 0 diverges (r_k = 0)")
+    n, lam = len(t), _half_log_snr(alpha_bar)
+    alpha, sigma = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
+    ms, previous = [], None
+    for i in range(n):
+        m = _denoised(x, _network(model, x, t[i]), alpha_bar[i], prediction, clip)
+        if previous is not None and i - 1 not in disable_corrector:
+            x_prev, p_prev = previous
+            hist = slice(i - 1, i - 1 - p_prev if i - 1 - p_prev >= 0 else None, -1)
+            x = _unipc_update(x_prev, ms[hist], lam[hist], lam[i], alpha[i], sigma[i],
+                              sigma[i - 1], solver_type, m_new=m)
+        ms.append(m)
+        p = min(order, n - i) if lower_order_final else order
+        p = min(p, i + 1)
+        previous = (x, p)
+        hist = slice(i, i - p if i - p >= 0 else None, -1)
+        x = _unipc_update(x, ms[hist], lam[hist], lam[i + 1], alpha[i + 1], sigma[i + 1],
+                          sigma[i], solver_type)
+    return x
+
+
+def _log_rho_lagrange_integrals(log_rhos, rho, rho_next, nodes=16):
+    """∫_ρ^ρ′ ℓ_j(log r) dr for the Lagrange basis ℓ_j through the points log_rhos, by
+    Gauss–Legendre in u = log r (integrand ℓ_j(u)·e^u, smooth: 16 nodes are exact to float64)."""
+    u_a, u_b = np.log(rho), np.log(rho_next)
+    z, w = np.polynomial.legendre.leggauss(nodes)
+    u = 0.5 * (u_b - u_a) * z + 0.5 * (u_a + u_b)
+    weights = 0.5 * (u_b - u_a) * w * np.exp(u)
+    out = []
+    for j, uj in enumerate(log_rhos):
+        ell = np.prod([(u - um) / (uj - um) for m_, um in enumerate(log_rhos) if m_ != j], axis=0)
+        out.append(float(np.sum(weights * ell)))
+    return out
+
+
+def sample_deis(model, x, t, alpha_bar, noise, prediction, clip, order=2, lower_order_final=True):
+    """DEIS, log-ρ multistep (Zhang & Chen 2023; diffusers' DEISMultistepScheduler, "deis"):
+
+        ε̂_i = (x_i − α_i·x̂0_i)/σ_i (from the clipped x̂0),  ρ = σ/α,
+        x′/α′ = x/α + Σ_j ε̂_{i−j} · ∫_ρ^ρ′ ℓ_j(log r) dr,
+
+    ℓ_j the Lagrange basis through log ρ_i … log ρ_{i−k+1}, k = this step's order (the
+    _multistep_order rule with no final-σ clause). DEIS ends at a final ᾱ < 1 (diffusers: ᾱ_0).
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3 for deis, got {order!r}")
+    if alpha_bar[-1] == 1.0:
+        raise ValueError("deis needs a final ᾱ < 1 (its log-ρ integrals end at ρ > 0)")
+    n = len(t)
+    alpha, rho = np.sqrt(alpha_bar), np.sqrt((1.0 - alpha_bar) / alpha_bar)
+    eps = []
+    for i in range(n):
+        x0 = _denoised(x, _network(model, x, t[i]), alpha_bar[i], prediction, clip)
+        eps.append(_eps_from_x0(x, x0, alpha_bar[i]))
+        k = _multistep_order(i, n, order, lower_order_final, False)
+        coefs = _log_rho_lagrange_integrals(np.log(rho[i - np.arange(k)]), rho[i], rho[i + 1])
+        x = _lincomb(x.dtype, (1.0 / alpha[i], x), *[(c, eps[i - j]) for j, c in enumerate(coefs)])
+        x = _lincomb(x.dtype, (alpha[i + 1], x))
+    return x
+
+
+def _ve(alpha_bar):
+    """ρ = √((1−ᾱ)/ᾱ), the VE noise level of X = x/√ᾱ (diffusers' Euler/Heun ``sigmas``)."""
+    return np.sqrt((1.0 - alpha_bar) / alpha_bar)
+
+
+def sample_euler(model, x, t, alpha_bar, noise, prediction, clip):
+    """Euler on the probability-flow ODE in the VE variable (Karras et al. 2022, Alg. 1 without
+    churn; diffusers' EulerDiscreteScheduler): X = x/√ᾱ, ρ = √((1−ᾱ)/ᾱ),
+
+        d = (X − x̂0)/ρ,  X′ = X + (ρ′ − ρ)·d,  x′ = √ᾱ′·X′
+
+    (the network sees x = X/√(ρ²+1), diffusers' scale_model_input)."""
+    rho = _ve(alpha_bar)
+    for i in range(len(t)):
+        x0 = _denoised(x, _network(model, x, t[i]), alpha_bar[i], prediction, clip)
+        big_x = _lincomb(x.dtype, (1.0 / np.sqrt(alpha_bar[i]), x))
+        d = (big_x - x0) / x.dtype.type(rho[i])
+        x = _lincomb(x.dtype, (np.sqrt(alpha_bar[i + 1]), big_x + x.dtype.type(rho[i + 1] - rho[i]) * d))
+    return x
+
+
+def sample_euler_ancestral(model, x, t, alpha_bar, noise, prediction, clip, eta=1.0):
+    """Ancestral Euler (k-diffusion's sample_euler_ancestral; diffusers'
+    EulerAncestralDiscreteScheduler, η = 1), in X = x/√ᾱ with ρ = √((1−ᾱ)/ᾱ):
+
+        ρ↑ = min(ρ′, η·√(ρ′²(ρ² − ρ′²)/ρ²)),  ρ↓ = √(ρ′² − ρ↑²),
+        X′ = X + (ρ↓ − ρ)·(X − x̂0)/ρ + ρ↑·z,  x′ = √ᾱ′·X′.
+    """
+    if not eta >= 0:
+        raise ValueError(f"eta must be ≥ 0, got {eta!r}")
+    rho = _ve(alpha_bar)
+    f = x.dtype.type
+    for i in range(len(t)):
+        x0 = _denoised(x, _network(model, x, t[i]), alpha_bar[i], prediction, clip)
+        r, r_next = rho[i], rho[i + 1]
+        r_up = min(r_next, eta * np.sqrt(r_next**2 * (r**2 - r_next**2) / r**2))
+        r_down = np.sqrt(r_next**2 - r_up**2)
+        big_x = _lincomb(x.dtype, (1.0 / np.sqrt(alpha_bar[i]), x))
+        big_x = big_x + f(r_down - r) * ((big_x - x0) / f(r))
+        if r_up > 0:
+            big_x = big_x + f(r_up) * _normal(noise, i, x)
+        x = _lincomb(x.dtype, (np.sqrt(alpha_bar[i + 1]), big_x))
+    return x
+
+
+def sample_heun(model, x, t, alpha_bar, noise, prediction, clip):
+    """Heun's second-order method (Karras et al. 2022, Alg. 1 without churn; diffusers'
+    HeunDiscreteScheduler) in X = x/√ᾱ, ρ = √((1−ᾱ)/ᾱ):
+
+        d = (X − x̂0(x, t_i))/ρ,  X̃ = X + (ρ′ − ρ)·d,
+        d̃ = (X̃ − x̂0(√ᾱ′·X̃, t_{i+1}))/ρ′,  X′ = X + (ρ′ − ρ)·(d + d̃)/2,
+
+    the last step (to the final point, which has no t) a plain Euler step: 2N − 1 network
+    calls for N grid points."""
+    rho = _ve(alpha_bar)
+    f, n = x.dtype.type, len(t)
+    for i in range(n):
+        a, a_next = alpha_bar[i], alpha_bar[i + 1]
+        x0 = _denoised(x, _network(model, x, t[i]), a, prediction, clip)
+        big_x = _lincomb(x.dtype, (1.0 / np.sqrt(a), x))
+        d = (big_x - x0) / f(rho[i])
+        dt = f(rho[i + 1] - rho[i])
+        big_x_euler = big_x + d * dt
+        if i < n - 1:
+            x_euler = _lincomb(x.dtype, (np.sqrt(a_next), big_x_euler))
+            x0_next = _denoised(x_euler, _network(model, x_euler, t[i + 1]), a_next, prediction, clip)
+            d_next = (big_x_euler - x0_next) / f(rho[i + 1])
+            big_x_euler = big_x + (d + d_next) / f(2) * dt
+        x = _lincomb(x.dtype, (np.sqrt(a_next), big_x_euler))
+    return x
+
+
+# name → (function, the options it fixes)
+_SAMPLERS = {
+    "ddpm": (sample_ddpm, {}),
+    "ddim": (sample_ddim, {}),
+    "dpmpp2m": (sample_dpmsolver_multistep, {"order": 2, "sde": False}),
+    "dpmpp3m": (sample_dpmsolver_multistep, {"order": 3, "sde": False}),
+    "dpmpp2m-sde": (sample_dpmsolver_multistep, {"order": 2, "sde": True}),
+    "dpmpp3m-sde": (sample_dpmsolver_multistep, {"order": 3, "sde": True}),
+    "unipc": (sample_unipc, {}),
+    "deis": (sample_deis, {}),
+    "euler": (sample_euler, {}),
+    "euler-ancestral": (sample_euler_ancestral, {}),
+    "heun": (sample_heun, {}),
+}
+
+
+def network_calls(name, n_points):
+    """Network calls of a run over a grid of n_points timesteps (heun: 2N − 1, else N)."""
+    return 2 * n_points - 1 if name == "heun" else n_points
+
+
+def sample_run(name, model, x_T, t, alpha_bar, noise, prediction="epsilon", clip=None, **options):
+    """Whole sampling run of sampler ``name`` over the grid (t, alpha_bar) from x_T; returns x_0.
+
+    x_T [B, D] float32 (or float64: all data arithmetic follows its dtype); t int [N];
+    alpha_bar float64 [N+1] in (0, 1], non-decreasing, only its last entry may be 1;
+    ``model(x, t_int)``; ``noise(k, shape)`` the standard normals of network call k;
+    prediction ∈ PREDICTIONS; clip None or c > 0 (x̂0 clipped to [−c, c]); options per sampler:
+    ddpm variance; ddim eta, clipped_eps; dpmpp* algorithm, solver_type, lower_order_final,
+    euler_at_final; unipc order, solver_type, lower_order_final, disable_corrector; deis order,
+    lower_order_final; euler-ancestral eta.
+    """
+    if name not in _SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLER_NAMES}, got {name!r}")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be None or > 0, got {clip!r}")
+    x = np.array(x_T)
+    if x.ndim != 2 or x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"x_T must be a float32 or float64 array [B, D], got {x.dtype} {x.shape}")
+    t = np.asarray(t)
+    if t.ndim != 1 or len(t) < 1 or not np.issubdtype(t.dtype, np.integer):
+        raise ValueError(f"t must be a 1-D integer array with N ≥ 1 entries, got {t.dtype} {t.shape}")
+    alpha_bar = np.asarray(alpha_bar, dtype=np.float64)
+    if alpha_bar.shape != (len(t) + 1,):
+        raise ValueError(f"alpha_bar must have N+1 = {len(t) + 1} entries, got {alpha_bar.shape}")
+    if not (np.all(alpha_bar > 0) and np.all(alpha_bar[:-1] < 1) and alpha_bar[-1] <= 1
+            and np.all(np.diff(alpha_bar) >= 0)):
+        raise ValueError("alpha_bar must be non-decreasing in (0, 1] with only its last entry = 1")
+    function, fixed = _SAMPLERS[name]
+    return function(model, x, t, alpha_bar, noise, prediction, clip, **fixed, **options)
