@@ -10,7 +10,11 @@ Implementations side by side, each in the same process on the same data:
 
 q_sample and ddpm_step run at D = 2 (the butterfly shape [N/2, 2]) and D = 4096 ([N/4096,
 4096]) with one t for the whole batch (the sampling loop's case, t a scalar); q_sample also with a
-t per sample (training). Script mode prints medians of wall and process-CPU time, elements/s,
+t per sample (training). ``update <sampler>`` is the sampling loop's call of the one generic
+fused kernel (kernels/numba/update.py, in place, one row of the sampler's table, its history
+ring and state bound as the loop binds them) for ddpm (noise drawn), ddim (η = 0), dpmpp3m
+(two history values read, one pushed) and unipc-3 (state + three history values); ``before``
+there is the previous checkout's ddpm_step in place. Script mode prints medians of wall and process-CPU time, elements/s,
 GB/s, the fraction of the measured copy bandwidth (``np.copyto`` of the same bytes) and the
 speed-up over torch/diffusers and over ``before``:
 
@@ -39,11 +43,31 @@ T_STEP = 500  # the timestep of the step benchmarks (diffusers takes one t per c
 SEED = 1234
 
 # Bytes each call moves per element (float32): what the kernel must read and write at least.
-_BYTES = {"randn": 4, "q_sample": 12, "ddpm_step": 12}
+_BYTES = {"randn": 4, "q_sample": 12, "ddpm_step": 12, "update ddpm": 12, "update ddim": 12,
+          "update dpmpp3m": 24, "update unipc-3": 36}
+UPDATES = (("ddpm", {}), ("ddim", {}), ("dpmpp3m", {}), ("unipc", {"order": 3}))
 
 
 def bytes_per_element(op: str) -> int:
-    return _BYTES[op.split()[0]]
+    head = op.split(" D=")[0]
+    return _BYTES.get(head, _BYTES.get(op.split()[0]))
+
+
+def loop_update(name: str, options: dict, sched, x_flat, m_flat, D: int, k: int = 3):
+    """The loop's bound call of row k of ``name``'s 8-call table on x_flat (in place)."""
+    from fastddpm.kernels.numba.update import bind, launch_args
+    from fastddpm.sampling import make_plan
+
+    tab = make_plan(sched, name, 8, **options).table
+    coef = tab.rows.astype(np.float32)
+    slots = tab.slots()
+    ring = np.zeros((tab.ring,) + x_flat.shape, np.float32) if tab.depth else None
+    state = np.zeros_like(x_flat) if tab.reads_state or tab.writes_state else None
+    w, hs = slots[k, 0], slots[k, 1:1 + tab.depth]
+    call = bind(*launch_args(x_flat, m_flat, coef, np.array([k]), s=state, h=tuple(ring[j] for j in hs),
+                             q=ring[w] if w >= 0 else None, draw_noise=bool(tab.rows[k, 9] != 0), seed=SEED,
+                             stream=k + 1, per_sample=D))
+    return lambda: call(m_flat)
 
 
 def machine() -> str:
@@ -122,12 +146,20 @@ def cases(n: int = 2**LOG2N, before: str | None = None, with_numpy: bool = False
                                                                             backend="numba")}
         if old:
             result[op]["before"] = lambda D=D: old["step"].ddpm_step(
-                x_flat, m_flat, out_flat, T_STEP, T_STEP - 1, ac, 0, 0, None, None, SEED, 1, 0, D)
+                x_flat, m_flat, out_flat, T_STEP, T_STEP - 1, ac, "epsilon", "fixed_small", None, None, SEED, 1, 0, D)
         if with_numpy:
             result[op]["numpy"] = lambda x=x, m=m: fastddpm.ddpm_step(sched, x, m, T_STEP, seed=SEED, backend="numpy")
         if torch is not None:
             tx, tm_ = torch.from_numpy(x), torch.from_numpy(m)
             result[op]["torch"] = lambda tx=tx, tm_=tm_: ddpm.step(tm_, T_STEP, tx, generator=gen).prev_sample
+    for D in WIDTHS:
+        for name, options in UPDATES:
+            label = "unipc-3" if name == "unipc" else name
+            op = f"update {label} D={D}"
+            result[op] = {"numba": loop_update(name, options, sched, x_flat, m_flat, D)}
+            if old and name == "ddpm":
+                result[op]["before"] = lambda D=D: old["step"].ddpm_step(
+                    x_flat, m_flat, x_flat, T_STEP, T_STEP - 1, ac, "epsilon", "fixed_small", None, None, SEED, 1, 0, D)
     return result
 
 

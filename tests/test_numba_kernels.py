@@ -80,6 +80,19 @@ def test_q_sample(shape, dtype, noise_given):
         np.testing.assert_array_equal(x_t, fastddpm.q_sample(sched, x0, t, eps, backend="numpy")[0])
 
 
+def _assert_same_step(got, ref, x, m, dtype):
+    """The kernel against the oracle with the same noise: to a few ulps of the step's magnitude.
+
+    The fused rows fold DDIM's ε̂ = (x − √ᾱ·x̂0)/√(1−ᾱ) (v and sample prediction) into the
+    coefficients of x and m — one float sequence, the oracle's another — so they agree to float32
+    rounding, not bitwise (measured over this file's DDIM cases: at most 1.6 ulps of
+    max(|x|, |m|, |ref|)); ddpm's rows keep the oracle's order and agree bitwise. 4 ulps bound both.
+    """
+    scale = max(1.0, float(np.max(np.abs(np.concatenate([x.reshape(-1), m.reshape(-1), ref.reshape(-1)])),
+                                  initial=0.0)))
+    np.testing.assert_allclose(got, ref, rtol=0, atol=4 * np.finfo(dtype).eps * scale)
+
+
 def _check_step(op, sched, x, m, t, dtype, noise_given, **kw):
     common = dict(seed=5, stream=3, offset=11, **kw)
     noise = fastddpm.randn(x.shape, seed=8, dtype=dtype) if noise_given else None
@@ -87,7 +100,7 @@ def _check_step(op, sched, x, m, t, dtype, noise_given, **kw):
     ref = op(sched, x, m, t, noise=noise, backend="numpy", **common)
     assert got.dtype == dtype and got.shape == x.shape
     if noise_given:
-        np.testing.assert_array_equal(got, ref)
+        _assert_same_step(got, ref, x, m, dtype)
     else:
         np.testing.assert_allclose(got, ref, rtol=0, atol=NOISE_ATOL)
         drawn = fastddpm.randn(x.shape, seed=5, stream=3, offset=11, dtype=dtype)
@@ -251,14 +264,14 @@ def _uniform_cases(op, sched, config, prev_kind, dtype=np.float32):
 
 def _check_uniform(op, sched, config, prev_kind):
     """Drawn noise within NOISE_ATOL of the reference; with that noise given, numba equals itself
-    (in-kernel noise = randn's) and the numpy reference bit for bit; the per-sample walk equals
-    the uniform path on the samples they share."""
+    bit for bit (in-kernel noise = randn's) and the numpy reference to float32 rounding
+    (_assert_same_step); the per-sample walk equals the uniform path on the samples they share."""
     for shape, x, m, prev, got, ref, noise, walk in _uniform_cases(op, sched, config, prev_kind):
         np.testing.assert_allclose(got, ref, rtol=0, atol=NOISE_ATOL, err_msg=str(shape))
         given = op(sched, x, m, UNIFORM_T, prev_t=prev, noise=noise, backend="numba", **config)
         np.testing.assert_array_equal(got, given, err_msg=str(shape))
-        np.testing.assert_array_equal(
-            given, op(sched, x, m, UNIFORM_T, prev_t=prev, noise=noise, backend="numpy", **config), err_msg=str(shape))
+        _assert_same_step(given, op(sched, x, m, UNIFORM_T, prev_t=prev, noise=noise, backend="numpy", **config), x,
+                          m, x.dtype)
         np.testing.assert_array_equal(walk[::2], got[::2], err_msg=str(shape))
 
 

@@ -130,24 +130,36 @@ def test_logsnr_needs_the_schedule_and_sample_accepts_it():
     assert list(a[1].timesteps[:-1]) == logsnr_timesteps(sched.alphas_cumprod, 20).tolist()
 
 
-def test_default_spacing_per_sampler():
-    """spacing=None (the default of every entry point) is the sampler's DEFAULT_SPACING: ddpm and
-    ddim leading (diffusers' default), dpmpp2m uniform log-SNR (docs/sampling.md, quality vs steps)."""
+@pytest.mark.parametrize("name", __import__("fastddpm.sampling", fromlist=["SAMPLERS"]).SAMPLERS)
+def test_default_spacing_per_sampler(name):
+    """spacing=None / steps=None (the defaults of every entry point) are the sampler's own
+    DEFAULTS (its module in fastddpm.kernels.samplers, one home each), in make_plan and in
+    fastddpm.sample alike."""
     import fastddpm
+    from fastddpm.kernels import samplers
     from fastddpm.sampling import SamplingOptions, make_plan
-    from fastddpm.sampling.plan import DEFAULT_SPACING
-    from fastddpm.sampling.timesteps import logsnr_timesteps
 
-    assert SamplingOptions().spacing is None
-    assert DEFAULT_SPACING == {"ddpm": "leading", "ddim": "leading", "dpmpp2m": "logsnr"}
+    assert SamplingOptions().spacing is None and SamplingOptions().steps is None
     s = fastddpm.Schedule.linear(1000)
-    np.testing.assert_array_equal(make_plan(s, "ddpm", 250).t, timesteps(1000, 250, "leading"))
-    np.testing.assert_array_equal(make_plan(s, "ddim").t, timesteps(1000, 50, "leading"))
-    np.testing.assert_array_equal(make_plan(s, "dpmpp2m").t, logsnr_timesteps(s.alphas_cumprod, 20))
-    np.testing.assert_array_equal(make_plan(s, "dpmpp2m", 10).t, logsnr_timesteps(s.alphas_cumprod, 10))
+    d = samplers.defaults(name)
+    default = make_plan(s, name)
+    explicit = make_plan(s, name, d["steps"] or 1000, d["spacing"], final=d["final"])
+    np.testing.assert_array_equal(default.t, explicit.t)
+    np.testing.assert_array_equal(default.grid.alpha_bar, explicit.grid.alpha_bar)
     eps = lambda x, t: 0.5 * x  # noqa: E731 (any deterministic model)
     eps.array_api, eps.sample_shape = "numpy", (2,)
-    kw = dict(sampler="dpmpp2m", steps=7, seed=3, progress=False)
-    np.testing.assert_array_equal(fastddpm.sample(eps, s, 5, **kw), fastddpm.sample(eps, s, 5, spacing="logsnr", **kw))
-    with pytest.raises(ValueError, match="sampler"):
-        make_plan(s, "euler")
+    kw = dict(sampler=name, steps=5, seed=3, progress=False)
+    np.testing.assert_array_equal(fastddpm.sample(eps, s, 5, **kw),
+                                  fastddpm.sample(eps, s, 5, spacing=d["spacing"], **kw))
+
+
+def test_documented_defaults():
+    """The defaults docs/sampling.md names: ddpm every step, leading; ddim 50 leading."""
+    import fastddpm
+    from fastddpm.sampling import make_plan
+
+    s = fastddpm.Schedule.linear(1000)
+    np.testing.assert_array_equal(make_plan(s, "ddpm").t, np.arange(999, -1, -1))
+    np.testing.assert_array_equal(make_plan(s, "ddim").t, timesteps(1000, 50, "leading"))
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        make_plan(s, "plms")
