@@ -91,7 +91,11 @@ _NOISE_DOC = """
 """
 
 
-_KARRAS_COMPATIBLES = [e.name for e in KarrasDiffusionSchedulers]
+# diffusers' schedulers that fastddpm has a sampler for (``scheduler.compatibles`` lists these)
+_COMPATIBLES = [name for name in ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler",
+                                  "UniPCMultistepScheduler", "DEISMultistepScheduler", "EulerDiscreteScheduler",
+                                  "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler")
+                if name in KarrasDiffusionSchedulers.__members__]
 _BUFFER_COLUMNS = ("y1", "y2", "y3", "ys", "s1", "s2", "s3", "ss")  # a row that reads one depends on earlier rows
 
 
@@ -167,6 +171,21 @@ def _sigma_schedule(kind: str, ac: np.ndarray, n: int, sigma_min=None, sigma_max
     return lo + ppf * (hi - lo)
 
 
+class _RawTable:
+    """A stateless sampler's rows [K, C] without the Table's finiteness check: a zero-terminal-SNR
+    schedule makes the ε-/sample-prediction row at t = T − 1 infinite, and diffusers lets a run
+    step anywhere else; the row is refused (ValueError) only if a step uses it."""
+
+    depth, reads_state, writes_state = 0, False, False
+
+    def __init__(self, rows, variance=None):
+        self.rows, self.variance = rows, variance
+        self.calls = rows.shape[0]
+
+    def slots(self):
+        return np.full((self.calls, 4), -1, dtype=np.int64)
+
+
 class _Run:
     """What one run (set_timesteps … last step) executes: position-indexed rows (float64 [K, C],
     already in the pipeline's variable), ring slots [K, 4], the buffers the rows use and, once a
@@ -199,7 +218,7 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
     row k in one fused update (numba on CPU tensors, the Triton loop kernel on CUDA, the numpy
     reference for backend="numpy") with the noise of row k (Philox stream k + 1)."""
 
-    _compatibles = _KARRAS_COMPATIBLES
+    _compatibles = _COMPATIBLES
     order = 1
     init_noise_sigma = 1.0
     _sampler = None            # the fastddpm sampler (or ``_sampler_name()`` for a config-dependent one)
@@ -244,7 +263,9 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = None
         T = int(cfg.num_train_timesteps)
         ts = np.arange(T - 1, -1, -1, dtype=np.int64)
-        self._install(self._public_default(ts), self._grid_of(ts, final=1.0))
+        # diffusers' constructor timesteps (all T); the grid is built when a step needs it (a clamped
+        # zero-terminal-SNR ᾱ is not monotone over the last few training steps)
+        self._install(self._public_default(ts), lambda: self._grid_of(ts, final=1.0))
 
     @property
     def _T(self) -> int:
@@ -268,17 +289,30 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
         return 1.0 if kind == "zero" else float(self._ac[0])
 
     def _install(self, public_ts, grid, device=None) -> None:
-        """A new run on ``grid``; ``public_ts`` is what diffusers' own class shows as ``timesteps``."""
+        """A new run on ``grid`` (a Grid, or a function that makes it when first needed);
+        ``public_ts`` is what diffusers' own class shows as ``timesteps``."""
         self.timesteps = torch.from_numpy(np.ascontiguousarray(public_ts)).to(device)
         self._ts_values = [float(t) for t in np.asarray(public_ts).tolist()]
         self._positions = {}
         for k, t in enumerate(self._ts_values):
             self._positions.setdefault(t, []).append(k)
-        self._grid = grid
+        self._grid_value = grid
         self._tables = {}
-        ab = grid.alpha_bar
-        self.sigmas = torch.from_numpy(_sigmas_ve(ab).astype(np.float32))
+        self._sigmas = None
         self._reset_run()
+
+    @property
+    def _grid(self):
+        if callable(self._grid_value):
+            self._grid_value = self._grid_value()
+        return self._grid_value
+
+    @property
+    def sigmas(self):
+        """float32 σ = √((1 − ᾱ)/ᾱ) of every point of the run and its end (diffusers' ``sigmas``)."""
+        if self._sigmas is None:
+            self._sigmas = torch.from_numpy(_sigmas_ve(self._grid.alpha_bar).astype(np.float32))
+        return self._sigmas
 
     def _reset_run(self) -> None:
         self._seed = None
@@ -376,6 +410,11 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
         """x′ of ``row`` (float64 [C], in the pipeline's variable) on ``sample`` in one fused update."""
         from .kernels import coefficients as KC
 
+        if not np.all(np.isfinite(row)):
+            raise ValueError(f"the step at position {k} has non-finite coefficients (x̂0 needs 1/√ᾱ with ᾱ = "
+                             f"{self._grid.alpha_bar[min(k, self._grid.steps - 1)]!r}): with rescale_betas_zero_snr=True "
+                             f"the first timestep has ᾱ = 0, where prediction_type={self.prediction!r} cannot give x̂0; "
+                             "use prediction_type='v_prediction' (as zero-terminal-SNR models are trained)")
         x_in = sample.detach()
         backend = self._backend(x_in)
         cdt = x_in.dtype
@@ -639,6 +678,19 @@ class FusedDDPMScheduler(_FusedScheduler):
     def _options(self, begin):
         return {"variance": self.variance_type}
 
+    def _table(self, begin: int = 0):
+        from .kernels.samplers import ddpm
+
+        if 0 not in self._tables:
+            ab = self._grid.alpha_bar
+            final = np.zeros(self._grid.steps, dtype=bool)
+            final[-1] = True
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rows = ddpm.step_rows(ab[:-1], ab[1:], final, self.prediction, self.variance_type)
+            mode = {"learned": "sqrt", "learned_range": "log"}.get(self.variance_type)
+            self._tables[0] = _RawTable(rows, mode)
+        return self._tables[0]
+
     def _install(self, public_ts, grid, device=None):
         super()._install(public_ts, grid, device)
         ts = [int(t) for t in np.asarray(public_ts).tolist()]
@@ -758,7 +810,8 @@ class FusedDDIMScheduler(_FusedScheduler):
 
         ts = np.asarray(ts, dtype=np.int64)
         ab_p = np.array([self._target(int(t)) for t in ts])
-        return ddim.step_rows(self._ac[ts], ab_p, None, self.prediction, ddim.check_eta(eta), bool(clipped))
+        with np.errstate(divide="ignore", invalid="ignore"):  # ᾱ = 0 (zero terminal SNR): refused at use
+            return ddim.step_rows(self._ac[ts], ab_p, None, self.prediction, ddim.check_eta(eta), bool(clipped))
 
     def _get_variance(self, timestep, prev_timestep):
         """diffusers' DDIMScheduler._get_variance (float32 tensor): (1−ᾱ_p)/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_p)."""
@@ -770,8 +823,6 @@ class FusedDDIMScheduler(_FusedScheduler):
              generator=None, variance_noise=None, return_dict: bool = True):
         """x_t → x_prev in one fused kernel (DDIMScheduler.step's arguments; ``variance_noise``
         is the η > 0 noise, as there). Returns DDIMSchedulerOutput(prev_sample, None) or a tuple."""
-        from .kernels.samplers import _table
-
         if self.num_inference_steps is None:
             raise ValueError("num_inference_steps is None: call set_timesteps before step")
         if eta > 0 and variance_noise is not None and generator is not None:
@@ -789,7 +840,6 @@ class FusedDDIMScheduler(_FusedScheduler):
         else:  # any other timestep (diffusers allows it): its own row; its noise is the run's call count
             k, run = self._calls, None
             row = self._rows([t], *key)[0]
-            _table.Table(t=np.array([t]), rows=row[None])  # the same finiteness check as a table's
         self._calls += 1
         y = self._execute(k, row, np.full(4, -1, np.int64), run, sample, model_output, generator, variance_noise,
                           k + 1)
@@ -842,24 +892,34 @@ class _MultistepScheduler(_IndexedScheduler):
             if kinds[0] in ("use_karras_sigmas", "use_lu_lambdas") and cfg.get("beta_schedule") != "squaredcos_cap_v2":
                 t = np.round(t)
             ts = t.astype(np.int64)  # diffusers: torch .to(int64) truncates the unrounded ones
-            return ts, self._grid_of(ts, alpha_bar=1.0 / (1.0 + sig * sig))
+            ab = 1.0 / (1.0 + sig * sig)
+            # sigma_min: the last point's own σ (diffusers' sigmas[-1], equal to σ(0) up to rounding)
+            final = 1.0 if self.config.get("final_sigmas_type", "zero") == "zero" else float(ab[-1])
+            return ts, self._grid_of(ts, alpha_bar=ab, final=final)
         last = self._last_timestep()
         spacing = cfg.timestep_spacing
         if spacing == "trailing":
             ts = (np.arange(last, 0, -T / n).round() - 1).astype(np.int64)
         elif spacing in ("leading", "linspace"):
-            ts = spaced(last, n, spacing, convention="dpmsolver",
-                        steps_offset=int(cfg.steps_offset) if spacing == "leading" else 0)
+            try:
+                ts = spaced(last, n, spacing, convention="dpmsolver",
+                            steps_offset=int(cfg.steps_offset) if spacing == "leading" else 0)
+            except ValueError as exc:
+                raise ValueError(f"num_inference_steps={n} with timestep_spacing={spacing!r} (num_train_timesteps={T}, "
+                                 f"steps_offset={cfg.steps_offset}) repeats timesteps: a zero-length step after which "
+                                 "diffusers' multistep update divides by zero; use fewer steps or "
+                                 f"timestep_spacing='trailing' ({exc})") from None
         else:
             raise ValueError(f"timestep_spacing must be one of 'linspace', 'leading', 'trailing', got {spacing!r}")
         return ts, self._grid_of(ts)
 
     def _mean_output(self, m, x):
-        if self.config.get("variance_type") in ("learned", "learned_range"):
-            if m.shape[1] != 2 * x.shape[1]:
-                raise ValueError(f"variance_type={self.config.variance_type!r} needs a model output with twice the "
-                                 f"sample's channels, got {tuple(m.shape)} for {tuple(x.shape)}")
-            return m[:, :x.shape[1]]  # the mean (diffusers: model_output[:, :3])
+        if self.config.get("variance_type") in ("learned", "learned_range") and m.shape != x.shape:
+            if m.ndim < 2 or m.shape[1] != 2 * x.shape[1]:
+                raise ValueError(f"variance_type={self.config.variance_type!r}: the model output must have the "
+                                 f"sample's channels or twice them ([mean, variance]), got {tuple(m.shape)} for "
+                                 f"{tuple(x.shape)}")
+            return m[:, :x.shape[1]]  # the mean (diffusers: model_output[:, :3] for 3-channel images)
         return m
 
     def _set(self, num_inference_steps, timesteps, device):
