@@ -238,6 +238,11 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
             if key in cfg and cfg[key] != allowed:
                 raise ValueError(f"diffusers setting {key}={cfg[key]!r} is not supported by {type(self).__name__}; "
                                  f"allowed: {allowed!r}")
+        for key, allowed in (("timestep_spacing", ("leading", "trailing", "linspace")),
+                             ("final_sigmas_type", ("zero", "sigma_min"))):
+            if key in cfg and cfg[key] not in allowed:
+                raise ValueError(f"diffusers setting {key}={cfg[key]!r} is not supported by {type(self).__name__}; "
+                                 f"allowed: {', '.join(allowed)}")
         prediction = cfg.get("prediction_type", "epsilon")
         if prediction not in KC.PREDICTIONS:
             raise ValueError(f"diffusers setting prediction_type={prediction!r} is not supported by "
@@ -1090,8 +1095,10 @@ class FusedUniPCMultistepScheduler(_MultistepScheduler):
             raise ValueError("set_timesteps needs num_inference_steps")
         self._set(num_inference_steps, None, device)
 
-    def step(self, model_output, timestep, sample, return_dict: bool = True):
-        """Corrector of the last step and predictor of this one in one fused kernel. Returns SchedulerOutput or a tuple."""
+    def step(self, model_output, timestep, sample, return_dict: bool = True, generator=None):
+        """Corrector of the last step and predictor of this one in one fused kernel. Returns SchedulerOutput or
+        a tuple. ``generator`` is accepted and unused (UniPC is deterministic), so that pipelines that pass
+        one — DDPMPipeline does — run it; diffusers' own UniPC.step has no such argument."""
         y = self._indexed_step(model_output, timestep, sample)
         if not return_dict:
             return (y,)
