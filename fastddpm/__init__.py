@@ -22,6 +22,8 @@ _LAZY = {
     "FusedDDPMScheduler": "fastddpm.diffusers",
     "FusedDDIMScheduler": "fastddpm.diffusers",
     "FusedDPMSolverMultistepScheduler": "fastddpm.diffusers",
+    "FusedUniPCMultistepScheduler": "fastddpm.diffusers",
+    "FusedEulerAncestralDiscreteScheduler": "fastddpm.diffusers",
 }
 
 

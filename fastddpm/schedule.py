@@ -57,7 +57,24 @@ def _check_params(name: str, params: dict[str, Any]) -> dict[str, float]:
     return merged
 
 
-def _check_betas(betas) -> np.ndarray:
+def rescale_zero_terminal_snr(betas) -> np.ndarray:
+    """Betas rescaled to a zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and
+    Sample Steps are Flawed", Algorithm 1; diffusers' ``rescale_betas_zero_snr``), in float64.
+
+    √ᾱ is shifted so that its last value is 0 and scaled so that its first is unchanged; the
+    betas follow from the new ᾱ. The last beta is then exactly 1 (ᾱ_{T−1} = 0): build the
+    Schedule with ``zero_terminal_snr=True``.
+    """
+    beta = np.asarray(betas, dtype=np.float64)
+    sqrt_ab = np.sqrt(np.cumprod(1.0 - beta))
+    first, last = sqrt_ab[0], sqrt_ab[-1]
+    sqrt_ab = (sqrt_ab - last) * (first / (first - last))
+    ab = sqrt_ab ** 2
+    alphas = np.concatenate((ab[:1], ab[1:] / ab[:-1]))
+    return 1.0 - alphas
+
+
+def _check_betas(betas, zero_terminal_snr: bool = False) -> np.ndarray:
     try:
         arr = np.array(betas, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -66,6 +83,13 @@ def _check_betas(betas) -> np.ndarray:
         raise ValueError(f"betas must be 1-D, got shape {arr.shape}")
     if arr.shape[0] < 1:
         raise ValueError("betas must have at least one step (T >= 1)")
+    if zero_terminal_snr:
+        # a zero-terminal-SNR schedule: the last beta is exactly 1 (ᾱ_{T−1} = 0); the others as always
+        if arr.shape[0] < 2 or arr[-1] != 1.0:
+            raise ValueError(f"zero_terminal_snr=True needs T >= 2 and the last beta exactly 1 (rescale_zero_terminal_snr "
+                             f"gives it), got betas[-1] = {float(arr[-1])!r}")
+        _check_betas(arr[:-1])
+        return arr
     bad = ~((arr > 0.0) & (arr < 1.0))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -98,6 +122,11 @@ class Schedule:
 
     Build one with ``Schedule.linear(1000)``, ``Schedule.cosine(1000)``,
     ``Schedule.create("sigmoid", 1000, beta_end=0.01)`` or ``Schedule.from_betas(array)``.
+    ``zero_terminal_snr=True`` admits one schedule outside (0, 1): a last beta of exactly 1
+    (ᾱ_{T−1} = 0, pure noise at t = T−1; :func:`rescale_zero_terminal_snr`, diffusers'
+    ``rescale_betas_zero_snr``). Its tables are +inf where they divide by ᾱ_{T−1}, so a sampler
+    row that needs x̂0 from an ε- or sample-prediction at t = T−1 is refused with an error;
+    v-prediction (x̂0 = −v̂ there) is what such schedules are trained with.
     Tables (each [T]): ``betas``, ``alphas``, ``alphas_cumprod`` (ᾱ), ``alphas_cumprod_prev``,
     ``sqrt_alphas_cumprod``, ``sqrt_one_minus_alphas_cumprod``, ``sqrt_recip_alphas_cumprod``,
     ``sqrt_recipm1_alphas_cumprod``, ``posterior_variance`` (β̃),
@@ -105,8 +134,10 @@ class Schedule:
     ``snr``.
     """
 
-    def __init__(self, betas, *, name: str = "custom", params: dict[str, float] | None = None):
-        betas = _check_betas(betas)
+    def __init__(self, betas, *, name: str = "custom", params: dict[str, float] | None = None,
+                 zero_terminal_snr: bool = False):
+        betas = _check_betas(betas, zero_terminal_snr)
+        self.zero_terminal_snr = bool(zero_terminal_snr)
         self.name = name
         self.params = dict(params or {})
         tables = schedule_tables(betas)
@@ -144,8 +175,8 @@ class Schedule:
         return cls.create("sigmoid", num_steps, beta_start=beta_start, beta_end=beta_end)
 
     @classmethod
-    def from_betas(cls, betas) -> "Schedule":
-        return cls(betas, name="custom")
+    def from_betas(cls, betas, *, zero_terminal_snr: bool = False) -> "Schedule":
+        return cls(betas, name="custom", zero_terminal_snr=zero_terminal_snr)
 
     # -- serialisation -----------------------------------------------------------------
 
@@ -153,14 +184,17 @@ class Schedule:
         """JSON-able description; named schedules store their parameters, custom ones betas."""
         if self.name in SCHEDULES:
             return {"name": self.name, "num_steps": self.num_steps, **self.params}
-        return {"name": "custom", "betas": self.betas.tolist()}
+        config = {"name": "custom", "betas": self.betas.tolist()}
+        if self.zero_terminal_snr:
+            config["zero_terminal_snr"] = True
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Schedule":
         config = dict(config)
         name = config.pop("name", None)
         if name == "custom":
-            return cls.from_betas(config["betas"])
+            return cls.from_betas(config["betas"], zero_terminal_snr=bool(config.get("zero_terminal_snr", False)))
         if name not in SCHEDULES:
             raise ValueError(f"unknown schedule {name!r} in config; allowed: {', '.join(SCHEDULES)}, custom")
         return cls.create(name, config.pop("num_steps"), **config)
@@ -220,7 +254,7 @@ class Schedule:
     # -- diffusers interop (no diffusers import: configs are plain dicts) ----------------
 
     @classmethod
-    def from_diffusers(cls, scheduler_or_config) -> "Schedule":
+    def from_diffusers(cls, scheduler_or_config, *, sampling: bool = True) -> "Schedule":
         """The schedule of a diffusers scheduler (or its ``.config`` dict), in float64.
 
         beta_schedule → fastddpm: ``linear`` → linear, ``scaled_linear`` → quadratic (both are
@@ -232,6 +266,12 @@ class Schedule:
         (``prediction``, ``variance``, ``clip``, ``spacing``), ready for
         ``fastddpm.sample(model, schedule, n, **schedule.sampling_defaults)``.
         Settings fastddpm cannot express raise ValueError naming the setting.
+
+        ``sampling=False``: the schedule alone, for a caller that applies the scheduler's sampling
+        settings itself (the drop-in schedulers of fastddpm.diffusers): ``rescale_betas_zero_snr``
+        gives the zero-terminal-SNR schedule (:func:`rescale_zero_terminal_snr`), and the sampling
+        settings (thresholding, steps_offset, variance_type, clip, spacing, prediction) are
+        neither checked nor recorded (no ``sampling_defaults``).
         """
         config = getattr(scheduler_or_config, "config", scheduler_or_config)
         if not hasattr(config, "get"):
@@ -242,9 +282,12 @@ class Schedule:
         def unsupported(key, value, allowed):
             raise ValueError(f"diffusers setting {key}={value!r} is not supported by fastddpm; allowed: {allowed}")
 
+        if not sampling:
+            return cls._diffusers_betas(get, unsupported)
+
         if get("rescale_betas_zero_snr", False):
-            unsupported("rescale_betas_zero_snr", True, "False (zero-terminal-SNR betas give beta = 1, "
-                        "outside (0, 1))")
+            unsupported("rescale_betas_zero_snr", True, "False for fastddpm.sample (its spacings and samplers need "
+                        "alpha_bar > 0; the drop-in schedulers of fastddpm.diffusers support it)")
         if get("thresholding", False):
             unsupported("thresholding", True, "False (use clip_sample for static clipping)")
         if get("steps_offset", 0):
@@ -267,6 +310,14 @@ class Schedule:
         never_clips = "DPMSolver" in str(get("_class_name", "")) or "solver_order" in config
         clip = float(get("clip_sample_range", 1.0)) if get("clip_sample", not never_clips) else None
 
+        schedule = cls._diffusers_betas(get, unsupported)
+        schedule.sampling_defaults = {"prediction": prediction, "variance": variance_map[variance],
+                                      "clip": clip, "spacing": spacing}
+        return schedule
+
+    @classmethod
+    def _diffusers_betas(cls, get, unsupported) -> "Schedule":
+        """The schedule of a diffusers config (``get``: its .get), rescaled when rescale_betas_zero_snr."""
         num_steps = _check_num_steps(get("num_train_timesteps", 1000))
         trained = get("trained_betas", None)
         if trained is not None:
@@ -287,8 +338,8 @@ class Schedule:
                 schedule = cls.sigmoid(num_steps, beta_start=start, beta_end=end)
             else:
                 unsupported("beta_schedule", name, "linear, scaled_linear, squaredcos_cap_v2, sigmoid or trained_betas")
-        schedule.sampling_defaults = {"prediction": prediction, "variance": variance_map[variance],
-                                      "clip": clip, "spacing": spacing}
+        if get("rescale_betas_zero_snr", False):
+            schedule = cls.from_betas(rescale_zero_terminal_snr(schedule.betas), zero_terminal_snr=True)
         return schedule
 
     def sampler_defaults(self) -> dict[str, Any] | None:

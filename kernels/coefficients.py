@@ -72,7 +72,9 @@ def schedule_tables(betas) -> dict[str, np.ndarray]:
     """Every table of TABLE_NAMES, each float64 [T], from betas [T].
 
     ᾱ is a sequential product (np.cumprod multiplies left to right), ᾱ_prev is ᾱ shifted by
-    one, and the log of the posterior variance takes β̃_1 in place of β̃_0 (which is 0).
+    one, and the log of the posterior variance takes β̃_1 in place of β̃_0 (which is 0). A
+    zero-terminal-SNR schedule (last β = 1, Schedule(zero_terminal_snr=True)) has ᾱ_{T−1} = 0,
+    so 1/√ᾱ and √(1/ᾱ − 1) are +inf at T − 1 (a sampler row that needs them is refused there).
     """
     beta = np.ascontiguousarray(betas, dtype=np.float64)
     alpha = 1.0 - beta
@@ -84,9 +86,10 @@ def schedule_tables(betas) -> dict[str, np.ndarray]:
     log_src[0] = post_var[1] if beta.shape[0] > 1 else post_var[0]
     with np.errstate(divide="ignore"):  # T = 1: β̃_0 = 0, log −inf (as the reference)
         log_var = np.log(log_src)
-    values = (beta, alpha, ac, prev, np.sqrt(ac), np.sqrt(one_m), np.sqrt(1.0 / ac), np.sqrt(1.0 / ac - 1.0),
-              post_var, log_var, beta * np.sqrt(prev) / one_m, (1.0 - prev) * np.sqrt(alpha) / one_m,
-              ac / one_m)
+    with np.errstate(divide="ignore"):  # a zero-terminal-SNR schedule (β_{T−1} = 1, ᾱ_{T−1} = 0): 1/√ᾱ = inf there
+        values = (beta, alpha, ac, prev, np.sqrt(ac), np.sqrt(one_m), np.sqrt(1.0 / ac), np.sqrt(1.0 / ac - 1.0),
+                  post_var, log_var, beta * np.sqrt(prev) / one_m, (1.0 - prev) * np.sqrt(alpha) / one_m,
+                  ac / one_m)
     return dict(zip(TABLE_NAMES, values))
 
 
@@ -183,6 +186,23 @@ def rows(cx, cm, y: Lin, s: Lin | None = None, q: Lin | None = None, var=None, x
     return xp.stack(cols, axis=1)
 
 
+def rescale_row(row, x_scale, y_scale):
+    """The row for a state stored scaled: the caller holds X = x/x_scale and wants X′ = x′/y_scale.
+
+    k-diffusion's samplers (diffusers' Euler family) keep X = x/α, the variance-exploding
+    variable, while a row maps the variance-preserving x. Substituting x = x_scale·X scales the
+    columns that multiply x (cx, yx, sx, qx) by x_scale, and dividing the output by y_scale scales
+    every term of x′ (the y columns, the noise yz included); s′ and q keep their meaning. The
+    clip (or threshold) still applies to the same x̂0. float64 [C] in, float64 [C] out.
+    """
+    out = np.array(row, dtype=np.float64)
+    for name in ("cx", "yx", "sx", "qx"):
+        out[COL[name]] *= x_scale
+    for name in ("yx", "y0", "ym", "ys", "y1", "y2", "y3", "yz"):
+        out[COL[name]] /= y_scale
+    return out
+
+
 # Per-table caches: keyed by id() and dropped with the table (arrays and tensors cannot be
 # WeakKeyDictionary keys: their == is elementwise).
 _CACHES: dict[int, tuple[weakref.ref, dict]] = {}
@@ -202,18 +222,21 @@ def cached(owner, key, build):
     return entry[1][key]
 
 
-def apply_row(row, x, m, *, clip=None, s=None, h=(), z=None, v=None, xp=np):
+def apply_row(row, x, m, *, clip=None, s=None, h=(), z=None, v=None, threshold=None, xp=np):
     """One update from a row in array operators (NumPy arrays or torch tensors): (x′, s′, q).
 
     The torch reference stepper and the plain torch benchmark loop use it; the fused kernels
     restate it in their own languages and are tested against kernels/reference.py. ``row``
     holds scalars of the data dtype; ``h`` the history buffers (most recent first); ``z`` the
-    noise (None: no noise term); ``v`` the variance channel. s′ and q are None when the row
-    does not produce them.
+    noise (None: no noise term); ``v`` the variance channel; ``threshold``: dynamic
+    thresholding's per-sample bounds s (broadcastable to x, e.g. [B, 1]): x̂0c = clip(x̂0, −s, s)/s
+    in place of ``clip``. s′ and q are None when the row does not produce them.
     """
     c = lambda name: row[COL[name]]  # noqa: E731
     x0 = c("cx") * x + c("cm") * m
-    if clip is not None:
+    if threshold is not None:
+        x0 = xp.clip(x0, -threshold, threshold) / threshold
+    elif clip is not None:
         x0 = xp.clip(x0, -clip, clip)
     terms = {"x": x, "x0": x0, "m": m, "s": s, "h1": h[0] if len(h) > 0 else None,
              "h2": h[1] if len(h) > 1 else None, "h3": h[2] if len(h) > 2 else None}

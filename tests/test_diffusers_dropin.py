@@ -237,14 +237,16 @@ def test_add_noise_and_scale_model_input_equal_diffusers():
         assert f.scale_model_input(x0, 3) is x0 and f.init_noise_sigma == 1.0 and f.order == 1 and len(f) == T
 
 
+# (thresholding, learned variances, steps_offset, set_alpha_to_one=False, rescale_betas_zero_snr, solver
+# order 3, the SDE and noise-prediction algorithms, Karras sigmas, heun, sigma_min are supported since
+# issue 23: tests/test_diffusers_dropin_options.py compares each with diffusers)
 @pytest.mark.parametrize("fused,setting,value", [
-    (FusedDDPMScheduler, "thresholding", True), (FusedDDPMScheduler, "variance_type", "learned_range"),
-    (FusedDDPMScheduler, "steps_offset", 1), (FusedDDIMScheduler, "set_alpha_to_one", False),
-    (FusedDDIMScheduler, "rescale_betas_zero_snr", True), (FusedDPMSolverMultistepScheduler, "solver_order", 3),
-    (FusedDPMSolverMultistepScheduler, "algorithm_type", "sde-dpmsolver++"),
-    (FusedDPMSolverMultistepScheduler, "use_karras_sigmas", True),
-    (FusedDPMSolverMultistepScheduler, "solver_type", "heun"),
-    (FusedDPMSolverMultistepScheduler, "final_sigmas_type", "sigma_min")])
+    (FusedDDPMScheduler, "variance_type", "other"), (FusedDDIMScheduler, "beta_schedule", "exp"),
+    (FusedDDIMScheduler, "timestep_spacing", "karras"), (FusedDPMSolverMultistepScheduler, "solver_order", 4),
+    (FusedDPMSolverMultistepScheduler, "use_flow_sigmas", True),
+    (FusedDPMSolverMultistepScheduler, "use_dynamic_shifting", True),
+    (FusedDPMSolverMultistepScheduler, "solver_type", "other"),
+    (FusedDPMSolverMultistepScheduler, "final_sigmas_type", "sigma_max")])
 def test_unsupported_settings_raise_naming_them(fused, setting, value):
     with pytest.raises(ValueError, match=setting):
         fused(num_train_timesteps=T, **{setting: value})
@@ -256,8 +258,6 @@ def test_bad_calls_raise_clear_errors(unet):
     with pytest.raises(ValueError, match="set_timesteps"):
         ddim.step(x, 10, x)
     ddim.set_timesteps(5)
-    with pytest.raises(ValueError, match="use_clipped_model_output"):
-        ddim.step(x, 80, x, use_clipped_model_output=True)
     with pytest.raises(ValueError, match="not both"):
         ddim.step(x, 80, x, eta=1.0, generator=torch.Generator(), variance_noise=x)
     ddpm = FusedDDPMScheduler(num_train_timesteps=T)

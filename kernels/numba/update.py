@@ -42,11 +42,12 @@ VAR_MODES = {None: VAR_NONE, "log": VAR_LOG, "sqrt": VAR_SQRT}
 # _body and _span are compiled per signature (not inlined): Numba prunes an ``is None`` branch on
 # an argument typed None only in the function that receives it.
 @njit(cache=True, error_model="numpy")
-def _body(cr, x, m, v, s, h1, h2, h3, z, out, q, lo, hi, has_clip, var_mode):
+def _body(cr, x, m, v, s, h1, h2, h3, z, out, q, lo, hi, has_clip, var_mode, tdiv):
     """One span: views of equal length (None: not used by this call, compiled away).
 
     ``cr``: the row (data dtype); ``out`` None: x is updated in place; ``s`` is read and written
-    in place; ``z``: the noise (drawn float32 buffer or given normals); ``v``: the variance channel.
+    in place; ``z``: the noise (drawn float32 buffer or given normals); ``v``: the variance channel;
+    ``tdiv``: dynamic thresholding's per-sample s (x̂0c = clip(x̂0, −s, s)/s; None: off).
     """
     dt = x.dtype.type
     cx, cm, yx, y0, ym, ys, y1, y2, y3, yz = cr[CX], cr[CM], cr[YX], cr[Y0], cr[YM], cr[YS], cr[Y1], cr[Y2], cr[Y3], \
@@ -59,6 +60,8 @@ def _body(cr, x, m, v, s, h1, h2, h3, z, out, q, lo, hi, has_clip, var_mode):
         x0 = cx * xv + cm * mv
         if has_clip:
             x0 = min(max(x0, lo), hi)
+        if tdiv is not None:
+            x0 = x0 / tdiv
         y = (yx * xv + y0 * x0) + ym * mv
         if s is not None:
             sv = s[i]
@@ -98,13 +101,13 @@ def _body(cr, x, m, v, s, h1, h2, h3, z, out, q, lo, hi, has_clip, var_mode):
 
 
 @njit(cache=True, error_model="numpy")
-def _span(cr, x, m, vm, s, h1, h2, h3, z, out, q, a, b, mo, vo, zo, lo, hi, has_clip, var_mode):
+def _span(cr, x, m, vm, s, h1, h2, h3, z, out, q, a, b, mo, vo, zo, lo, hi, has_clip, var_mode, tdiv):
     """Elements [a, b) with row ``cr``: the output at m[k + mo], its variance channel at vm[k + vo],
-    the noise at z[k − zo]."""
+    the noise at z[k − zo]; ``tdiv``: see _body."""
     _body(cr, x[a:b], m[a + mo:b + mo], None if vm is None else vm[a + vo:b + vo],
           None if s is None else s[a:b], None if h1 is None else h1[a:b], None if h2 is None else h2[a:b],
           None if h3 is None else h3[a:b], None if z is None else z[a - zo:b - zo],
-          None if out is None else out[a:b], None if q is None else q[a:b], lo, hi, has_clip, var_mode)
+          None if out is None else out[a:b], None if q is None else q[a:b], lo, hi, has_clip, var_mode, tdiv)
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -121,29 +124,36 @@ def _uniform(ridx, r_stride, b_first, b_last):
 
 @njit(inline="always", cache=True, error_model="numpy")
 def _chunk(coef, ridx, r_stride, x, m, vm, s, h1, h2, h3, z, zo, out, q, start, stop, per_sample, lo, hi, has_clip,
-           var_mode):
+           var_mode, thr):
     """Elements [start, stop): one span when its samples share a row (the sampling loop: one
     vectorised loop whatever D is), else sample by sample (a row per sample; the variance
-    channel's offsets: m holds [mean D | variance D] per sample)."""
+    channel's offsets: m holds [mean D | variance D] per sample; dynamic thresholding's
+    per-sample bound ``thr[b]``)."""
     b = start // per_sample
-    if vm is None and _uniform(ridx, r_stride, b, (stop - 1) // per_sample):
+    if vm is None and thr is None and _uniform(ridx, r_stride, b, (stop - 1) // per_sample):
         _span(coef[ridx[b * r_stride]], x, m, vm, s, h1, h2, h3, z, out, q, start, stop, 0, 0, zo, lo, hi, has_clip,
-              var_mode)
+              var_mode, None)
         return
     k = start
     while k < stop:
         end = min(stop, (b + 1) * per_sample)
         mo = b * per_sample if vm is not None else 0
-        _span(coef[ridx[b * r_stride]], x, m, vm, s, h1, h2, h3, z, out, q, k, end, mo, mo + per_sample, zo, lo, hi,
-              has_clip, var_mode)
+        if thr is None:
+            _span(coef[ridx[b * r_stride]], x, m, vm, s, h1, h2, h3, z, out, q, k, end, mo, mo + per_sample, zo, lo,
+                  hi, has_clip, var_mode, None)
+        else:  # x̂0c = clip(x̂0, −s_b, s_b)/s_b
+            sb = thr[b]
+            _span(coef[ridx[b * r_stride]], x, m, vm, s, h1, h2, h3, z, out, q, k, end, mo, mo + per_sample, zo, -sb,
+                  sb, True, var_mode, sb)
         k = end
         b += 1
 
 
 @kernel
 def _update_kernel(x, m, vm, s, h1, h2, h3, out, q, coef, ridx, r_stride, clip, has_clip, noise, draw, key0, key1,
-                   offset, per_sample, var_mode, n_chunks):
-    """Flat contiguous buffers of one dtype; coef [R, C] in that dtype; sample b reads row ridx[b·r_stride]."""
+                   offset, per_sample, var_mode, n_chunks, thr):
+    """Flat contiguous buffers of one dtype; coef [R, C] in that dtype; sample b reads row ridx[b·r_stride];
+    ``thr`` [B] (or None): dynamic thresholding's per-sample bound s_b (replaces the clip)."""
     n = x.shape[0]
     dt = x.dtype.type
     lo, hi = dt(-clip), dt(clip)
@@ -152,18 +162,18 @@ def _update_kernel(x, m, vm, s, h1, h2, h3, out, q, coef, ridx, r_stride, clip, 
         stop = min(n, start + CHUNK)
         if noise is not None:  # given normals (the public ops)
             _chunk(coef, ridx, r_stride, x, m, vm, s, h1, h2, h3, noise, 0, out, q, start, stop, per_sample, lo, hi,
-                   has_clip, var_mode)
+                   has_clip, var_mode, thr)
         elif draw:  # drawn here, chunk by chunk, into an L1-sized buffer
             buf, shift = chunk_normals(key0, key1, offset + start, stop - start)
             _chunk(coef, ridx, r_stride, x, m, vm, s, h1, h2, h3, buf, start - shift, out, q, start, stop, per_sample,
-                   lo, hi, has_clip, var_mode)
+                   lo, hi, has_clip, var_mode, thr)
         else:
             _chunk(coef, ridx, r_stride, x, m, vm, s, h1, h2, h3, None, 0, out, q, start, stop, per_sample, lo, hi,
-                   has_clip, var_mode)
+                   has_clip, var_mode, thr)
 
 
 def launch_args(x, m, coef, ridx, *, out=None, clip=None, s=None, h=(), q=None, noise=None, draw_noise=False, seed=0,
-                stream=0, offset=0, per_sample=1, variance=None):
+                stream=0, offset=0, per_sample=1, variance=None, threshold=None):
     """The kernel's arguments from keywords: (size, tuple). Flat contiguous arrays of x's dtype;
     ``coef`` [R, C] in that dtype; ``ridx`` int64 [1] or [B].
 
@@ -171,7 +181,10 @@ def launch_args(x, m, coef, ridx, *, out=None, clip=None, s=None, h=(), q=None, 
     three history buffers, most recent first; ``q``: the ring slot this call pushes to (None:
     no push; never one of ``h``); ``noise``: given normals, or ``draw_noise`` from (seed, stream)
     at global offset ``offset``; ``variance``: None | "log" | "sqrt" (m then holds
-    2·per_sample values per sample, the variance channel second).
+    2·per_sample values per sample, the variance channel second); ``threshold``: None, or the
+    per-sample bounds s [B] (x's dtype) of dynamic thresholding, x̂0c = clip(x̂0, −s_b, s_b)/s_b in
+    place of ``clip`` (diffusers' ``thresholding=True``; the caller computes s, e.g. a quantile of
+    |x̂0| per sample). Off, it is compiled away: the kernel is the one without it.
     """
     h = tuple(h) + (None,) * (3 - len(h))
     k0, k1 = philox_key(int(seed), int(stream))
@@ -179,7 +192,8 @@ def launch_args(x, m, coef, ridx, *, out=None, clip=None, s=None, h=(), q=None, 
     return x.shape[0], (x, m, None if variance is None else m, s, h[0], h[1], h[2], out, q, coef, ridx,
                         int(ridx.shape[0] > 1), float(clip or 0.0), clip is not None, noise,
                         bool(draw_noise) and noise is None, k0, k1, np.int64(offset), int(per_sample),
-                        VAR_MODES[variance], num_chunks(x.shape[0]))
+                        VAR_MODES[variance], num_chunks(x.shape[0]),
+                        None if threshold is None else np.ascontiguousarray(threshold, dtype=x.dtype))
 
 
 def update(x, m, coef, ridx, **kw) -> None:

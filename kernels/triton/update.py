@@ -222,11 +222,13 @@ class LoopUpdate:
     about a call is a launch argument and a CUDA graph of it replays for every call and batch.
     ``shift`` = offset & 3 is fixed per instance (a constexpr that keeps the loads aligned).
     The table's properties say which buffers exist (``has_state``, ``depth``, ``noise``,
-    ``variance``). Arguments are validated by the caller once per run; a call does no checks.
+    ``variance``). ``noise="given"``: the call's normals come as a tensor like x (``__call__``'s
+    ``noise``; the drop-in schedulers' ``variance_noise``) instead of being drawn from stream k + 1.
+    Arguments are validated by the caller once per run; a call does no checks.
     """
 
     def __init__(self, coef: torch.Tensor, slots: torch.Tensor, ctl: torch.Tensor, numel: int, per_sample: int, *,
-                 clip=None, noise: bool, has_state: bool, depth: int, variance=None, shift: int = 0):
+                 clip=None, noise: bool | str, has_state: bool, depth: int, variance=None, shift: int = 0):
         if coef.dtype != torch.float32 or coef.ndim != 2 or coef.shape[1] != KC.NUM_COLUMNS:
             raise ValueError(f"coef must be float32 [K, {KC.NUM_COLUMNS}], got {coef.dtype} {tuple(coef.shape)}")
         if slots.dtype != torch.int64 or slots.shape != (coef.shape[0], 4) or slots.device != coef.device:
@@ -243,7 +245,8 @@ class LoopUpdate:
         block, warps = launch_config(self.numel)
         self.grid = grid_size(self.numel, shift, block)
         self.kwargs = dict(HAS_CLIP=clip is not None, C=KC.NUM_COLUMNS, ROW_PER_SAMPLE=False, HAS_S=has_state,
-                           H=depth, NOISE=NOISE_DRAWN if noise else NOISE_NONE, VAR=VAR_MODES[variance], LOOP=True,
+                           H=depth, NOISE=NOISE_GIVEN if noise == "given" else (NOISE_DRAWN if noise else NOISE_NONE),
+                           VAR=VAR_MODES[variance], LOOP=True,
                            KEY_ON_DEVICE=False, SHIFT=shift, IDX64=index_bits(self.numel * max(1, depth + 1), shift),
                            BLOCK=block, num_warps=warps)
         self.last_row = coef.shape[0] - 1
@@ -255,12 +258,13 @@ class LoopUpdate:
             if self.depth else None
         return LoopBuffers(s, ring)
 
-    def __call__(self, x: torch.Tensor, model_output: torch.Tensor, bufs: LoopBuffers) -> None:
-        """x ← the update of call ctl[0] from the model output (s and the ring updated too)."""
+    def __call__(self, x: torch.Tensor, model_output: torch.Tensor, bufs: LoopBuffers, noise=None) -> None:
+        """x ← the update of call ctl[0] from the model output (s and the ring updated too);
+        ``noise``: the normals (like x) of an instance made with noise="given"."""
         if self.numel == 0:
             return
         with on_device(x):
             _update_kernel[self.grid](
                 x, model_output, x, x if bufs.s is None else bufs.s, x if bufs.ring is None else bufs.ring,
-                self.slots, x, self.coef, self.ctl, self.ctl, self.numel, self.per_sample, self.last_row, 0, 0, 0,
+                self.slots, x if noise is None else noise, self.coef, self.ctl, self.ctl, self.numel, self.per_sample, self.last_row, 0, 0, 0,
                 0, self.clip, **self.kwargs)
