@@ -300,12 +300,14 @@ class Schedule:
         prediction = get("prediction_type", "epsilon")
         if prediction not in ("epsilon", "sample", "v_prediction"):
             unsupported("prediction_type", prediction, "epsilon, sample, v_prediction")
-        variance = get("variance_type", "fixed_small") or "fixed_small"
+        # The variance is a DDPM option: only a scheduler that has one (DDPMScheduler's
+        # variance_type) sets it; for DDIM/DPM-Solver/… configs it stays None (the sampler's own).
+        variance = get("variance_type", None)
         # the *_log variants differ only in where the log is taken: the same variance
         variance_map = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
-                        "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
+                        "fixed_large": "fixed_large", "fixed_large_log": "fixed_large", None: None}
         if variance not in variance_map:
-            unsupported("variance_type", variance, ", ".join(variance_map))
+            unsupported("variance_type", variance, ", ".join(v for v in variance_map if v))
         # DDPM/DDIM default clip_sample=True; DPMSolver* schedulers have no such setting and never clip
         never_clips = "DPMSolver" in str(get("_class_name", "")) or "solver_order" in config
         clip = float(get("clip_sample_range", 1.0)) if get("clip_sample", not never_clips) else None
@@ -361,7 +363,7 @@ class Schedule:
         defaults = getattr(self, "sampling_defaults", None) or {
             "prediction": "epsilon", "variance": "fixed_small", "clip": None, "spacing": "leading"}
         prediction = defaults["prediction"] if prediction is None else prediction
-        variance = defaults["variance"] if variance is None else variance
+        variance = (defaults["variance"] or "fixed_small") if variance is None else variance
         clip = defaults["clip"] if clip == "default" else clip
         spacing = defaults["spacing"] if spacing is None else spacing
         config: dict[str, Any] = {"num_train_timesteps": self.num_steps, "beta_start": 1e-4, "beta_end": 0.02,

@@ -150,9 +150,9 @@ class _Bad:
 @pytest.mark.parametrize("kwargs,exc,match", [
     (dict(n=0), ValueError, "n must be"), (dict(n=-3), ValueError, "n must be"), (dict(n=2.0), TypeError, "n must"),
     (dict(steps=0), ValueError, "steps must"), (dict(steps=T + 1), ValueError, "steps must"),
-    (dict(sampler="euler"), ValueError, "sampler must be one of"), (dict(spacing="log"), ValueError, "spacing"),
+    (dict(sampler="plms"), ValueError, "sampler must be one of"), (dict(spacing="log"), ValueError, "spacing"),
     (dict(prediction="noise"), ValueError, "prediction"), (dict(variance="learned"), ValueError, "variance"),
-    (dict(eta=-1.0), ValueError, "eta"), (dict(eta=0.5), ValueError, "eta applies to sampler='ddim'"),
+    (dict(eta=-1.0), ValueError, "eta"), (dict(eta=0.5), ValueError, r"eta does not apply to sampler='ddpm' \(its options: variance"),
     (dict(batch_size=0), ValueError, "batch_size"), (dict(seed=-1), ValueError, "seed"),
     (dict(backend="cuda"), ValueError, "backend must be"), (dict(dtype=np.int32), TypeError, "dtype"),
     (dict(clip=0.0), ValueError, "clip"), (dict(resume=True), ValueError, "resume=True needs out="),

@@ -72,7 +72,7 @@ def test_cli_sample_resume_and_errors(ckpt, tmp_path, capsys):
     assert main(["sample", str(ckpt), "--n", "3", "--steps", "101", "--out", str(tmp_path / "w.npy"), "--quiet"]) == 2
     assert "steps must lie in [1, T = 100]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["sample", str(ckpt), "--n", "3", "--out", str(tmp_path / "x.npy"), "--sampler", "euler"])
+        main(["sample", str(ckpt), "--n", "3", "--out", str(tmp_path / "x.npy"), "--sampler", "plms"])
     assert not (tmp_path / "x.npy").exists()
 
 

@@ -17,7 +17,7 @@ from ..sampling.timesteps import ALL_SPACINGS
 
 def _spacing(value: str):
     """'leading' | 'trailing' | 'linspace' | 'logsnr' | a comma-separated list of timesteps."""
-    if value in SPACINGS + SCHEDULE_SPACINGS:
+    if value in ALL_SPACINGS:
         return value
     try:
         return [int(v) for v in value.split(",")]
