@@ -26,7 +26,6 @@ in interleaved rounds, so load from other processes hits every row alike; read t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -3,7 +3,9 @@
 bench/onnx_vs_torch.py (docs/onnx.md): on the 2-core EPYC, onnxruntime runs the butterfly MLP
 and the digits UNet 1.25–5× faster per call than torch eager at equal thread counts, and whole
 DDPM loops 4–11× faster on the loaded machine; so ``Pipeline.sample(engine="auto")`` on the CPU
-exports a torch network once (cached on disk by its weights) and samples through onnxruntime.
+exports a torch network once (cached on disk by its weights) and — since issue 26 — measures
+torch and the onnxruntime sessions once per model, machine and batch and runs the fastest
+(:mod:`fastddpm.sampling.autoengine`, :mod:`fastddpm.runtime.calibrate`).
 
 A Pipeline on an ONNX file (``Pipeline(OnnxModel(...))``, ``OnnxSampler``) runs the session
 itself; on onnxruntime's CUDA provider with torch and Triton importable, through the IO-binding
@@ -16,11 +18,9 @@ no file or a complete one, and two exporters of the same weights write equivalen
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import sys
-import warnings
 
 from .. import __version__
 from ..onnx_export import DEFAULT_OPSET, export_onnx
