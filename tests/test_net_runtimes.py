@@ -140,10 +140,35 @@ def test_runtimes_agree_and_each_is_bit_identical_across_batches_and_resume(ckpt
     for runtime, x in runs.items():
         np.testing.assert_allclose(x, ref, rtol=0, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
     np.testing.assert_array_equal(runs["onnx"], runs["onnx-nospin"])  # same graph, same threads
-    # resume: a killed bulk run continued on the same runtime equals an uninterrupted one
+    # resume: an interrupted bulk run continued on the same runtime equals an uninterrupted one,
+    # and is refused on a runtime that rounds differently
+    import fastddpm.sampling.bulk as bulk
+    from fastddpm.sampling import models
+
+    monkeypatch.setattr(bulk, "PROGRESS_EVERY_S", 0.0)  # record every batch
     monkeypatch.setenv(calibrate.ENV_VAR, "onnx")
+    real_bind, calls = models._NumpyNet.bind, [0]
+
+    def failing_bind(self, x):
+        net = real_bind(self, x)
+
+        def call(k):
+            calls[0] += 1
+            if calls[0] == 20 * 2 + 5:  # in the third batch of 8
+                raise KeyboardInterrupt
+            return net(k)
+        return call
     out = tmp_path / "x.npy"
-    pipe.sample(45, out=str(out), batch_size=8, **kw)
+    monkeypatch.setattr(models._NumpyNet, "bind", failing_bind)
+    with pytest.raises(KeyboardInterrupt):
+        pipe.sample(45, out=str(out), batch_size=8, **kw)
+    monkeypatch.setattr(models._NumpyNet, "bind", real_bind)
+    assert json.loads((tmp_path / "x.npy.progress.json").read_text())["done"] == 16
+    monkeypatch.setenv(calibrate.ENV_VAR, "torch")
+    with pytest.raises(ValueError, match=r"different settings \(model\)"):
+        pipe.sample(45, out=str(out), resume=True, **kw)
+    monkeypatch.setenv(calibrate.ENV_VAR, "onnx-nospin")  # same graph and rounding: resumes
+    pipe.sample(45, out=str(out), resume=True, batch_size=13, **kw)
     np.testing.assert_array_equal(np.load(out), runs["onnx"])
 
 
