@@ -17,7 +17,8 @@ in interleaved rounds, so load from other processes hits every row alike; read t
   median), evaluations/s, GFLOP/s and the fraction of the peak. Runtimes: torch eager;
   ``torch.compile`` (inductor, freezing; with ``--compile``: 10–30 s to compile each net);
   onnxruntime on the plain export (what engine="auto" ran before issue 26), on the export form
-  (fastddpm.nets.fused) with the default session and with spinning off.
+  (fastddpm.nets.fused) with the default session, with spinning off, and (``--threads`` > 1)
+  split over the cores (one one-thread session per core on its rows: engine auto's onnx-split).
 - ``loop``: n = 200,000 butterfly samples, dpmpp2m-20 (logsnr spacing), the default ResMLP:
   ``fastddpm.sample`` with each network runtime, against diffusers' DPMSolverMultistepScheduler
   (dpmsolver++, order 2, use_lu_lambdas) on the same torch net handed a stride-0 t (its time
@@ -180,6 +181,12 @@ def runtime_fns(net, shape, batch, threads, compile_torch, workdir):
         call = model.bind_batch(buf, [500])
         errs[name] = float(np.abs(call(0) - ref).max())
         fns[name] = (lambda call=call: call(0))
+    if threads > 1:  # engine auto's onnx-split: one one-thread session per core, each on its rows
+        from fastddpm.runtime.split import SplitOnnxModel
+
+        call = SplitOnnxModel(form, parts=threads).bind_batch(xn.copy(), [500])
+        errs["ORT export form, split over cores"] = float(np.abs(call(0) - ref).max())
+        fns["ORT export form, split over cores"] = (lambda call=call: call(0))
     return fns, errs, float(np.abs(ref).max())
 
 
@@ -278,6 +285,10 @@ def bench_loop(n, threads, rounds, log):
             if not spin:
                 so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             nets[name] = OnnxModel(path, ["CPUExecutionProvider"], session_options=so)
+        if threads > 1:
+            from fastddpm.runtime.split import SplitOnnxModel
+
+            nets["ORT export form, split over cores"] = SplitOnnxModel(form, parts=threads)
         fns = {f"fastddpm.sample, {k}": (lambda net=net: fastddpm.sample(
             net, schedule, n, sampler="dpmpp2m", steps=20, prediction=prediction, batch_size=batch, progress=False))
             for k, net in nets.items()}

@@ -9,19 +9,24 @@ Runtimes (``RUNTIMES``):
   (intra-op threads = cores, spinning);
 - ``onnx-nospin``: the same file and threads with intra-op spin-waiting off
   (``session.intra_op.allow_spinning = 0``), which halves the step time when other processes
-  share the cores and costs ~0–20 % when they do not (docs/sampling.md, "ORT session variants").
+  share the cores and costs ~0–20 % when they do not (docs/sampling.md, "ORT session variants");
+- ``onnx-split`` (more than one usable core): one one-thread session per core, each on its own
+  rows of the batch (:class:`fastddpm.runtime.split.SplitOnnxModel`): no barrier per node, so a
+  core taken by another process slows only its share (9.0 ms median per call against 16–17 ms
+  for two intra-op threads, default ResMLP at B = 8192, load 2.5–3).
 
 ``engine="onnx"`` takes ``onnx``. ``engine="auto"`` measures all of them at the batch the run
 uses (rounded up to a power of two) with :func:`fastddpm.runtime.calibrate.choose`, once per
 (model identity, machine, batch, library versions): the record lives in
 ``$FASTDDPM_CACHE/calibration`` next to the export cache (``…/onnx``), and
-``$FASTDDPM_RUNTIME=torch|onnx|onnx-nospin`` overrides it. Without onnx/onnxruntime, or when
+``$FASTDDPM_RUNTIME=torch|onnx|onnx-nospin|onnx-split`` overrides it. Without onnx/onnxruntime, or when
 the export fails (a module the exporter cannot trace), the runtime is torch, as before.
 
 The ONNX runtimes' samples differ from torch's by the float32 rounding of the network; their
 resume identity is the model's plus ``:onnx-fused`` (export form) or ``:onnx`` (plain export),
-so a bulk run is never resumed on a runtime that rounds differently. ``onnx`` and
-``onnx-nospin`` run the same graph on the same threads: bit-identical outputs.
+so a bulk run is never resumed on a runtime that rounds differently. ``onnx``,
+``onnx-nospin`` and ``onnx-split`` run the same graph, and onnxruntime computes each row alike
+whatever the rows and threads around it: bit-identical outputs.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ from ..runtime import OnnxModel
 from ..runtime import calibrate
 from .options import SamplingOptions
 
-RUNTIMES = ("torch", "onnx", "onnx-nospin")
+RUNTIMES = ("torch", "onnx", "onnx-nospin", "onnx-split")
 CALIBRATION_T = 500  # the timestep the calibration calls use (speed does not depend on it)
 
 
@@ -59,6 +64,10 @@ def _session(pipeline, path: str, name: str) -> OnnxModel:
     """One OnnxModel per (pipeline, file, runtime), kept on the pipeline."""
     sessions = pipeline.__dict__.setdefault("_onnx_sessions", {})
     session = sessions.get((path, name))
+    if session is None and name == "onnx-split":
+        from ..runtime.split import SplitOnnxModel
+
+        session = sessions[(path, name)] = SplitOnnxModel(path)
     if session is None:
         options = None
         if name == "onnx-nospin":
@@ -126,7 +135,11 @@ def select(pipeline, engine: str, options: SamplingOptions, n: int | None = None
 
     import torch
 
+    from ..runtime.split import usable_cores
+
     candidates = {"torch": torch_run, "onnx": onnx_run("onnx"), "onnx-nospin": onnx_run("onnx-nospin")}
+    if usable_cores() > 1:  # with one core it is the one-thread session
+        candidates["onnx-split"] = onnx_run("onnx-split")
     choice = calibrate.choose(
         candidates, model_id=pipeline.model_id, batch_shape=shape, directory=calibration_dir(),
         extra={"model": type(model).__qualname__, "export": os.path.basename(path),
