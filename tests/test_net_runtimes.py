@@ -244,8 +244,9 @@ def _fake(times):
     return {name: factory(name) for name in times}, calls
 
 
-def test_calibration_measures_once_then_reads_its_record(tmp_path):
-    cands, calls = _fake({"a": 0.004, "b": 0.001})
+def test_calibration_measures_once_then_reads_its_record(tmp_path, monkeypatch):
+    monkeypatch.setattr(calibrate, "DROP_FACTOR", 1e9)  # keep both in every round
+    cands, calls = _fake({"a": 0.03, "b": 0.001})
     kw = dict(model_id="m1", batch_shape=(64, 2), directory=str(tmp_path), budget_s=0.02)
     first = calibrate.choose(cands, **kw)
     assert (first.name, first.source) == ("b", "calibrated") and first.seconds["a"] > first.seconds["b"]
@@ -255,7 +256,13 @@ def test_calibration_measures_once_then_reads_its_record(tmp_path):
     n = dict(calls)
     again = calibrate.choose(cands, **kw)
     assert (again.name, again.source, again.path) == ("b", "cached", first.path) and calls == n
-    assert "cached calibration" in again.describe() and "b 1" in again.describe()
+    assert "cached calibration" in again.describe() and "per call at batch 64: b " in again.describe()
+
+
+def test_a_much_slower_candidate_is_dropped_after_one_round(tmp_path):
+    cands, calls = _fake({"fast": 0.001, "slow": 0.2})  # ×200: dropped even if load delays "fast" ~10 ms
+    choice = calibrate.choose(cands, model_id="m1", batch_shape=(8, 2), directory=str(tmp_path), budget_s=0.05)
+    assert choice.name == "fast" and calls["slow"] == 2 and calls["fast"] >= 1 + calibrate.MIN_ROUNDS  # warm-up + 1
 
 
 def test_calibration_key_changes_with_model_machine_batch_and_libraries(tmp_path, monkeypatch):
@@ -276,7 +283,7 @@ def test_calibration_key_changes_with_model_machine_batch_and_libraries(tmp_path
     monkeypatch.setattr(calibrate, "library_versions", versions)
     assert calibrate.calibration_key(calibrate.calibration_inputs("m1", (64, 2), ["a", "b"])) == key
     # a record stored under a key is not taken for other inputs, even when copied to that key's name
-    cands, calls = _fake({"a": 0.001, "b": 0.003})
+    cands, calls = _fake({"a": 0.001, "b": 0.03})
     first = calibrate.choose(cands, model_id="m1", batch_shape=(64, 2), directory=str(tmp_path), budget_s=0.01)
     other = calibrate.calibration_key(calibrate.calibration_inputs("m2", (64, 2), ["a", "b"]))
     os.replace(first.path, tmp_path / f"{other}.json")
@@ -288,7 +295,7 @@ def test_calibration_key_changes_with_model_machine_batch_and_libraries(tmp_path
 @pytest.mark.parametrize("damage", ["torn", "binary", "not-object", "wrong-choice", "bad-seconds", "old-format",
                                     "empty"])
 def test_a_damaged_calibration_file_is_measured_again_and_replaced(tmp_path, damage):
-    cands, _ = _fake({"a": 0.001, "b": 0.003})
+    cands, _ = _fake({"a": 0.001, "b": 0.03})
     kw = dict(model_id="m1", batch_shape=(8, 2), directory=str(tmp_path), budget_s=0.01)
     path = calibrate.choose(cands, **kw).path
     text = open(path).read()
@@ -324,7 +331,7 @@ def _calibrate_in_child(directory, out, barrier):
             return run
         return factory
     barrier.wait()
-    choice = cal.choose({"a": make("a", 0.002), "b": make("b", 0.006)}, model_id="shared", batch_shape=(16, 2),
+    choice = cal.choose({"a": make("a", 0.002), "b": make("b", 0.05)}, model_id="shared", batch_shape=(16, 2),
                         directory=directory, budget_s=0.3)
     with open(out, "w") as f:
         json.dump({"name": choice.name, "source": choice.source, "calls": len(calls)}, f)
@@ -348,7 +355,7 @@ def test_two_processes_calibrating_at_once_measure_once(tmp_path):
 
 
 def test_environment_override_and_its_errors(tmp_path, monkeypatch):
-    cands, calls = _fake({"a": 0.001, "b": 0.003})
+    cands, calls = _fake({"a": 0.001, "b": 0.03})
     kw = dict(model_id="m1", batch_shape=(8, 2), directory=str(tmp_path), budget_s=0.01)
     monkeypatch.setenv(calibrate.ENV_VAR, "b")
     choice = calibrate.choose(cands, **kw)

@@ -38,6 +38,7 @@ FORMAT = 1
 LOCK_WAIT_S = 120.0  # a calibration takes ~1-3 s; a lock held longer than this is from a stuck process
 DEFAULT_BUDGET_S = 1.0  # measured time per calibration, after one warm-up call per candidate
 MIN_ROUNDS, MAX_ROUNDS = 3, 15
+DROP_FACTOR = 5.0  # a candidate this much slower than the best after one round is out
 ENV_VAR = "FASTDDPM_RUNTIME"
 
 
@@ -186,16 +187,22 @@ def measure(runs: dict, budget_s: float = DEFAULT_BUDGET_S, min_rounds: int = MI
             max_rounds: int = MAX_ROUNDS) -> dict:
     """name → list of seconds per call: one warm-up call each, then interleaved rounds (one
     call of every candidate per round, so load that comes and goes hits all alike) until
-    ``budget_s`` is spent (at least ``min_rounds``, at most ``max_rounds``)."""
+    ``budget_s`` is spent (at least ``min_rounds``, at most ``max_rounds``). A candidate more
+    than ``DROP_FACTOR`` × slower than the best in the first round is not called again (torch's
+    OpenMP pool on a loaded machine: ×10–50 per call, measured), so it cannot eat the budget."""
     for run in runs.values():
         run()
     times = {name: [] for name in runs}
+    active = dict(runs)
     start = time.perf_counter()
     for r in range(max_rounds):
-        for name, run in runs.items():
+        for name, run in active.items():
             t0 = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t0)
+        if r == 0 and len(active) > 1:
+            best = min(times[name][0] for name in active)
+            active = {name: run for name, run in active.items() if times[name][0] <= DROP_FACTOR * best}
         if r + 1 >= min_rounds and time.perf_counter() - start >= budget_s:
             break
     return times
