@@ -393,34 +393,63 @@ def test_auto_engine_calibrates_once_per_batch_and_the_cli_shows_it(ckpt, tmp_pa
     assert "network runtime" not in capsys.readouterr().err
 
 
-def test_a_user_module_keeps_working_on_the_torch_path(tmp_path, monkeypatch):
-    """A module the exporter cannot trace: auto warns and samples with torch."""
-    class Untraceable(torch.nn.Module):
-        sample_shape = (2,)
+class _BatchTwo(torch.nn.Module):
+    """Exports without error, but the tracer (batch 2) bakes in the branch: wrong at other batches."""
+    sample_shape = (2,)
 
-        def __init__(self):
-            super().__init__()
-            self.lin = torch.nn.Linear(2, 2)
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
 
-        def forward(self, x, t):
-            if float(x.sum()) > 1e30:  # data-dependent Python control flow: the tracer cannot keep it
-                return x
-            return self.lin(x) * 0.0
+    def forward(self, x, t):
+        y = self.lin(x) * 0.01
+        return y * 3 if x.shape[0] == 2 else y
+
+
+def _user_pipeline(module):
+    from fastddpm.data import Normalization
 
     class Ck:
-        model = Untraceable()
+        model = module
         schedule = fastddpm.Schedule.linear(100)
-        normalization = None
+        normalization = Normalization.identity(1)
         prediction = "epsilon"
         sample_shape = (2,)
         config = None
+    return fastddpm.Pipeline(Ck())
 
-    from fastddpm.data import Normalization
 
-    Ck.normalization = Normalization.identity(1)
-    pipe = fastddpm.Pipeline(Ck())
+def test_a_user_module_whose_export_is_wrong_stays_on_torch(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTDDPM_CACHE", str(tmp_path / "cache"))
+    pipe = _user_pipeline(_BatchTwo())
+    with pytest.warns(RuntimeWarning, match="differs from the torch module"):
+        x = pipe.sample(300, steps=3, sampler="ddim", seed=1, progress=False)
+    assert pipe.runtime_choice.name == "torch"
+    np.testing.assert_array_equal(x, pipe.sample(300, steps=3, sampler="ddim", seed=1, progress=False,
+                                                 engine="torch"))
+    record = json.loads(open(pipe.runtime_choice.path).read())
+    assert set(record["rejected"]) == {r for r in calibrate_names() if r != "torch"}
+
+
+def test_a_rejected_candidate_is_left_out_and_recorded(tmp_path):
+    cands, calls = _fake({"a": 0.03, "b": 0.001})
+
+    def refuse():
+        raise calibrate.CandidateRejected("wrong output")
+    cands["b"] = refuse
+    with pytest.warns(RuntimeWarning, match="'b' left out: wrong output"):
+        choice = calibrate.choose(cands, model_id="m1", batch_shape=(8, 2), directory=str(tmp_path), budget_s=0.01)
+    assert choice.name == "a" and json.loads(open(choice.path).read())["rejected"] == {"b": "wrong output"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert calibrate.choose(cands, model_id="m1", batch_shape=(8, 2), directory=str(tmp_path)).name == "a"
+
+
+def test_a_user_module_keeps_working_on_the_torch_path(tmp_path, monkeypatch):
+    """A module the exporter cannot handle: auto warns and samples with torch."""
+    pipe = _user_pipeline(_BatchTwo())
     monkeypatch.setattr("fastddpm.sampling.engines.cached_export",
                         lambda p, d=None: (_ for _ in ()).throw(RuntimeError("cannot trace")))
-    with pytest.warns(RuntimeWarning, match="sampling with torch"):
+    with pytest.warns(RuntimeWarning, match="sampling with torch: exporting _BatchTwo to ONNX .* cannot trace"):
         x = pipe.sample(5, steps=2, sampler="ddim", progress=False)
     assert x.shape == (5, 2) and pipe.runtime_choice.name == "torch"

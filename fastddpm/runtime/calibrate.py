@@ -12,7 +12,9 @@ NumPy, onnxruntime, torch and fastddpm. A changed model, machine or library ther
 reuses a stale choice — it has another file. A record is used only if it is a JSON object of
 this format whose stored key and inputs equal the ones asked for and whose choice is one of the
 candidates; anything else (a torn, edited or truncated file) is reported with a warning and
-measured again.
+measured again. A candidate whose factory raises :class:`CandidateRejected` (the engine's ONNX
+runtimes do when their output on the calibration batch does not match the torch module's) is
+left out, with the reason in the record.
 
 Two processes calibrating the same key at once: the first takes an exclusive ``flock`` on
 ``KEY.lock`` and measures; the second waits for that lock (at most ``LOCK_WAIT_S``), then
@@ -40,6 +42,11 @@ DEFAULT_BUDGET_S = 1.0  # measured time per calibration, after one warm-up call 
 MIN_ROUNDS, MAX_ROUNDS = 3, 15
 DROP_FACTOR = 5.0  # a candidate this much slower than the best after one round is out
 ENV_VAR = "FASTDDPM_RUNTIME"
+
+
+class CandidateRejected(Exception):
+    """Raised by a candidate's factory when the runtime cannot be used for this model (its
+    output does not match the reference, say): the candidate is left out and the reason recorded."""
 
 
 class Choice:
@@ -247,13 +254,22 @@ def choose(candidates: dict, *, model_id: str, batch_shape, directory: str, extr
             record = read_record(path, key, inputs, candidates)
             if record is not None:
                 return _from_record(record, "cached", path)
-        runs = {name: candidates[name]() for name in names}
+        runs, rejected = {}, {}
+        for name in names:
+            try:
+                runs[name] = candidates[name]()
+            except CandidateRejected as exc:
+                rejected[name] = str(exc)
+                warnings.warn(f"runtime {name!r} left out: {exc}", RuntimeWarning, stacklevel=3)
+        if not runs:
+            raise RuntimeError(f"no runtime could be used: {rejected}")
         times = measure(runs, budget_s)
         seconds = {name: _median(v) for name, v in times.items()}
-        choice = min(names, key=lambda n: seconds[n])
+        choice = min(seconds, key=lambda n: seconds[n])
         load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
         record = {"format": FORMAT, "key": key, "inputs": json.loads(json.dumps(inputs, default=str)),
-                  "choice": choice, "seconds": seconds, "samples": times, "load_avg_1m": load,
+                  "choice": choice, "seconds": seconds, "samples": times, "rejected": rejected,
+                  "load_avg_1m": load,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         from .._io import write_json
 
@@ -266,5 +282,5 @@ def _from_record(record: dict, source: str, path: str) -> Choice:
                   record.get("load_avg_1m"))
 
 
-__all__ = ["Choice", "ENV_VAR", "calibration_inputs", "calibration_key", "choose", "library_versions",
+__all__ = ["CandidateRejected", "Choice", "ENV_VAR", "calibration_inputs", "calibration_key", "choose", "library_versions",
            "machine_fingerprint", "measure", "read_record"]

@@ -43,6 +43,9 @@ from .options import SamplingOptions
 
 RUNTIMES = ("torch", "onnx", "onnx-nospin", "onnx-split")
 CALIBRATION_T = 500  # the timestep the calibration calls use (speed does not depend on it)
+# An ONNX runtime must reproduce the module on the calibration batch to this × max(1, |output|):
+# 100× the float32 tolerance the built-in nets keep (tests/test_net_runtimes.py; observed ≤ 1.5e-6).
+CHECK_TOL = 1e-3
 
 
 def calibration_dir() -> str:
@@ -112,10 +115,24 @@ def select(pipeline, engine: str, options: SamplingOptions, n: int | None = None
     batch = calibration_batch(pipeline, options, n)
     shape = (batch, *pipeline.sample_shape)
 
+    x_cal = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    reference = []
+
+    def torch_out():
+        """The torch module's output on the calibration batch (computed once)."""
+        import torch
+
+        if not reference:
+            with torch.inference_mode():
+                out = model(torch.from_numpy(x_cal.copy()), torch.full((1,), CALIBRATION_T, dtype=torch.int64)
+                            .expand(batch))
+            reference.append(out.detach().float().numpy().copy())
+        return reference[0]
+
     def torch_run():
         import torch
 
-        x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+        x = torch.from_numpy(x_cal.copy())
         t = torch.full((1,), CALIBRATION_T, dtype=torch.int64).expand(batch)
 
         def run():
@@ -125,11 +142,20 @@ def select(pipeline, engine: str, options: SamplingOptions, n: int | None = None
 
     def onnx_run(name):
         def make():
-            x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-            net = _session(pipeline, path, name).bind_batch(x, [CALIBRATION_T])
+            x = x_cal.copy()
+            session = _session(pipeline, path, name)
+            net = session.bind_batch(x, [CALIBRATION_T])
             if net is None:  # cannot happen for a CPU session on a dynamic-batch file; measured the plain way
-                session = _session(pipeline, path, name)
-                return lambda: session(x, CALIBRATION_T)
+                net = (lambda k: session(x, CALIBRATION_T))
+            # A traced export can bake in a branch the module takes differently at this batch (a
+            # user's module, say): a runtime that does not reproduce the module is not a candidate.
+            want = torch_out()
+            err = float(np.abs(net(0) - want).max())
+            if not err <= CHECK_TOL * max(1.0, float(np.abs(want).max())):
+                raise calibrate.CandidateRejected(
+                    f"its output differs from the torch module's by {err:.3g} on the calibration batch "
+                    f"(allowed {CHECK_TOL:g} × max(1, |output|)); the export of {type(model).__name__} does not "
+                    "reproduce it (data- or shape-dependent Python control flow?)")
             return lambda: net(0)
         return make
 
