@@ -354,6 +354,15 @@ def test_two_processes_calibrating_at_once_measure_once(tmp_path):
     assert len(list((tmp_path / "cal").glob("*.json"))) == 1
 
 
+def test_an_unusable_cache_directory_measures_without_caching(tmp_path):
+    cands, calls = _fake({"a": 0.001, "b": 0.03})
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.warns(RuntimeWarning, match="measuring without caching"):
+        choice = calibrate.choose(cands, model_id="m1", batch_shape=(8, 2), directory=str(tmp_path / "file" / "cal"),
+                                  budget_s=0.01)
+    assert (choice.name, choice.source, choice.path) == ("a", "calibrated", None)
+
+
 def test_environment_override_and_its_errors(tmp_path, monkeypatch):
     cands, calls = _fake({"a": 0.001, "b": 0.03})
     kw = dict(model_id="m1", batch_shape=(8, 2), directory=str(tmp_path), budget_s=0.01)

@@ -168,7 +168,11 @@ def read_record(path: str, key: str, inputs: dict, candidates) -> dict | None:
 @contextlib.contextmanager
 def _locked(path: str, wait_s: float):
     """An exclusive flock on ``path`` (created), waiting up to ``wait_s``; yields whether it is held."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a read-only cache directory: measure unlocked (the write then warns)
+        yield False
+        return
     held = False
     try:
         deadline = time.monotonic() + wait_s
@@ -243,8 +247,13 @@ def choose(candidates: dict, *, model_id: str, batch_shape, directory: str, extr
         return Choice(names[0], "only", batch=int(batch_shape[0]))
     inputs = calibration_inputs(model_id, batch_shape, names, extra)
     key = calibration_key(inputs)
-    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{key}.json")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:  # a read-only or broken cache: measure, keep nothing
+        warnings.warn(f"cannot create the runtime calibration directory {directory} ({exc}); measuring "
+                      "without caching the choice", RuntimeWarning, stacklevel=2)
+        return _from_record(_calibrate(candidates, names, key, inputs, budget_s), "calibrated", None)
     if not force:
         record = read_record(path, key, inputs, candidates)
         if record is not None:
@@ -254,27 +263,36 @@ def choose(candidates: dict, *, model_id: str, batch_shape, directory: str, extr
             record = read_record(path, key, inputs, candidates)
             if record is not None:
                 return _from_record(record, "cached", path)
-        runs, rejected = {}, {}
-        for name in names:
-            try:
-                runs[name] = candidates[name]()
-            except CandidateRejected as exc:
-                rejected[name] = str(exc)
-                warnings.warn(f"runtime {name!r} left out: {exc}", RuntimeWarning, stacklevel=3)
-        if not runs:
-            raise RuntimeError(f"no runtime could be used: {rejected}")
-        times = measure(runs, budget_s)
-        seconds = {name: _median(v) for name, v in times.items()}
-        choice = min(seconds, key=lambda n: seconds[n])
-        load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-        record = {"format": FORMAT, "key": key, "inputs": json.loads(json.dumps(inputs, default=str)),
-                  "choice": choice, "seconds": seconds, "samples": times, "rejected": rejected,
-                  "load_avg_1m": load,
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        record = _calibrate(candidates, names, key, inputs, budget_s)
         from .._io import write_json
 
-        write_json(path, record, indent=1)
+        try:
+            write_json(path, record, indent=1)
+        except OSError as exc:
+            warnings.warn(f"cannot write the runtime calibration {path} ({exc}); the choice is not cached",
+                          RuntimeWarning, stacklevel=2)
+            path = None
     return _from_record(record, "calibrated", path)
+
+
+def _calibrate(candidates, names, key, inputs, budget_s) -> dict:
+    """Measure the candidates; the record to store."""
+    runs, rejected = {}, {}
+    for name in names:
+        try:
+            runs[name] = candidates[name]()
+        except CandidateRejected as exc:
+            rejected[name] = str(exc)
+            warnings.warn(f"runtime {name!r} left out: {exc}", RuntimeWarning, stacklevel=4)
+    if not runs:
+        raise RuntimeError(f"no runtime could be used: {rejected}")
+    times = measure(runs, budget_s)
+    seconds = {name: _median(v) for name, v in times.items()}
+    choice = min(seconds, key=lambda n: seconds[n])
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return {"format": FORMAT, "key": key, "inputs": json.loads(json.dumps(inputs, default=str)),
+            "choice": choice, "seconds": seconds, "samples": times, "rejected": rejected,
+            "load_avg_1m": load, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def _from_record(record: dict, source: str, path: str) -> Choice:
