@@ -19,7 +19,15 @@ def _onnx_cache_in_tmp(tmp_path_factory):
 
     old = os.environ.get("FASTDDPM_CACHE")
     os.environ["FASTDDPM_CACHE"] = str(tmp_path_factory.mktemp("fastddpm-cache"))
+    # engine="auto" picks a runtime by timing it (issue 26); the suite pins it to onnx (what auto
+    # did before) so results do not depend on load. tests/test_net_runtimes.py unsets it.
+    old_runtime = os.environ.get("FASTDDPM_RUNTIME")
+    os.environ["FASTDDPM_RUNTIME"] = "onnx"
     yield
+    if old_runtime is None:
+        os.environ.pop("FASTDDPM_RUNTIME", None)
+    else:
+        os.environ["FASTDDPM_RUNTIME"] = old_runtime
     if old is None:
         os.environ.pop("FASTDDPM_CACHE", None)
     else:

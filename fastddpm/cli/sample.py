@@ -72,8 +72,9 @@ def add_parser(subparsers, parents):
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     add_distributed_arguments(p, sampling=True)
     p.add_argument("--engine", choices=ENGINES, default="auto",
-                   help="network runtime for a checkpoint: auto = onnxruntime on the CPU when installed "
-                        "(a cached export; faster, see docs/onnx.md), else torch")
+                   help="network runtime for a checkpoint: auto = on the CPU, the fastest of torch and "
+                        "onnxruntime as measured once per model, machine and batch (cached; $FASTDDPM_RUNTIME "
+                        "overrides; docs/onnx.md), else torch")
     return p
 
 
@@ -107,12 +108,25 @@ def run(args) -> int:
     else:
         if not onnx:
             pipe = _load(args, args.device)
+            if not args.quiet:  # issue 26: one line naming the network runtime (measured once, then cached)
+                _show_runtime(pipe, args, options)
         start = time.perf_counter()
         path = pipe.sample(args.n, out=args.out, engine=args.engine, **options)
     if not args.quiet:
         took = time.perf_counter() - start
         print(f"wrote {args.n} samples to {path} in {took:.1f} s ({args.n / took:,.0f} samples/s)", file=sys.stderr)
     return 0
+
+
+def _show_runtime(pipe, args, options) -> None:
+    """Choose the runtime before sampling (the choice is kept on the pipeline and its calibration
+    on disk, so sample() finds it again) and print it in one line."""
+    from ..sampling.engines import choose
+
+    choose(pipe, args.engine, pipe.options(dict(options)), n=args.n)
+    choice = getattr(pipe, "runtime_choice", None)
+    print(choice.describe() if choice is not None and args.engine != "torch" else "network runtime: torch",
+          file=sys.stderr)
 
 
 def _load(args, device):

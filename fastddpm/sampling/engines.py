@@ -3,7 +3,9 @@
 bench/onnx_vs_torch.py (docs/onnx.md): on the 2-core EPYC, onnxruntime runs the butterfly MLP
 and the digits UNet 1.25–5× faster per call than torch eager at equal thread counts, and whole
 DDPM loops 4–11× faster on the loaded machine; so ``Pipeline.sample(engine="auto")`` on the CPU
-exports a torch network once (cached on disk by its weights) and samples through onnxruntime.
+exports a torch network once (cached on disk by its weights) and — since issue 26 — measures
+torch and the onnxruntime sessions once per model, machine and batch and runs the fastest
+(:mod:`fastddpm.sampling.autoengine`, :mod:`fastddpm.runtime.calibrate`).
 
 A Pipeline on an ONNX file (``Pipeline(OnnxModel(...))``, ``OnnxSampler``) runs the session
 itself; on onnxruntime's CUDA provider with torch and Triton importable, through the IO-binding
@@ -16,14 +18,13 @@ no file or a complete one, and two exporters of the same weights write equivalen
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import sys
-import warnings
 
 from .. import __version__
 from ..onnx_export import DEFAULT_OPSET, export_onnx
+from ..onnx_fused import FORM_VERSION, export_fused
 from ..runtime import OnnxModel
 from ..runtime.cuda import cuda_iobinding_available, torch_module
 from .models import model_identity
@@ -46,7 +47,9 @@ def _export_key(pipeline) -> str:
     settings = [__version__, torch.__version__, DEFAULT_OPSET, type(module).__qualname__,
                 list(pipeline.sample_shape), None if pipeline.schedule is None else pipeline.schedule.to_config(),
                 pipeline.prediction, norm.to_config() if hasattr(norm, "to_config") else norm,
-                getattr(module, "config", None)]
+                getattr(module, "config", None),
+                # issue 26: built-in nets are cached in their export form (fastddpm/onnx_fused.py)
+                fused_form_version(module)]
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(model_identity(module).encode())
     return h.hexdigest()[:24]
@@ -58,18 +61,29 @@ def cached_export(pipeline, directory: str | None = None) -> str:
     path = os.path.join(directory, f"{type(pipeline.model).__name__}-{_export_key(pipeline)}.onnx")
     if not os.path.exists(path):
         os.makedirs(directory, exist_ok=True)
-        export_onnx(pipeline.model, path, sample_shape=tuple(pipeline.sample_shape), schedule=pipeline.schedule,
-                    prediction=pipeline.prediction, normalization=pipeline.normalization)
+        # issue 26: a built-in net is exported in its export form (fastddpm/onnx_fused.py), others as they are
+        export = export_fused if fused_form_version(pipeline.model) else export_onnx
+        export(pipeline.model, path, sample_shape=tuple(pipeline.sample_shape), schedule=pipeline.schedule,
+               prediction=pipeline.prediction, normalization=pipeline.normalization)
     return path
 
 
-def choose(pipeline, engine: str, options: SamplingOptions):
+def fused_form_version(module):
+    """onnx_fused.FORM_VERSION for a built-in net (exported in its export form), else None."""
+    from ..nets.fused import FORMS
+
+    return FORM_VERSION if type(module) in FORMS else None
+
+
+def choose(pipeline, engine: str, options: SamplingOptions, n: int | None = None):
     """(network to call, its identity, the options to run it with) for ``Pipeline.sample``.
 
     engine: "torch" → the torch module; "onnx" → the cached export on onnxruntime's CPU provider
-    (an error if that cannot be done); "auto" → "onnx" when the sampling runs on the CPU in
-    float32, onnx and onnxruntime are installed and the export works (torch otherwise, with a
-    warning when the export failed). A Pipeline on an ONNX file always runs its session.
+    (an error if that cannot be done); "auto" → when the sampling runs on the CPU in float32,
+    onnx and onnxruntime are installed and the export works, the fastest of torch and the
+    onnxruntime sessions as measured at this run's batch ``n`` allows (cached per model, machine
+    and batch; fastddpm/sampling/autoengine.py), torch otherwise (with a warning when the export
+    failed). A Pipeline on an ONNX file always runs its session.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}; got {engine!r}")
@@ -88,22 +102,11 @@ def choose(pipeline, engine: str, options: SamplingOptions):
                              "update); for a GPU export the net (fastddpm export) and use fastddpm.OnnxSampler with "
                              "onnxruntime-gpu, or use engine='torch'")
         return model, pipeline.model_id, options
-    if engine == "auto" and (importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None):
-        return model, pipeline.model_id, options
-    try:
-        path = cached_export(pipeline)
-        session = getattr(pipeline, "_onnx_engine", None)
-        if session is None or session.path != path:  # one session per pipeline and weights
-            session = OnnxModel(path, ["CPUExecutionProvider"])
-            pipeline._onnx_engine = session
-    except Exception as exc:
-        if engine == "onnx":
-            raise
-        warnings.warn(f"sampling with torch: exporting {type(model).__name__} to ONNX for the faster CPU path "
-                      f"failed ({type(exc).__name__}: {exc}); pass engine='torch' to skip the attempt",
-                      RuntimeWarning, stacklevel=3)
-        return model, pipeline.model_id, options
-    return session, pipeline.model_id + ":onnx", options
+    # -- issue 26 hook: torch, or which onnxruntime session; "auto" measures once per model, machine
+    # and batch and caches the choice (fastddpm/sampling/autoengine.py, fastddpm/runtime/calibrate.py)
+    from .autoengine import select
+
+    return select(pipeline, engine, options, n, export=cached_export)
 
 
 def _onnx_file(pipeline, options: SamplingOptions):

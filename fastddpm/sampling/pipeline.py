@@ -144,7 +144,7 @@ class Pipeline:
 
     def run(self, n: int, options: SamplingOptions, *, engine: str = "auto", denormalize: bool = True):
         """:meth:`sample` with its keywords already in a SamplingOptions (see :meth:`options`)."""
-        model, model_id, options = engines.choose(self, engine, options)
+        model, model_id, options = engines.choose(self, engine, options, n=n)  # issue 26: n sets the calibrated batch
         options = options.replace(prediction=self.prediction, sample_shape=self.sample_shape)
         post = self._to_data if denormalize else None
         result = execute(model, self.schedule, n, options, model_id=model_id, postprocess=post)
