@@ -11,12 +11,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 TARGET = GPUTarget("cuda", 90, 32)
-STEP_TYPES = dict(x_ptr="*fp32", m_ptr="*fp32", out_ptr="*fp32", x0p_ptr="*fp32", noise_ptr="*fp32",
-                  coef_ptr="*fp32", ctl_ptr="*i64", key_ptr="*i64", n="i32", per_sample="i32", last_row="i32",
-                  seed_word="i32", stream_word="i32", ctr_lo="i32", ctr_hi="i32", clip="fp32")
+STEP_TYPES = dict(x_ptr="*fp32", m_ptr="*fp32", out_ptr="*fp32", s_ptr="*fp32", ring_ptr="*fp32",
+                  slots_ptr="*i64", noise_ptr="*fp32", coef_ptr="*fp32", ctl_ptr="*i64", key_ptr="*i64", n="i32",
+                  per_sample="i32", last_row="i32", seed_word="i32", stream_word="i32", ctr_lo="i32", ctr_hi="i32",
+                  clip="fp32")
 # What the launcher's specialisation gives for 16-byte aligned tensors and n % 16 == 0.
-ALIGNED = ("x_ptr", "m_ptr", "out_ptr", "x0p_ptr", "noise_ptr", "x0_ptr", "t_ptr", "coef_ptr", "ctl_ptr", "key_ptr",
-           "n")
+ALIGNED = ("x_ptr", "m_ptr", "out_ptr", "s_ptr", "ring_ptr", "slots_ptr", "noise_ptr", "x0_ptr", "t_ptr", "coef_ptr",
+           "ctl_ptr", "key_ptr", "n")
 
 
 def _kernel(module, name):
@@ -34,20 +35,28 @@ def compile_one(fn, types, constexprs, num_warps=8):
 
 
 def main():
-    step = dict(HAS_CLIP=True, LOOP=False, KEY_ON_DEVICE=False, BLOCK=4096)
+    step = dict(HAS_CLIP=True, LOOP=False, KEY_ON_DEVICE=False, BLOCK=4096, C=22, HAS_S=False, H=0, VAR=0)
     update = _kernel("update", "_update_kernel")
     out = {
         # ddpm_step/ddim_step with a scalar t: one row, noise drawn, aligned.
         "ddpm_scalar_t": compile_one(update, STEP_TYPES, dict(
-            step, SAMPLER=0, PRED=0, C=5, ROW_PER_SAMPLE=False, NOISE=2, SHIFT=0, IDX64=False)),
+            step, ROW_PER_SAMPLE=False, NOISE=2, SHIFT=0, IDX64=False)),
         # A row per sample, unaligned offset, int64 indices, key on device.
         "ddpm_per_sample": compile_one(update, STEP_TYPES, dict(
-            step, SAMPLER=0, PRED=2, C=5, ROW_PER_SAMPLE=True, NOISE=2, SHIFT=3, IDX64=True, KEY_ON_DEVICE=True)),
+            step, ROW_PER_SAMPLE=True, NOISE=2, SHIFT=3, IDX64=True, KEY_ON_DEVICE=True)),
         "ddim_per_sample": compile_one(update, STEP_TYPES, dict(
-            step, SAMPLER=1, PRED=1, C=7, ROW_PER_SAMPLE=True, NOISE=1, SHIFT=0, IDX64=False)),
-        # The sampling loop's step (row, step and counters read from device memory).
+            step, ROW_PER_SAMPLE=True, NOISE=1, SHIFT=0, IDX64=False)),
+        # The sampling loop's call (row, call index, ring slots and counters read from device memory).
         "ddpm_loop": compile_one(update, STEP_TYPES, dict(
-            step, SAMPLER=0, PRED=0, C=5, ROW_PER_SAMPLE=False, NOISE=2, SHIFT=0, IDX64=False, LOOP=True)),
+            step, ROW_PER_SAMPLE=False, NOISE=2, SHIFT=0, IDX64=False, LOOP=True)),
+        # A third-order multistep call (two history values read, one pushed) and UniPC-3 (state +
+        # three history values), and a DDPM call with a variance channel.
+        "dpmpp3m_loop": compile_one(update, STEP_TYPES, dict(
+            step, ROW_PER_SAMPLE=False, NOISE=0, SHIFT=0, IDX64=False, LOOP=True, H=2)),
+        "unipc3_loop": compile_one(update, STEP_TYPES, dict(
+            step, ROW_PER_SAMPLE=False, NOISE=0, SHIFT=0, IDX64=False, LOOP=True, H=3, HAS_S=True)),
+        "ddpm_learned_range_loop": compile_one(update, STEP_TYPES, dict(
+            step, ROW_PER_SAMPLE=False, NOISE=2, SHIFT=0, IDX64=False, LOOP=True, VAR=1)),
         "q_sample": compile_one(_kernel("q_sample", "_q_sample_kernel"), dict(
             x0_ptr="*fp32", noise_ptr="*fp32", out_ptr="*fp32", t_ptr="*i64", sqrt_ab_ptr="*fp32",
             sqrt_1mab_ptr="*fp32", key_ptr="*i64", n="i32", per_sample="i32", last_step="i32",

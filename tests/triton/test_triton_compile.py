@@ -26,8 +26,8 @@ def compiled():
 
 
 def test_all_kernels_compile_for_sm90(compiled):
-    assert set(compiled) == {"ddpm_scalar_t", "ddpm_per_sample", "ddim_per_sample", "ddpm_loop", "q_sample",
-                             "randn_bf16"}
+    assert set(compiled) == {"ddpm_scalar_t", "ddpm_per_sample", "ddim_per_sample", "ddpm_loop", "dpmpp3m_loop",
+                             "unipc3_loop", "ddpm_learned_range_loop", "q_sample", "randn_bf16"}
 
 
 def test_sampling_step_is_vectorised(compiled):
@@ -37,3 +37,7 @@ def test_sampling_step_is_vectorised(compiled):
     assert compiled["ddpm_scalar_t"]["st_v4"] == 4
     assert compiled["ddpm_loop"]["ld_v4"] == 8  # the loop kernel (LoopUpdate): the same update
     assert compiled["ddpm_loop"]["st_v4"] == 4
+    # third order: x, m and two ring buffers in; x and the pushed slot out (16 float32 per thread)
+    assert compiled["dpmpp3m_loop"]["ld_v4"] == 16 and compiled["dpmpp3m_loop"]["st_v4"] == 8
+    # unipc-3: x, m, s and three ring buffers in; x, s and the pushed slot out
+    assert compiled["unipc3_loop"]["ld_v4"] == 24 and compiled["unipc3_loop"]["st_v4"] == 12
