@@ -181,3 +181,18 @@ def test_killed_multistep_run_resumes_to_the_same_file(tmp_path):
     assert not part.exists()
     _run("unipc", model, 50, shape, batch_size=8, steps=6, order=3, out=part, resume=True)
     assert part.read_bytes() == full.read_bytes()
+
+
+@pytest.mark.parametrize("name,options", [("dpmpp3m", {}), ("unipc", dict(order=3)), ("deis", dict(order=3)),
+                                          ("dpmpp2m-sde", {})])
+def test_null_step_is_the_identity(name, options):
+    """karras ends at σ(0); with final="sigma_min" the last step goes from σ(0) to σ(0): a null
+    step, the identity (diffusers' third-order DPM-Solver returns NaN there)."""
+    shape, n = (3,), 6
+    model = Toy(shape)
+    plan = make_plan(SCHEDULE, name, 16, "karras", final="sigma_min", **options)
+    assert plan.grid.alpha_bar[-1] == plan.grid.alpha_bar[-2]
+    ref = reference_run(name, model, n, shape, plan, **options)
+    got = _run(name, model, n, shape, steps=16, spacing="karras", final="sigma_min", **options)
+    assert np.isfinite(got).all()
+    _close(got, ref)

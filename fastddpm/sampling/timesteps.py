@@ -203,6 +203,8 @@ def make_grid(schedule, sampler: str, steps=None, spacing=None, *, final=None, s
         sig = _sigma_spacing(ac, steps, spacing)
         t = np.round(sigma_to_t(sig, ac)).astype(np.int64)
         ab = 1.0 / (1.0 + sig * sig)
+        # the ends are σ(T − 1) and σ(0) exactly: their ᾱ, not a rounding of 1/(1 + σ²)
+        ab[0], ab[-1] = ac[-1], (ac[0] if steps > 1 else ab[-1])
     elif isinstance(spacing, str) and spacing == "linspace" and convention == "euler":  # EulerDiscreteScheduler: fractional timesteps
         _check_steps(T, steps)
         frac = np.linspace(0, T - 1, steps)[::-1]

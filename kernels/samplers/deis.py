@@ -56,7 +56,9 @@ def table(name: str, grid, prediction: str, *, order: int = 2, lower_order_final
             o = min(o, 2)
         eps = KC.eps_hat(ab[i], prediction, from_clipped=True)  # diffusers: ε from the (thresholded) x̂0
         at, a0 = alpha[i + 1], alpha[i]
-        if o == 1:
+        if ab[i + 1] == ab[i]:  # a null step (equal points): the identity
+            y = KC.X
+        elif o == 1:
             y = KC.X * (at / a0) - eps * (sigma[i + 1] * math.expm1(lam[i + 1] - lam[i]))
         elif o == 2:
             rt, r0, r1 = rho[i + 1], rho[i], rho[i - 1]

@@ -15,6 +15,9 @@ or with ``lower_order_final`` and fewer than 15 steps (the second-to-last then a
 order), as diffusers. ``algorithm="dpmsolver"`` is the noise-prediction form (diffusers'
 ``algorithm_type="dpmsolver"`` / ``"sde-dpmsolver"``), which needs a final σ > 0.
 
+A null step (two equal points, as diffusers' karras grids with final_sigmas_type="sigma_min"
+end) is the identity, the h → 0 limit (diffusers' third-order step returns NaN there).
+
 Every row pushes its D0 (x̂0c, or ε̂ for the noise form) onto the history ring; 2M reads one
 earlier value, 3M two: 16 / 20 bytes per element in float32 (x, m, ring in; x, ring out).
 """
@@ -72,6 +75,9 @@ def table(name: str, grid, prediction: str, *, solver_type: str = "midpoint", lo
             o = min(o, 2)
         # D0 as a form: x̂0c, or ε̂ for the noise-prediction algorithm
         D0 = KC.X0 if data else KC.eps_hat(ab[i], prediction, from_clipped=clipped_eps)
+        if h == 0.0:  # a null step (equal points: karras + final="sigma_min"): the h → 0 limit, x′ = x
+            rows.append(KC.rows(cx[i:i + 1], cm[i:i + 1], KC.X, q=D0))
+            continue
         if o >= 2:
             r0 = (lam[i] - lam[i - 1]) / h
             D1 = (D0 - KC.H1) / r0

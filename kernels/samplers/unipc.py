@@ -18,7 +18,8 @@ as diffusers; ``disable_corrector`` lists the step indices whose corrector is sk
 The row writes S′ = x_c and pushes D_i: 28 bytes per element at order 3 (x, m, S, two or three
 history values in; x, S, ring out).
 
-At a final σ = 0 the last step is x′ = x̂0 for both B(h). (diffusers' bh1 returns NaN there:
+At a final σ = 0 the last step is x′ = x̂0 for both B(h); a null step (equal points) is the
+identity. (diffusers' bh1 returns NaN there:
 B(h) = −∞ multiplies an empty residual, −∞·0.)
 """
 from __future__ import annotations
@@ -76,7 +77,9 @@ def table(name: str, grid, prediction: str, *, order: int = 2, solver_type: str 
     rows, prev_order = [], None
     for i in range(K):
         # -- UniC: correct S (the previous predictor's start) with the new D_i
-        if i > 0 and (i - 1) not in skip:
+        if i > 0 and (i - 1) not in skip and lam[i] == lam[i - 1]:
+            x_c = KC.S  # the previous step was null (equal points): nothing to correct
+        elif i > 0 and (i - 1) not in skip:
             h = lam[i] - lam[i - 1]
             earlier = [lam[i - 1 - k] for k in range(1, prev_order)]
             h_phi_1, B_h, rhos, rks = _rhos(h, lam[i - 1], earlier, prev_order, False, solver_type)
@@ -91,7 +94,9 @@ def table(name: str, grid, prediction: str, *, order: int = 2, solver_type: str 
         this_order = min(this_order, i + 1)
         h = lam[i + 1] - lam[i]
         earlier = [lam[i - k] for k in range(1, this_order)]
-        if math.isfinite(h):
+        if h == 0.0:  # a null step (equal points): the h → 0 limit, x′ = x_c
+            y = x_c
+        elif math.isfinite(h):
             h_phi_1, B_h, rhos, rks = _rhos(h, lam[i], earlier, this_order, True, solver_type)
             y = x_c * (sigma[i + 1] / sigma[i]) - D[0] * (alpha[i + 1] * h_phi_1)
             pred = KC.ZERO
