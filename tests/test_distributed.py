@@ -244,3 +244,14 @@ def test_output_state_refuses_what_it_would_clobber(tmp_path):
     assert _output_state(out, 5, 2, resume=True, overwrite=False) == "done"  # a finished run stays finished
     with pytest.raises(FileExistsError, match="not a complete"):
         _output_state(out, 6, 2, resume=True, overwrite=False)
+
+
+def test_two_ranks_with_a_multistep_sampler_write_the_single_process_file(ckpt, tmp_path):
+    """Sharding is by sample: a UniPC-3 run (state + history ring per batch) over two ranks equals
+    the one-process file byte for byte."""
+    one, two = tmp_path / "one.npy", tmp_path / "two.npy"
+    sampler = ["--sampler", "unipc", "--order", 3, "--steps", 6]
+    _ok(_fastddpm(["sample", ckpt, "--n", N, "--batch-size", BATCH, "--seed", 7, "--out", one, "--quiet",
+                   "--engine", "torch", *sampler]))
+    _ok(_torchrun(_sample_args(ckpt, two, "--quiet", *sampler)))
+    assert two.read_bytes() == one.read_bytes()

@@ -83,6 +83,15 @@ def test_onnx_sampling_equals_torch_after_1000_ddpm_steps(butterfly):
     np.testing.assert_allclose(ckpt.normalization.normalize(data), want, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("sampler", ["unipc", "heun", "dpmpp3m-sde"])
+def test_onnx_engine_runs_every_sampler_like_torch(butterfly, sampler):
+    """The ONNX Runtime engine runs the same plan and kernels: new samplers need nothing of it."""
+    ckpt, path = butterfly
+    want = fastddpm.sample(ckpt.model, ckpt.schedule, N, sampler=sampler, steps=8, seed=SEED, progress=False)
+    got = OnnxSampler(path).sample(N, sampler=sampler, steps=8, seed=SEED, progress=False, denormalize=False)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
 def test_fixed_batch_file_samples_the_same(butterfly, tmp_path):
     ckpt, path = butterfly
     fixed = fastddpm.export_onnx(ckpt, tmp_path / "fixed.onnx", dynamic_batch=False)
