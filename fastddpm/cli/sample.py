@@ -37,8 +37,8 @@ def add_parser(subparsers, parents):
                    help="sampling method: " + "; ".join(f"{n}: {_samplers.description(n)}" for n in SAMPLERS))
     p.add_argument("--steps", type=int, default=DEFAULTS.steps,
                    help="sampler steps (default: the sampler's: " + ", ".join(
-                       f"{n} {_samplers.defaults(n)['steps'] or 'T'}" for n in SAMPLERS) + "; heun makes 2 network "
-                        "calls per step)")
+                       f"{n} {_samplers.defaults(n)['steps'] or 'T'}" for n in SAMPLERS) + "; a sampler with two "
+                        "network calls per step says so in --sampler's list)")
     p.add_argument("--spacing", type=_spacing, default=None,
                    help=" | ".join(ALL_SPACINGS) + " | comma-separated timesteps (default: for a diffusers "
                         "directory its scheduler's timestep_spacing, else the sampler's: " + ", ".join(
