@@ -32,9 +32,10 @@ import numpy as np
 
 from . import __version__, metrics, plots
 from ._io import atomic_open, write_text
-from .benchmark import cpu_model
 from .data import DATASETS, Dataset, Normalization, load_dataset
-from .sampling import Pipeline, make_plan
+from .machine import cpu_model
+from .pipelines import Pipeline
+from .sampling import make_plan
 from .schedule import Schedule
 
 SAMPLERS = (("ddpm", 1000), ("dpmpp2m", 20))  # each with the library's default spacing (DEFAULT_SPACING)

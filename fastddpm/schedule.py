@@ -91,6 +91,12 @@ def _check_betas(betas) -> np.ndarray:
 # The sample() keywords a diffusers scheduler config implies besides the prediction type
 # (Schedule.sampler_defaults; the ONNX metadata entry fastddpm.sampling holds the same keys).
 SAMPLER_DEFAULT_KEYS = ("variance", "clip", "spacing")
+# The diffusers scheduler classes whose math fastddpm reproduces: variance-preserving DDPM betas,
+# sampled by fastddpm's ddpm / ddim / dpmpp2m (docs/diffusers.md). A config naming another class
+# (a variance-exploding KarrasVeScheduler or ScoreSdeVeScheduler, PNDM, Euler, …) is refused by
+# Schedule.from_diffusers and by the diffusers-directory loader rather than sampled with the wrong math.
+DIFFUSERS_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "FusedDDPMScheduler",
+                        "FusedDDIMScheduler", "FusedDPMSolverMultistepScheduler")
 
 
 class Schedule:
@@ -231,7 +237,8 @@ class Schedule:
         The sampling settings diffusers keeps on the scheduler land in ``schedule.sampling_defaults``
         (``prediction``, ``variance``, ``clip``, ``spacing``), ready for
         ``fastddpm.sample(model, schedule, n, **schedule.sampling_defaults)``.
-        Settings fastddpm cannot express raise ValueError naming the setting.
+        Settings fastddpm cannot express raise ValueError naming the setting, and so does a config whose
+        ``_class_name`` is not one of :data:`DIFFUSERS_SCHEDULERS` (e.g. a variance-exploding scheduler).
         """
         config = getattr(scheduler_or_config, "config", scheduler_or_config)
         if not hasattr(config, "get"):
@@ -241,6 +248,12 @@ class Schedule:
 
         def unsupported(key, value, allowed):
             raise ValueError(f"diffusers setting {key}={value!r} is not supported by fastddpm; allowed: {allowed}")
+
+        scheduler_class = get("_class_name", None)
+        if scheduler_class is not None and scheduler_class not in DIFFUSERS_SCHEDULERS:
+            raise ValueError(f"diffusers scheduler class {scheduler_class} is not supported: fastddpm reproduces only "
+                             f"{', '.join(DIFFUSERS_SCHEDULERS)} (variance-preserving DDPM math); a {scheduler_class} "
+                             "would be sampled with the wrong math")
 
         if get("rescale_betas_zero_snr", False):
             unsupported("rescale_betas_zero_snr", True, "False (zero-terminal-SNR betas give beta = 1, "

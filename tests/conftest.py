@@ -13,7 +13,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True, scope="session")
 def _onnx_cache_in_tmp(tmp_path_factory):
-    # Pipeline.sample(engine="auto") caches ONNX exports (fastddpm.sampling.engines.cache_dir); keep
+    # Pipeline.sample(engine="auto") caches ONNX exports (fastddpm.pipelines.engines.cache_dir); keep
     # the test suite's out of the user's ~/.cache.
     import os
 

@@ -178,7 +178,7 @@ def test_onnx_engine_export_and_identity_on_a_diffusers_dir(tmp_path, monkeypatc
     from diffusers import DDPMPipeline
 
     from fastddpm.cli import main
-    from fastddpm.sampling import engines
+    from fastddpm.pipelines import engines
 
     monkeypatch.setenv("FASTDDPM_CACHE", str(tmp_path / "cache"))
     exports = []

@@ -7,9 +7,9 @@ import time
 
 from . import UserError, add_distributed_arguments, check_device
 from ..distributed import init, sample_distributed
-from ..sampling.engines import ENGINES
+from ..pipelines import Pipeline, loader
+from ..pipelines.engines import ENGINES
 from ..sampling.options import DEFAULTS, LOOP_BACKENDS
-from ..sampling.pipeline import OnnxSampler, Pipeline
 from ..sampling.plan import SAMPLERS
 from ..sampling.timesteps import SCHEDULE_SPACINGS, SPACINGS
 
@@ -68,10 +68,9 @@ def run(args) -> int:
 
     if Path(args.out).is_dir():  # refuse before loading or sampling anything (--overwrite too)
         raise UserError(f"--out {args.out} is a directory; give the path of a .npy file to write")
-    onnx = str(args.checkpoint).endswith(".onnx")  # torch-free: onnxruntime + the fused kernels
+    onnx = loader.kind(args.checkpoint) == "onnx"  # torch-free: onnxruntime + the fused kernels
     if onnx:
-        providers = ["CPUExecutionProvider"] if args.device == "cpu" else None
-        pipe = OnnxSampler(args.checkpoint, providers=providers)
+        pipe = _load(args, args.device)
     else:
         check_device(args.device)
     options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
@@ -101,9 +100,7 @@ def run(args) -> int:
 
 
 def _load(args, device):
-    """A fastddpm checkpoint, or a local diffusers DDPMPipeline directory (has model_index.json)."""
-    from ..checkpoint import is_diffusers_dir
-
-    if is_diffusers_dir(args.checkpoint):
-        return Pipeline.from_diffusers(args.checkpoint, device=device)
-    return Pipeline.from_checkpoint(args.checkpoint, device=device, ema=not args.no_ema)
+    """A fastddpm checkpoint, an ONNX file or a local diffusers DDPMPipeline directory (the one loader,
+    fastddpm.pipelines.loader)."""
+    providers = ["CPUExecutionProvider"] if args.device == "cpu" else None
+    return Pipeline.load(args.checkpoint, device=device, ema=not args.no_ema, providers=providers)

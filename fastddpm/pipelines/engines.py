@@ -26,8 +26,8 @@ from .. import __version__
 from ..onnx_export import DEFAULT_OPSET, export_onnx
 from ..runtime import OnnxModel
 from ..runtime.cuda import cuda_iobinding_available, torch_module
-from .models import model_identity
-from .options import SamplingOptions
+from ..sampling.models import model_identity
+from ..sampling.options import SamplingOptions
 
 ENGINES = ("auto", "torch", "onnx")
 

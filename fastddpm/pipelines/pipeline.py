@@ -5,10 +5,10 @@ from ..data import Normalization
 from ..runtime import OnnxModel
 from ..runtime.metadata import check_prediction, check_sample_shape
 from ..schedule import Schedule
-from . import engines
-from .loop import execute
-from .models import model_identity
-from .options import SamplingOptions
+from . import engines, loader
+from ..sampling.loop import execute
+from ..sampling.models import model_identity
+from ..sampling.options import SamplingOptions
 
 
 class Pipeline:
@@ -42,6 +42,9 @@ class Pipeline:
         self.prediction = checkpoint.prediction
         self.sample_shape = tuple(checkpoint.sample_shape)
         self.model_id = model_identity(checkpoint)
+        config = getattr(checkpoint, "config", None)
+        if isinstance(config, dict) and "diffusers" in config:  # a diffusers directory: its scheduler's settings
+            self.sampling_defaults = self.schedule.sampler_defaults()
 
     def _from_onnx_model(self, model: OnnxModel, schedule, prediction, sample_shape) -> None:
         """The parts from the file's fastddpm metadata; the arguments override them."""
@@ -90,8 +93,8 @@ class Pipeline:
         update; see :mod:`fastddpm.runtime.cuda`); otherwise the network runs in the session and
         the update in the Numba kernels on the host.
         """
-        return cls(OnnxModel(path, providers, session_options=session_options), schedule=schedule,
-                   prediction=prediction, sample_shape=sample_shape)
+        return cls(loader.load(path, providers=providers, session_options=session_options, as_kind="onnx"),
+                   schedule=schedule, prediction=prediction, sample_shape=sample_shape)
 
     @property
     def providers(self) -> list[str]:
@@ -102,24 +105,28 @@ class Pipeline:
         return self.model.providers
 
     @classmethod
+    def load(cls, path, *, device="cpu", ema: bool = True, providers=None, session_options=None) -> "Pipeline":
+        """Whatever ``path`` holds, the way ``fastddpm sample PATH`` reads it: a checkpoint directory
+        (:meth:`from_checkpoint`), an ONNX file (:meth:`from_onnx`; ``providers``, ``session_options``)
+        or a local diffusers pipeline directory (:meth:`from_diffusers`). One loader
+        (:func:`fastddpm.pipelines.loader.load`) tells them apart for the CLI, the exporter and here."""
+        return cls(loader.load(path, device=device, ema=ema, providers=providers, session_options=session_options))
+
+    @classmethod
     def from_checkpoint(cls, path, *, device="cpu", ema: bool = True) -> "Pipeline":
         """Load the checkpoint directory ``path`` (EMA weights by default) onto ``device``."""
-        from ..checkpoint import load
-
-        return cls(load(path, device=device, ema=ema))
+        return cls(loader.load(path, device=device, ema=ema, as_kind="checkpoint"))
 
     @classmethod
     def from_diffusers(cls, path, *, device="cpu") -> "Pipeline":
         """Load a local ``DDPMPipeline.save_pretrained`` directory (needs ``fastddpm[diffusers]``).
 
         The scheduler's variance type, clipping and timestep spacing become this pipeline's
-        ``sample`` defaults (``pipeline.sampling_defaults``); the prediction type is fixed.
+        ``sample`` defaults (``pipeline.sampling_defaults``); the prediction type is fixed. A
+        scheduler class whose math fastddpm does not reproduce (a variance-exploding one, e.g.
+        ``KarrasVeScheduler``) is refused, naming it (docs/diffusers.md).
         """
-        from ..diffusers import load_pipeline_dir
-
-        pipeline = cls(load_pipeline_dir(path, device=device))
-        pipeline.sampling_defaults = pipeline.schedule.sampler_defaults()
-        return pipeline
+        return cls(loader.load(path, device=device, as_kind="diffusers"))
 
     def __repr__(self) -> str:
         if isinstance(self.model, OnnxModel):
@@ -135,7 +142,7 @@ class Pipeline:
         but prediction and sample_shape, which come from the checkpoint.
         engine: "auto" (on the CPU, run a torch network through a cached ONNX export in
         onnxruntime when onnx and onnxruntime are installed — faster than torch eager, see
-        docs/onnx.md), "torch" or "onnx" (see :mod:`fastddpm.sampling.engines`). The samples
+        docs/onnx.md), "torch" or "onnx" (see :mod:`fastddpm.pipelines.engines`). The samples
         agree to float32 rounding of the network either way.
 
         With ``return_trajectory`` also a :class:`~fastddpm.sampling.Trajectory` (de-normalised too).
@@ -186,7 +193,8 @@ class OnnxSampler(Pipeline):
 
     def __init__(self, path, providers=None, schedule: Schedule | None = None, *, prediction: str | None = None,
                  sample_shape=None, session_options=None):
-        super().__init__(OnnxModel(path, providers, session_options=session_options), schedule=schedule,
+        super().__init__(loader.load(path, providers=providers, session_options=session_options, as_kind="onnx"),
+                         schedule=schedule,
                          prediction=prediction, sample_shape=sample_shape)
 
 
