@@ -7,7 +7,8 @@ Modules are discovered, so adding a subcommand touches no other file; they impor
 packages (torch, matplotlib) inside ``run`` so that ``fastddpm --help`` stays fast.
 
 Conventions every subcommand keeps:
-- ``--help`` shows every option with its default;
+- ``--help`` shows every option with its default, read from the library function the flag
+  maps to (``library_default``; SamplingOptions, fastddpm.training), never restated here;
 - errors are one line on stderr, ``fastddpm CMD: error: what is wrong; what to do``, exit 2;
   ``--debug`` (or FASTDDPM_DEBUG=1) shows the traceback instead;
 - anything that takes more than a second shows a progress bar on stderr (``progress(args)``
@@ -57,6 +58,17 @@ def say(args, *msg) -> None:
     """Chatter for the user (to stderr); silent with --quiet. Results go to stdout."""
     if not getattr(args, "quiet", False):
         print(*msg, file=sys.stderr, flush=True)
+
+
+def library_default(function, name: str):
+    """The default of parameter ``name`` of the library function a flag maps to: CLI defaults are
+    read from the library, never restated (tests/test_defaults.py)."""
+    import inspect
+
+    default = inspect.signature(function).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise TypeError(f"{function.__qualname__}() has no default for {name!r}")
+    return default
 
 
 def check_device(device) -> None:

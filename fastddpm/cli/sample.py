@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from . import UserError, add_distributed_arguments, check_device
+from . import UserError, add_distributed_arguments, check_device, library_default
 from ..distributed import init, sample_distributed
 from ..pipelines import Pipeline, loader
 from ..pipelines.engines import ENGINES
@@ -46,7 +46,7 @@ def add_parser(subparsers, parents):
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="noise seed (same seed, same samples)")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                    help="samples per batch (default: cache-sized on CPU)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--device", default=library_default(Pipeline.load, "device"), help="cpu or cuda[:i]")
     p.add_argument("--backend", choices=LOOP_BACKENDS, default=DEFAULTS.backend,
                    help="update kernels (auto: numba on CPU, the fused Triton kernel on CUDA; triton on the CPU "
                         "only under TRITON_INTERPRET=1)")
@@ -57,7 +57,7 @@ def add_parser(subparsers, parents):
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     add_distributed_arguments(p, sampling=True)
-    p.add_argument("--engine", choices=ENGINES, default="auto",
+    p.add_argument("--engine", choices=ENGINES, default=library_default(Pipeline.sample, "engine"),
                    help="network runtime for a checkpoint: auto = onnxruntime on the CPU when installed "
                         "(a cached export; faster, see docs/onnx.md), else torch")
     return p
