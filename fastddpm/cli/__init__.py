@@ -10,6 +10,7 @@ Conventions every subcommand keeps:
 - ``--help`` shows every option with its default, read from the library function the flag
   maps to (``library_default``; SamplingOptions, fastddpm.training), never restated here;
 - errors are one line on stderr, ``fastddpm CMD: error: what is wrong; what to do``, exit 2;
+  warnings likewise, ``fastddpm CMD: warning: …``;
   ``--debug`` (or FASTDDPM_DEBUG=1) shows the traceback instead;
 - anything that takes more than a second shows a progress bar on stderr (``progress(args)``
   says whether), and ``--quiet`` silences bars and chatter, leaving results and errors.
@@ -162,6 +163,12 @@ def main(argv=None) -> int:
         parser.exit(2, f"{args._prog}: error: unrecognized arguments: {' '.join(extra)} "
                        f"(see '{args._prog} --help')\n")
     debug = args.debug or os.environ.get("FASTDDPM_DEBUG") == "1"
+    import warnings
+
+    format_warning = warnings.formatwarning
+    if not debug:  # warnings are one line too: "fastddpm CMD: warning: …" (no file:line, no source)
+        warnings.formatwarning = lambda message, category, *_, **__: \
+            f"{args._prog}: warning: {_one_line(message)}\n"
     try:
         code = args._run(args)
     except KeyboardInterrupt:
@@ -176,6 +183,8 @@ def main(argv=None) -> int:
         print(f"{args._prog}: error: {_one_line(msg) or type(exc).__name__}",
               file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = format_warning  # main() may run inside a larger program (or a test)
     return int(code or 0)
 
 

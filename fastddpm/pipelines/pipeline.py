@@ -8,7 +8,8 @@ from ..schedule import Schedule
 from . import engines, loader
 from ..sampling.loop import execute
 from ..sampling.models import model_identity
-from ..sampling.options import SamplingOptions
+from ..sampling.bulk import check_output_space
+from ..sampling.options import SamplingOptions, check_int
 
 
 class Pipeline:
@@ -151,6 +152,8 @@ class Pipeline:
 
     def run(self, n: int, options: SamplingOptions, *, engine: str = "auto", denormalize: bool = True):
         """:meth:`sample` with its keywords already in a SamplingOptions (see :meth:`options`)."""
+        if options.out is not None:  # before the engine choice may export anything
+            check_output_space(options.out, check_int(n, "n"), self.sample_shape, options.dtype)
         model, model_id, options = engines.choose(self, engine, options)
         options = options.replace(prediction=self.prediction, sample_shape=self.sample_shape)
         post = self._to_data if denormalize else None
