@@ -7,6 +7,15 @@ Imports run one way: this package imports :mod:`fastddpm.sampling`, never the re
 (tests/test_layering.py). ``fastddpm.Pipeline`` and ``fastddpm.OnnxSampler`` are these classes.
 """
 from .loader import KINDS, kind, load
-from .pipeline import OnnxSampler, Pipeline
+from .pipeline import OnnxSampler, Pipeline, SampleBatch
 
-__all__ = ["Pipeline", "OnnxSampler", "load", "kind", "KINDS"]
+
+def __getattr__(name):
+    if name == "SampleDataset":  # imports torch: on first use, so that the ONNX path stays torch-free
+        from .dataset import SampleDataset
+
+        return SampleDataset
+    raise AttributeError(f"module 'fastddpm.pipelines' has no attribute {name!r}")
+
+
+__all__ = ["Pipeline", "OnnxSampler", "SampleBatch", "SampleDataset", "load", "kind", "KINDS"]

@@ -1,15 +1,26 @@
 """Pipeline: sampling from a saved checkpoint or an ONNX file, in data space (diffusers-like entry point)."""
 from __future__ import annotations
 
+import copy
+from typing import Any, Iterator, NamedTuple
+
 from ..data import Normalization
 from ..runtime import OnnxModel
 from ..runtime.metadata import check_prediction, check_sample_shape
 from ..schedule import Schedule
 from . import engines, loader
-from ..sampling.loop import execute
+from ..sampling.loop import SamplingRun, execute
 from ..sampling.models import model_identity
 from ..sampling.bulk import check_output_space
 from ..sampling.options import SamplingOptions, check_int
+
+
+class SampleBatch(NamedTuple):
+    """One batch of :meth:`Pipeline.stream`: ``start`` is the global index of its first sample, ``x``
+    the samples start … start + len(x) − 1 (NumPy on the host, a torch tensor on the GPU)."""
+
+    start: int
+    x: Any
 
 
 class Pipeline:
@@ -169,6 +180,97 @@ class Pipeline:
             return x, traj
         x = self._host(result)
         return post(x) if post is not None else x
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    def stream(self, n: int, *, batch_size: int | None = None, start: int = 0, denormalize: bool = True,
+               engine: str = "auto", **kwargs) -> Iterator[SampleBatch]:
+        """Samples ``start`` … ``start + n − 1`` as :class:`SampleBatch` ``(start, x)`` in order, one
+        batch of ``batch_size`` samples at a time (the last one shorter), computed when asked for.
+
+        Concatenated, the batches are ``sample(n, batch_size=batch_size, start=start, **kwargs)``
+        byte for byte (the samples are a pure function of (seed, sample index); the same batch size
+        also keeps a network's float results identical — a UNet's can change in the last bit with
+        the batch shape). ``x`` is in data space (``denormalize=False``: model space): a NumPy array
+        on the host, a torch tensor on the GPU (CUDA sampling: no host copy; hand it to other
+        frameworks with DLPack, e.g. ``cupy.from_dlpack(x)``, ``jax.dlpack.from_dlpack(x)``).
+
+        Everything that can be checked is checked here, before the first batch (keywords, the
+        engine choice and its ONNX export); a batch is computed only when the iterator is advanced,
+        so nothing is computed ahead of the consumer. ``progress`` defaults to False. Keywords:
+        :meth:`sample`'s, but the file ones (out, resume, overwrite) and trajectories.
+        :meth:`dataset` wraps this for torch's DataLoader (workers and ranks).
+        """
+        return self._stream(n, self.stream_options(kwargs, batch_size, start), engine=engine,
+                            denormalize=denormalize)
+
+    def dataset(self, n: int, *, batch_size: int | None = None, start: int = 0, **kwargs):
+        """A ``torch.utils.data.IterableDataset`` over :meth:`stream` that shards its batches across
+        DataLoader workers and torch.distributed ranks (:class:`fastddpm.pipelines.SampleDataset`)."""
+        from .dataset import SampleDataset
+
+        return SampleDataset(self, n, batch_size=batch_size, start=start, **kwargs)
+
+    def stream_options(self, kwargs: dict, batch_size=None, start: int = 0) -> SamplingOptions:
+        """:meth:`stream`'s keywords as SamplingOptions (the file and trajectory ones refused)."""
+        for key in ("out", "resume", "overwrite", "return_trajectory", "trajectory_steps"):
+            if key in kwargs:
+                raise TypeError(f"{key}: Pipeline.stream yields batches in memory; write a file with "
+                                "Pipeline.sample(n, out=...) and trajectories with sample(return_trajectory=True)")
+        return self.options({"progress": False, **kwargs, "batch_size": batch_size, "start": start})
+
+    def _stream(self, n: int, options: SamplingOptions, *, engine: str = "auto", denormalize: bool = True,
+                batches=None) -> Iterator[SampleBatch]:
+        """The generator behind :meth:`stream`; ``batches(count)`` picks which batch indices to run
+        (all, in order, by default: a DataLoader worker or rank takes its share)."""
+        n = check_int(n, "n")
+        model, model_id, options = engines.choose(self, engine, options)
+        options = options.replace(prediction=self.prediction, sample_shape=self.sample_shape)
+        run = SamplingRun(model, self.schedule, n, options)
+        run.model_id = model_id
+        on_gpu = run.on_torch and run.device.type != "cpu"
+        post = self._to_data if denormalize else None
+        count = -(-n // run.batch_size)
+        chosen = range(count) if batches is None else batches(count)
+
+        def generate():
+            pbar = run.progress_bar(n)
+            try:
+                for j in chosen:
+                    s0 = j * run.batch_size
+                    x = run.run_batch(s0, min(n, s0 + run.batch_size), pbar=pbar)
+                    if not on_gpu:
+                        x = self._host(x)
+                    yield SampleBatch(run.start + s0, post(x) if post is not None else x)
+            finally:
+                if pbar is not None:
+                    pbar.close()
+
+        return generate()
+
+    def fresh(self) -> "Pipeline":
+        """A shallow copy without this process's onnxruntime sessions and CUDA bindings (re-made on
+        first use): what a DataLoader worker or a forked process samples with."""
+        other = copy.copy(self)
+        for attr in ("_onnx_engine", "_cuda"):
+            other.__dict__.pop(attr, None)
+        if isinstance(self.model, OnnxModel):
+            other.model = OnnxModel(self.model.path, self.model.providers)
+        return other
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for attr in ("_onnx_engine", "_cuda"):  # sessions do not pickle; they are re-made on first use
+            state.pop(attr, None)
+        if isinstance(self.model, OnnxModel):
+            state["model"] = ("onnx", self.model.path, self.model.providers)
+        return state
+
+    def __setstate__(self, state):
+        model = state.get("model")
+        if isinstance(model, tuple) and len(model) == 3 and model[0] == "onnx":
+            state["model"] = OnnxModel(model[1], model[2])
+        self.__dict__.update(state)
 
     def options(self, kwargs: dict) -> SamplingOptions:
         """``Pipeline.sample``'s keywords as SamplingOptions: prediction and sample_shape are the
