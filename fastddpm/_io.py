@@ -243,7 +243,7 @@ def check_space(path, size: int, *, what: str, reusable: int = 0) -> None:
         return
     too_big = limit is not None and size > limit
     raise OSError(errno.EFBIG if too_big else errno.ENOSPC,
-                  f"{what} need {size:,} bytes{_human(size)} in {path} but "
+                  f"not enough disk space for {path}: {what} need {size:,} bytes{_human(size)} but "
                   + (f"a file there can hold at most {limit:,} bytes{_human(limit)}" if too_big else
                      f"only {free:,} bytes{_human(free)} are free on its filesystem")
                   + "; ask for fewer, or write elsewhere. Nothing was written.")

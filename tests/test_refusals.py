@@ -197,7 +197,7 @@ def test_sample_larger_than_the_disk_is_refused_before_writing(ckpt, tmp_path, m
 
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
-    with pytest.raises(OSError, match=r"n = 1,000 samples.*need 8,128 bytes .7.9 KiB. in .*only 1,000 bytes are free"):
+    with pytest.raises(OSError, match=r"not enough disk space for .*big.npy: n = 1,000 samples of 8 bytes .n, --n. need 8,128 bytes .7.9 KiB. but only 1,000 bytes are free"):
         fastddpm.Pipeline.from_checkpoint(ckpt).sample(1000, out=out, progress=False, engine="torch")
     pipe = fastddpm.Pipeline.from_checkpoint(ckpt)
     with pytest.raises(OSError, match="n = 1,000 samples"):  # fastddpm.sample(out=...) checks in write_samples
