@@ -19,6 +19,11 @@ import pytest
 from fastddpm.distributed import DistributedError, init, shard_path, shard_range
 
 from _kill_rank import KILL_ENV
+from _rank_threads import MARK
+
+# Native threads of torch.distributed (gloo's transport loop and work threads, the TCPStore
+# server) that must not outlive RankContext.close(): if one does, the rank can abort at exit.
+DIST_THREADS = ("gloo", "tcpstore")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -42,6 +47,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _tests_env(**extra):
+    env = _env(**extra)
+    env["PYTHONPATH"] = os.pathsep.join([HERE, env.get("PYTHONPATH", "")])  # for -m _kill_rank / _rank_threads
+    return env
+
+
 def _torchrun(args, *, env=None, timeout=150, module="fastddpm"):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", module, "--", *map(str, args)]
@@ -55,6 +66,15 @@ def _fastddpm(args, *, env=None, timeout=120):
 
 def _ok(proc):
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def _no_group_left(stderr: str, ranks: int = 2) -> None:
+    """Every rank (run with ``-m _rank_threads``) ended its CLI call with no torch.distributed thread."""
+    lines = [line.split(" ", 1)[1] if " " in line else "" for line in stderr.splitlines() if line.startswith(MARK)]
+    assert len(lines) == ranks, f"expected {ranks} {MARK} lines:\n{stderr[-3000:]}"
+    for line in lines:
+        left = [name for name in line.split(",") if any(d in name.lower() for d in DIST_THREADS)]
+        assert not left, f"a process group outlived the CLI: threads {left} still run (issue 27)"
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +110,9 @@ def _sample_args(ckpt, out, *extra):
 
 def test_two_ranks_write_the_single_process_file(ckpt, reference, tmp_path):
     out = tmp_path / "x.npy"
-    _ok(_torchrun(_sample_args(ckpt, out, "--quiet", "--resume")))  # --resume with nothing to resume: a fresh run
+    run = _torchrun(_sample_args(ckpt, out, "--quiet", "--resume"), env=_tests_env(), module="_rank_threads")
+    _ok(run)  # --resume with nothing to resume: a fresh run
+    _no_group_left(run.stderr)
     assert out.read_bytes() == reference
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]  # shards and temp files are gone
 
@@ -98,8 +120,7 @@ def test_two_ranks_write_the_single_process_file(ckpt, reference, tmp_path):
 def test_killed_rank_resumes_to_the_same_file(ckpt, reference, tmp_path):
     out = tmp_path / "x.npy"
     # Rank 1 holds rows [12, 23): 3 batches of T model calls. Kill it in its third batch.
-    kill = _env(**{KILL_ENV: f"1:{2 * T + 5}"})
-    kill["PYTHONPATH"] = os.pathsep.join([HERE, kill.get("PYTHONPATH", "")])  # for -m _kill_rank
+    kill = _tests_env(**{KILL_ENV: f"1:{2 * T + 5}"})
     killed = _torchrun(_sample_args(ckpt, out, "--quiet"), env=kill, module="_kill_rank")
     assert killed.returncode != 0
     assert not out.exists()
@@ -110,8 +131,10 @@ def test_killed_rank_resumes_to_the_same_file(ckpt, reference, tmp_path):
 
     shard0 = shard_path(out, 0, 2)
     before = shard0.stat().st_mtime_ns if shard0.exists() else None
-    again = _torchrun(_sample_args(ckpt, out, "--quiet", "--resume", "--keep-shards"))
+    again = _torchrun(_sample_args(ckpt, out, "--quiet", "--resume", "--keep-shards"), env=_tests_env(),
+                      module="_rank_threads")
     _ok(again)
+    _no_group_left(again.stderr)
     assert out.read_bytes() == reference
     if before is not None:  # rank 0 had finished its shard: the resumed run kept it as it was
         assert shard0.stat().st_mtime_ns == before
@@ -124,7 +147,10 @@ def test_ddp_training_matches_one_process_and_its_checkpoint_samples(tmp_path):
 
     args = ["train", "--dataset", "moons", "--n", 256, "--iters", 6, "--batch-size", 15, "--seed", 3,
             "--num-steps", T, "--width", 16, "--depth", 2, "--quiet"]
-    _ok(_torchrun([*args, "--out", tmp_path / "ddp", "--distributed", "--dist-timeout", 60]))
+    ddp_run = _torchrun([*args, "--out", tmp_path / "ddp", "--distributed", "--dist-timeout", 60], env=_tests_env(),
+                        module="_rank_threads")
+    _ok(ddp_run)
+    _no_group_left(ddp_run.stderr)
     _ok(_fastddpm([*args, "--out", tmp_path / "one"]))
     ddp, one = checkpoint.load(tmp_path / "ddp", ema=False), checkpoint.load(tmp_path / "one", ema=False)
     assert ddp.config["train"]["world_size"] == 2
@@ -147,13 +173,15 @@ def _rank_env(rank, port, **extra):
 
 def test_ranks_with_different_n_and_seed_fail_on_every_rank(ckpt, tmp_path):
     port, out = _free_port(), tmp_path / "x.npy"
-    procs = [subprocess.Popen([sys.executable, "-m", "fastddpm", "sample", str(ckpt), "--n", str(n), "--seed",
+    procs = [subprocess.Popen([sys.executable, "-m", "_rank_threads", "sample", str(ckpt), "--n", str(n), "--seed",
                                str(seed), "--out", str(out), "--distributed", "--dist-timeout", "60", "--quiet"],
-                              env=_rank_env(rank, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=_rank_env(rank, port, PYTHONPATH=HERE), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
              for rank, n, seed in ((0, 21, 7), (1, 22, 8))]
     results = [p.communicate(timeout=120) for p in procs]
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 2, err
+        _no_group_left(err, ranks=1)
         assert "were given different sampling arguments" in err
         assert "n: rank 0 has 21, rank 1 has 22" in err and "seed: rank 0 has 7, rank 1 has 8" in err
     assert not out.exists() and not (tmp_path / "x.npy.shards").exists()

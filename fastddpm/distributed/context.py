@@ -155,8 +155,14 @@ class RankContext:
         return (hi - lo) * self.world_size / batch_size
 
     def close(self) -> None:
+        """Destroy the process groups init() created (every group, the gloo one included).
+
+        Nothing of fastddpm may hold a group afterwards: a group that outlives this call keeps
+        its gloo worker threads alive into interpreter finalization (see :func:`init`).
+        """
         import torch.distributed as dist
 
+        self.group = None
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False
@@ -207,6 +213,29 @@ def resolve_device(device, local_rank: int):
     return device
 
 
+def _import_group_capturing_modules() -> None:
+    """Import, before the default group exists, the torch modules that capture it at import time.
+
+    torch/distributed/nn/functional.py declares ten functions with ``group=group.WORLD`` as a
+    default argument, evaluated when the module is imported. Imported while a process group
+    exists — torch._dynamo imports it, and dynamo is imported on first use of the meta device
+    (``fastddpm.checkpoint`` counts a model's size there), torch.compile or the ONNX exporter —
+    those defaults hold the default ProcessGroupGloo for the life of the process, so
+    ``destroy_process_group()`` leaves its worker threads running. At exit such a thread
+    destroys its last AsyncAllgatherWork (all_gather_object), whose tensor decref takes the GIL
+    during finalization; CPython then ends the thread with pthread_exit, whose forced unwind
+    through a noexcept frame calls std::terminate: "terminate called without an active
+    exception", SIGABRT, in 2 of 50 two-rank runs on a loaded 2-core EPYC (issue 27; core dump:
+    ProcessGroupGloo::runLoop → ~AsyncAllgatherWork → TensorImpl::decref_pyobject →
+    take_gil → PyThread_exit_thread). Imported now, while group.WORLD is None, the defaults
+    hold None and the group dies in destroy_process_group(), threads joined. Upstream: the
+    abort of gloo threads outliving the interpreter is pytorch/pytorch#190489 (and the
+    abandoned atexit fix pytorch/pytorch#179291); the import-time capture itself has no issue
+    of its own yet.
+    """
+    import torch.distributed.nn.functional  # noqa: F401
+
+
 def init(device=None, *, timeout: float = DEFAULT_TIMEOUT) -> RankContext:
     """Join the job torchrun started: the default process group and a gloo coordination group.
 
@@ -237,6 +266,7 @@ def init(device=None, *, timeout: float = DEFAULT_TIMEOUT) -> RankContext:
             raise DistributedError("torch.distributed is already initialised with another rank/world size")
         backend = dist.get_backend()
     else:
+        _import_group_capturing_modules()
         where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
         try:
             kwargs = {"device_id": device} if backend == "nccl" else {}
