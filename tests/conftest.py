@@ -23,10 +23,13 @@ MODULE_SECONDS = {
 
 def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        # One OpenMP thread per worker (inherited by the processes tests start): N workers already
-        # fill N cores, and torch's spinning OpenMP pool beside another busy process ran 10-14x
-        # slower than one thread (docs/training.md, "Performance"). Set before torch is imported.
+        # One OpenMP and one Numba thread per worker (inherited by the processes tests start; an
+        # explicit setting is kept): N workers already fill N cores, and torch's spinning OpenMP
+        # pool beside another busy process ran 10-14x slower than one thread (docs/training.md,
+        # "Performance"). Set before torch and numba are imported (both read them at import). The
+        # tests of 1 vs 2 Numba threads start their own processes with NUMBA_NUM_THREADS set.
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 
 def pytest_collection_modifyitems(config, items):
