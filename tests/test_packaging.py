@@ -61,8 +61,8 @@ def built(tmp_path_factory):
         shutil.copy2(ROOT / name, src / name)
     dist.mkdir()
     sdist = dist / _run([sys.executable, "-c", BUILD, "sdist", dist], cwd=src).stdout.split()[-1]
-    with tarfile.open(sdist) as tar:
-        tar.extractall(tmp / "unpacked", filter="data")
+    with tarfile.open(sdist) as tar:  # the "data" filter where this Python has it (3.10.12+, 3.11.4+)
+        tar.extractall(tmp / "unpacked", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     (unpacked,) = (tmp / "unpacked").iterdir()
     wheel = dist / _run([sys.executable, "-c", BUILD, "wheel", dist], cwd=unpacked).stdout.split()[-1]
     return sdist, wheel
