@@ -24,7 +24,9 @@ class SampleBatch(NamedTuple):
 
 
 class Pipeline:
-    """A loaded network ready to sample: ``Pipeline.from_checkpoint(path).sample(n, ...)``.
+    """A loaded network ready to sample: ``Pipeline.load(path).sample(n, ...)`` (a checkpoint, an ONNX
+    file or a diffusers directory), ``.stream(n, batch_size=...)`` for a batch at a time,
+    ``.dataset(n, ...)`` for torch's DataLoader.
 
     ``Pipeline(checkpoint)`` takes a :class:`fastddpm.checkpoint.Checkpoint`;
     ``Pipeline(OnnxModel(path))`` (or :meth:`from_onnx`, :class:`OnnxSampler`) an ONNX file
