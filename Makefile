@@ -10,8 +10,11 @@ venv:
 # Everything but the Triton tests, then the Triton tests in their own process: compiled on a
 # machine with an NVIDIA GPU, else under the interpreter (TRITON_INTERPRET=1 set before
 # triton is imported; with it set, Triton would interpret CUDA tensors too, so not on a GPU).
+# The first part runs in pytest-xdist workers, one per core (at most 4: each holds torch, ~0.5 GB),
+# a test module per work unit so that module fixtures are built once; tests/conftest.py starts the
+# longest modules first. The Triton part (25 s) is not worth the workers' start-up.
 test: venv
-	$(BIN)/python -m pytest -m "not triton" tests
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 --dist loadfile --no-loadscope-reorder -m "not triton" tests
 	if nvidia-smi -L >/dev/null 2>&1; then $(BIN)/python -m pytest -m triton tests; \
 	else TRITON_INTERPRET=1 $(BIN)/python -m pytest -m triton tests; fi
 

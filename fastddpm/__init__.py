@@ -11,12 +11,12 @@ __version__ = "0.1.0"
 # ``fastddpm.train`` once imported.)
 _LAZY = {
     "sample": "fastddpm.sampling",
-    "Pipeline": "fastddpm.sampling",
+    "Pipeline": "fastddpm.pipelines",
     "load": "fastddpm.checkpoint",
     "save": "fastddpm.checkpoint",
     "train": "fastddpm.training",
     "export_onnx": "fastddpm.onnx_export",
-    "OnnxSampler": "fastddpm.sampling",
+    "OnnxSampler": "fastddpm.pipelines",
     # The drop-in diffusers schedulers (need diffusers). Top-level names because a diffusers
     # pipeline saved with one records its library as "fastddpm" and loads the class from there.
     "FusedDDPMScheduler": "fastddpm.diffusers",

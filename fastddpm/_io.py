@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -138,6 +139,18 @@ class OutputLockedError(FileExistsError):
     """Another process holds the lock on an output; the message names it and its pid."""
 
 
+def _try_flock(fcntl, fd: int) -> bool:
+    """An exclusive flock on ``fd`` without blocking: True when taken, False when someone holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return False
+        os.close(fd)
+        raise
+
+
 def lock_path(target) -> Path:
     target = Path(target)
     return target.with_name(target.name + ".lock")
@@ -153,23 +166,24 @@ class OutputLock:
     it), so two processes can never both believe they hold it.
     """
 
-    def __init__(self, target, what: str = "writing"):
+    def __init__(self, target, what: str = "writing", *, wait: float = 0.0):
         self.target = Path(target)
         self.path = lock_path(self.target)
         self.what = what
+        self.wait = float(wait)  # seconds to wait for another holder (0: refuse at once)
         self.fd: int | None = None
 
     def acquire(self) -> "OutputLock":
         import fcntl
 
+        deadline = time.monotonic() + self.wait
         for _ in range(100):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
+            while not _try_flock(fcntl, fd):
+                if time.monotonic() < deadline:  # wait=…: another holder will be done soon
+                    time.sleep(0.05)
+                    continue
                 os.close(fd)
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
                 raise OutputLockedError(
                     f"{self.target} is being written by another process ({self._owner()}; lock file "
                     f"{self.path}); wait for it to finish, or choose another output") from None
@@ -211,6 +225,47 @@ class OutputLock:
 
 
 # -- space -----------------------------------------------------------------------------------
+
+
+def check_space(path, size: int, *, what: str, reusable: int = 0) -> None:
+    """Refuse, before anything is written, an output of ``size`` bytes at ``path`` that cannot fit:
+    more than the free space of its filesystem (``reusable``: bytes of an existing file at the
+    path that the write replaces), or more than the largest file the platform allows. ``what``
+    says which argument sets the size (e.g. "n = 1,000 samples (--n)"), so the error names it, the
+    bytes needed and the space free."""
+    path = Path(path)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:  # cannot tell (e.g. the directory is missing): the writer reports that itself
+        return
+    limit = _max_file_bytes(path.parent)
+    if size - reusable <= free and (limit is None or size <= limit):
+        return
+    too_big = limit is not None and size > limit
+    raise OSError(errno.EFBIG if too_big else errno.ENOSPC,
+                  f"not enough disk space for {path}: {what} need {size:,} bytes{_human(size)} but "
+                  + (f"a file there can hold at most {limit:,} bytes{_human(limit)}" if too_big else
+                     f"only {free:,} bytes{_human(free)} are free on its filesystem")
+                  + "; ask for fewer, or write elsewhere. Nothing was written.")
+
+
+def _max_file_bytes(directory) -> int | None:
+    """The largest file size ``directory``'s filesystem allows (pathconf FILESIZEBITS), or None."""
+    try:
+        bits = os.pathconf(directory, "PC_FILESIZEBITS")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if bits <= 0 or bits >= 64 else 2 ** (bits - 1) - 1
+
+
+def _human(size: int) -> str:
+    """" (1.5 GiB)" for sizes of 1 KiB and more, "" below (the exact byte count is said anyway)."""
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            return "" if unit == "bytes" else f" ({value:.1f} {unit})"
+        value /= 1024
+    return f" ({value:.1f} EiB)"
 
 
 def reserve(fd: int, size: int, path) -> None:

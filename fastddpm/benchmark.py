@@ -40,7 +40,8 @@ from .runtime import OnnxModel
 from .sampling import make_plan, sample
 from .sampling.guard import finite_check
 from .sampling.options import DEFAULTS
-from .sampling.pipeline import Pipeline
+from .machine import cpu_model  # noqa: F401 - also benchmark.cpu_model, as before
+from .pipelines import Pipeline
 from .sampling.steppers import HostStepper
 
 SECTIONS = ("throughput", "tiny", "quality", "kernel", "memory", "batch")
@@ -48,18 +49,6 @@ QUALITY_CONFIGS = (("ddpm", 1000), ("ddpm", 250), ("ddim", 50), ("ddim", 20), ("
 
 
 # -- machine ---------------------------------------------------------------------------------
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform's guess elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def machine() -> dict:
     """CPU model, cores available to this process, load, GPU name, library versions."""

@@ -235,6 +235,16 @@ def _load_npy(path: str, n):
                          f"(1-D data: shape [n, 1]); got dtype {arr.dtype}, shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{path!r} contains NaN or inf")
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        # The network, its training batches and the samples are float32: a float64 value beyond
+        # float32's range (|x| > 3.4e38) becomes inf there and fails late (a NaN loss, a checkpoint
+        # whose statistics cannot be written), so refuse it here, naming the file and the count.
+        with np.errstate(over="ignore"):
+            lost = int(np.count_nonzero(~np.isfinite(arr.astype(np.float32))))
+        if lost:
+            raise ValueError(f"{path!r}: {lost:,} of {arr.size:,} values are not finite after conversion to "
+                             f"float32 (|x| > {float(np.finfo(np.float32).max):.4g}; fastddpm trains and samples "
+                             "in float32); rescale the data (e.g. divide by a power of ten) and save it again")
     if n is not None:
         n = _check_n(n, path)
         if n > arr.shape[0]:

@@ -32,16 +32,13 @@ import numpy as np
 
 from . import __version__, metrics, plots
 from ._io import atomic_open, write_text
-from .benchmark import cpu_model
 from .data import DATASETS, Dataset, Normalization, load_dataset
-from .sampling import Pipeline, make_plan
+from .machine import cpu_model
+from .pipelines import Pipeline
+from .sampling import make_plan
 from .schedule import Schedule
 
 SAMPLERS = (("ddpm", 1000), ("dpmpp2m", 20))  # each with the library's default spacing (DEFAULT_SPACING)
-# One torch/Numba thread for training, as `fastddpm train --threads 1` (its default): these nets
-# are too small to gain from intra-op threads, and on a shared 2-core machine two threads ran
-# 10-14x slower (docs/training.md, Performance).
-TRAIN_THREADS = 1
 METRICS = ("sliced_wasserstein", "sw_baseline", "sw_ratio", "precision", "recall")
 FORWARD_TS = (10, 25, 50, 100, 200, 500)
 FIGURES = ("schedules", "forward", "forward_path_1d", "reverse", "reverse_paths_1d", "samples", "loss")
@@ -195,7 +192,7 @@ def run_demo(dataset: str = "butterfly", out="runs/demo", budget: str = "full", 
     log(f"[1/5] training the default model on {dataset} ({budget} budget)")
     kw = {} if b.iters is None else {"iters": b.iters}
     tic = time.perf_counter()
-    res = train(dataset, out / "model", seed=seed, device=device, progress=progress, num_threads=TRAIN_THREADS, **kw)
+    res = train(dataset, out / "model", seed=seed, device=device, progress=progress, **kw)
     timings["train_s"] = time.perf_counter() - tic
     figures["loss"] = Path(plots.plot_loss(out / "loss.png", res.losses,
                                            title=f"Training loss, {dataset} ({len(res.losses):,} iterations)"))
@@ -230,7 +227,7 @@ def run_demo(dataset: str = "butterfly", out="runs/demo", budget: str = "full", 
                                                                  CONSTANT_VALUE, seed=seed))
     tic = time.perf_counter()
     cres = train(_constant_dataset(b.constant_samples * 5), out / "constant_model", schedule=const_sched,
-                 iters=b.constant_iters, seed=seed, device=device, progress=progress, num_threads=TRAIN_THREADS)
+                 iters=b.constant_iters, seed=seed, device=device, progress=progress)
     timings["train_constant_s"] = time.perf_counter() - tic
     cpipe = Pipeline.from_checkpoint(cres.checkpoint, device=device)
     cx, ctraj = _sample(cpipe, b.constant_samples, "ddpm", None, seed=seed, progress=False, trajectory="all")

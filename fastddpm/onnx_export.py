@@ -47,14 +47,14 @@ def _unpack(model_or_checkpoint):
 
     obj = model_or_checkpoint
     if isinstance(obj, (str, os.PathLike)):
-        from .checkpoint import is_diffusers_dir, load
+        # the one loader (a checkpoint or a diffusers DDPMPipeline.save_pretrained directory); this module
+        # sits on the pipeline floor with it, and imports it here because that floor imports this module
+        from .pipelines import loader
 
-        if is_diffusers_dir(obj):  # a DDPMPipeline.save_pretrained directory (needs fastddpm[diffusers])
-            from .diffusers import load_pipeline_dir
-
-            obj = load_pipeline_dir(obj)
-        else:
-            obj = load(obj)
+        if loader.kind(obj) == "onnx":
+            raise ValueError(f"{os.fspath(obj)!r} is already an ONNX file; export_onnx takes a torch module, a "
+                             "fastddpm checkpoint directory or a local diffusers pipeline directory")
+        obj = loader.load(obj)
     if isinstance(obj, torch.nn.Module):
         return obj, {"sample_shape": getattr(obj, "sample_shape", None), "model": _model_info(obj)}
     model = getattr(obj, "model", None)

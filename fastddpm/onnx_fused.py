@@ -1,6 +1,6 @@
 """The engine's ONNX export of a built-in net: its export form (fastddpm.nets.fused), t fixed to [1].
 
-Used by the ONNX Runtime engine's export cache (fastddpm.sampling.engines.cached_export), not by
+Used by the ONNX Runtime engine's export cache (fastddpm.pipelines.engines.cached_export), not by
 ``fastddpm export``: a file for others keeps the plain graph, which takes a per-sample t. Here
 every call shares t (the sampling loop passes t of shape [1]), so the export form folds the
 time modulation into the normalisation weights; its ``t`` input is fixed to shape [1], so a

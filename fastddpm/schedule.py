@@ -115,6 +115,17 @@ def _check_betas(betas, zero_terminal_snr: bool = False) -> np.ndarray:
 # The sample() keywords a diffusers scheduler config implies besides the prediction type
 # (Schedule.sampler_defaults; the ONNX metadata entry fastddpm.sampling holds the same keys).
 SAMPLER_DEFAULT_KEYS = ("variance", "clip", "spacing")
+# The diffusers scheduler classes whose math fastddpm reproduces: variance-preserving DDPM betas,
+# sampled by fastddpm's ddpm / ddim / dpmpp2m (docs/diffusers.md). A config naming another class
+# (a variance-exploding KarrasVeScheduler or ScoreSdeVeScheduler, PNDM, Euler, …) is refused by
+# Schedule.from_diffusers and by the diffusers-directory loader rather than sampled with the wrong math.
+# The diffusers schedulers whose math (variance-preserving, one of fastddpm's samplers) fastddpm
+# reproduces, and the drop-ins of fastddpm.diffusers that stand for them.
+DIFFUSERS_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+                        "DEISMultistepScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+                        "HeunDiscreteScheduler", "FusedDDPMScheduler", "FusedDDIMScheduler",
+                        "FusedDPMSolverMultistepScheduler", "FusedUniPCMultistepScheduler",
+                        "FusedEulerAncestralDiscreteScheduler")
 
 
 class Schedule:
@@ -265,7 +276,8 @@ class Schedule:
         The sampling settings diffusers keeps on the scheduler land in ``schedule.sampling_defaults``
         (``prediction``, ``variance``, ``clip``, ``spacing``), ready for
         ``fastddpm.sample(model, schedule, n, **schedule.sampling_defaults)``.
-        Settings fastddpm cannot express raise ValueError naming the setting.
+        Settings fastddpm cannot express raise ValueError naming the setting, and so does a config whose
+        ``_class_name`` is not one of :data:`DIFFUSERS_SCHEDULERS` (e.g. a variance-exploding scheduler).
 
         ``sampling=False``: the schedule alone, for a caller that applies the scheduler's sampling
         settings itself (the drop-in schedulers of fastddpm.diffusers): ``rescale_betas_zero_snr``
@@ -282,6 +294,11 @@ class Schedule:
         def unsupported(key, value, allowed):
             raise ValueError(f"diffusers setting {key}={value!r} is not supported by fastddpm; allowed: {allowed}")
 
+        scheduler_class = get("_class_name", None)
+        if scheduler_class is not None and scheduler_class not in DIFFUSERS_SCHEDULERS:
+            raise ValueError(f"diffusers scheduler class {scheduler_class} is not supported: fastddpm reproduces only "
+                             f"{', '.join(DIFFUSERS_SCHEDULERS)} (variance-preserving DDPM math); a {scheduler_class} "
+                             "would be sampled with the wrong math")
         if not sampling:
             return cls._diffusers_betas(get, unsupported)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -40,6 +41,12 @@ DEFAULT_NET = {
     "image": ("UNet", {"base_channels": 16, "channel_mults": (1, 2), "num_res_blocks": 1, "attention": True}),
 }
 DEFAULTS = {"lr": 2e-3, "lr_schedule": "constant", "lr_warmup": 0, "ema": 0.999}  # when no kind default applies
+DEFAULT_NUM_STEPS = 1000  # T when the schedule is given by name
+# One torch/Numba thread while training (restored afterwards): these nets are too small to gain from
+# intra-op threads, and on the shared 2-core EPYC two threads ran 10-14x *slower* than one (OpenMP
+# threads spin-waiting for a core; docs/training.md, "Throughput"). ``fastddpm train --threads``
+# and ``fastddpm.train(num_threads=...)`` share this default.
+DEFAULT_THREADS = 1
 # The training settings a data kind gets when not given (train(..., x=None)).
 # Vector: ResMLP(64, 3 blocks, 16 Fourier frequencies to 25), v-prediction, 5,000 × 1024,
 # lr 3e-3 with a 100-step warm-up and cosine decay, fresh points for the analytic datasets.
@@ -117,8 +124,29 @@ def _resolve_schedule(schedule, num_steps) -> Schedule:
             raise ValueError(f"num_steps={num_steps} contradicts the given schedule's {schedule.num_steps} steps")
         return schedule
     if isinstance(schedule, str):
-        return Schedule.create(schedule, 1000 if num_steps is None else num_steps)
+        return Schedule.create(schedule, DEFAULT_NUM_STEPS if num_steps is None else num_steps)
     raise TypeError(f"schedule must be a fastddpm.Schedule or one of {', '.join(SCHEDULES)}, got {schedule!r}")
+
+
+def data_kind(sample_shape) -> str:
+    """'vector' for samples of shape [D], 'image' for [C, H, W]: the key of :data:`DEFAULT_NET` and
+    :data:`KIND_DEFAULTS`."""
+    return "vector" if len(tuple(sample_shape)) == 1 else "image"
+
+
+def net_class(net, sample_shape) -> str:
+    """The class name ``net`` stands for: 'auto' (or None) → the data kind's default
+    (:data:`DEFAULT_NET`: ResMLP for vectors, UNet for images); a class name → itself."""
+    return DEFAULT_NET[data_kind(sample_shape)][0] if net in ("auto", None) else net
+
+
+def training_data(name, n: int | None = None, *, seed: int = 0, noise: float | None = None) -> Dataset:
+    """The dataset ``train(name, n=n, seed=seed)`` trains on: ``n`` defaults to :data:`DEFAULT_N` for
+    the synthetic sets and to all rows of digits or a .npy file. ``noise``: the 2-D toys' noise."""
+    name = os.fspath(name) if isinstance(name, os.PathLike) else name
+    if n is None and isinstance(name, str) and name != "digits" and not name.endswith(".npy"):
+        n = DEFAULT_N
+    return load_dataset(name, n, seed=seed, noise=noise)
 
 
 def _resolve_net(net, net_kwargs, dataset: Dataset, num_steps: int):
@@ -128,9 +156,8 @@ def _resolve_net(net, net_kwargs, dataset: Dataset, num_steps: int):
             raise ValueError("net_kwargs only apply when net is a class name")
         return net, None
     shape = dataset.sample_shape
-    kind = "vector" if len(shape) == 1 else "image"
-    if net == "auto" or net is None:
-        net = DEFAULT_NET[kind][0]
+    kind = data_kind(shape)
+    net = net_class(net, shape)
     if net not in MODEL_CLASSES:
         raise ValueError(f"net must be 'auto', a torch.nn.Module or one of {', '.join(sorted(MODEL_CLASSES))}; "
                          f"got {net!r}")
@@ -221,7 +248,7 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
           ema: float | None = DEFAULTS["ema"], data: str = "auto", seed: int = 0, device="cpu",
           prediction: str | None = None, min_snr_gamma: float | None = None, grad_clip: float | None = 1.0,
           checkpoint_every: int | None = None, resume=False, n: int | None = None,
-          num_threads: int | None = None, progress: bool = True, distributed=False) -> TrainResult:
+          num_threads: int | None = DEFAULT_THREADS, progress: bool = True, distributed=False) -> TrainResult:
     """Train a diffusion network on ``dataset`` and (with ``out``) write a checkpoint there.
 
     dataset: a name of :data:`fastddpm.data.DATASETS`, a ``.npy`` path (loaded with ``n``
@@ -245,8 +272,9 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     checkpoint_every: also save to ``out`` every so many iterations (atomically).
     resume: True (resume from ``out``) or a checkpoint path: continue that run to ``iters``
       iterations in total (with the cosine lr schedule, the same ``iters`` as the run saved); the result equals an uninterrupted run with the same settings.
-    num_threads: CPU threads for torch and Numba during this call (restored afterwards);
-      None keeps the current settings. Bit-identical results need the same thread count.
+    num_threads: CPU threads for torch and Numba during this call (restored afterwards); default
+      :data:`DEFAULT_THREADS` (1, as ``fastddpm train``); None keeps the current settings.
+      Bit-identical results need the same thread count.
     distributed: True (join the torchrun job; device becomes cuda:LOCAL_RANK or cpu) or a
       :class:`fastddpm.distributed.RankContext`: DistributedDataParallel over the ranks, each
       taking its rows of every global batch (see fastddpm.distributed); rank 0 writes ``out``.
@@ -259,7 +287,7 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
                          lr_warmup=lr_warmup, ema=ema, data=data, seed=seed, device=device,
                          prediction=prediction, min_snr_gamma=min_snr_gamma, grad_clip=grad_clip,
                          checkpoint_every=checkpoint_every, resume=resume, n=n, progress=progress,
-                         distributed=distributed)
+                         distributed=distributed, num_threads=None)
     if iters is not None:
         _check_positive_int(iters, "iters")
     if batch_size is not None:
@@ -293,15 +321,13 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         if n is not None:
             raise ValueError("n applies only when dataset is given by name")
     else:
-        name = str(dataset)
-        dataset = load_dataset(name, n if n is not None or name in ("digits",) or name.endswith(".npy")
-                               else DEFAULT_N, seed=seed)
+        dataset = training_data(str(dataset), n, seed=seed)
     analytic = dataset.name in ANALYTIC and "seed" in dataset.params  # built by load_dataset
     if data == "fresh" and not analytic:
         raise ValueError(f"data='fresh' needs an analytic dataset loaded by name ({', '.join(ANALYTIC)}); "
                          f"{dataset.name!r} can only be trained with data='fixed' (or 'auto')")
     data = ("fresh" if analytic else "fixed") if data == "auto" else data
-    kind = KIND_DEFAULTS["vector" if len(dataset.sample_shape) == 1 else "image"]
+    kind = KIND_DEFAULTS[data_kind(dataset.sample_shape)]
     iters = kind["iters"] if iters is None else int(iters)
     batch_size = kind["batch_size"] if batch_size is None else int(batch_size)
     lr = kind["lr"] if lr is None else lr
@@ -486,5 +512,6 @@ def json_roundtrip(obj):
     return json.loads(json.dumps(obj))
 
 
-__all__ = ["DEFAULTS", "DEFAULT_NET", "KIND_DEFAULTS", "TrainResult", "fresh_batch", "learning_rate", "loss_weights", "train",
+__all__ = ["DEFAULTS", "DEFAULT_NET", "DEFAULT_NUM_STEPS", "DEFAULT_THREADS", "KIND_DEFAULTS", "TrainResult", "data_kind",
+           "net_class", "training_data", "fresh_batch", "learning_rate", "loss_weights", "train",
            "training_target"]

@@ -178,7 +178,7 @@ def test_onnx_engine_export_and_identity_on_a_diffusers_dir(tmp_path, monkeypatc
     from diffusers import DDPMPipeline
 
     from fastddpm.cli import main
-    from fastddpm.sampling import engines
+    from fastddpm.pipelines import engines
 
     monkeypatch.setenv("FASTDDPM_CACHE", str(tmp_path / "cache"))
     exports = []
@@ -192,7 +192,7 @@ def test_onnx_engine_export_and_identity_on_a_diffusers_dir(tmp_path, monkeypatc
     want = pipe.sample(4, engine="torch", **kw)
     got = pipe.sample(4, engine="onnx", **kw)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # observed ≤ 2e-7
-    assert len(exports) == 1 and len(list((tmp_path / "cache" / "onnx").iterdir())) == 1
+    assert len(exports) == 1 and len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
     # another Pipeline on the same weights, engine="auto" (the CPU default): the cached file
     np.testing.assert_array_equal(fastddpm.Pipeline.from_diffusers(tmp_path / "p").sample(4, **kw), got)
     assert len(exports) == 1

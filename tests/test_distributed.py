@@ -143,7 +143,7 @@ def test_killed_rank_resumes_to_the_same_file(ckpt, reference, tmp_path):
 
 def test_ddp_training_matches_one_process_and_its_checkpoint_samples(tmp_path):
     from fastddpm import checkpoint
-    from fastddpm.sampling.pipeline import Pipeline
+    from fastddpm.pipelines import Pipeline
 
     args = ["train", "--dataset", "moons", "--n", 256, "--iters", 6, "--batch-size", 15, "--seed", 3,
             "--num-steps", T, "--width", 16, "--depth", 2, "--quiet"]

@@ -15,7 +15,7 @@ def test_gpu_check_script_parses():
 
 def test_onnx_sampler_device_matching():
     torch = pytest.importorskip("torch")
-    from fastddpm.sampling.engines import wants_cuda as _wants_cuda
+    from fastddpm.pipelines.engines import wants_cuda as _wants_cuda
 
     for dev in (None, "cuda", "cuda:0", torch.device("cuda"), torch.device("cuda", 1)):
         assert _wants_cuda(dev), dev

@@ -177,7 +177,7 @@ def test_runtimes_agree_and_each_is_bit_identical_across_batches_and_resume(ckpt
 def calibrate_names():
     """The runtimes auto measures on this machine (onnx-split needs more than one core)."""
     from fastddpm.runtime.split import usable_cores
-    from fastddpm.sampling.autoengine import RUNTIMES
+    from fastddpm.pipelines.autoengine import RUNTIMES
 
     return tuple(r for r in RUNTIMES if r != "onnx-split" or usable_cores() > 1)
 
@@ -212,7 +212,7 @@ def test_split_sessions_equal_one_session_bit_for_bit(tmp_path):
 
 def test_bit_identical_with_one_and_two_onnxruntime_threads(ckpt):
     from fastddpm.runtime import OnnxModel
-    from fastddpm.sampling.engines import cached_export
+    from fastddpm.pipelines.engines import cached_export
 
     pipe = fastddpm.Pipeline.from_checkpoint(ckpt)
     path = cached_export(pipe)
@@ -457,7 +457,7 @@ def test_a_rejected_candidate_is_left_out_and_recorded(tmp_path):
 def test_a_user_module_keeps_working_on_the_torch_path(tmp_path, monkeypatch):
     """A module the exporter cannot handle: auto warns and samples with torch."""
     pipe = _user_pipeline(_BatchTwo())
-    monkeypatch.setattr("fastddpm.sampling.engines.cached_export",
+    monkeypatch.setattr("fastddpm.pipelines.engines.cached_export",
                         lambda p, d=None: (_ for _ in ()).throw(RuntimeError("cannot trace")))
     with pytest.warns(RuntimeWarning, match="sampling with torch: exporting _BatchTwo to ONNX .* cannot trace"):
         x = pipe.sample(5, steps=2, sampler="ddim", progress=False)

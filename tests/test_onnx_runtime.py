@@ -15,7 +15,7 @@ from onnx import TensorProto, helper  # noqa: E402
 
 import fastddpm  # noqa: E402
 from fastddpm.runtime import OnnxModel  # noqa: E402
-from fastddpm.sampling import OnnxSampler  # noqa: E402
+from fastddpm.pipelines import OnnxSampler  # noqa: E402
 from fastddpm.runtime.metadata import encode  # noqa: E402
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64

@@ -15,7 +15,7 @@ import fastddpm  # noqa: E402
 from fastddpm import checkpoint  # noqa: E402
 from fastddpm.data import load_dataset  # noqa: E402
 from fastddpm.nets import MLP  # noqa: E402
-from fastddpm.sampling import OnnxSampler  # noqa: E402
+from fastddpm.pipelines import OnnxSampler  # noqa: E402
 
 N = 256  # samples of the 1000-step comparison
 SEED = 11
@@ -125,7 +125,7 @@ CHILD = textwrap.dedent("""
         assert importlib.util.find_spec("torch") is not None  # torch is there, just never imported
     import numpy as np
     import fastddpm
-    from fastddpm.sampling import OnnxSampler
+    from fastddpm.pipelines import OnnxSampler
 
     x = OnnxSampler(sys.argv[1]).sample(64, seed=5, steps=50, progress=False)
     np.save(sys.argv[2], x)
@@ -191,7 +191,7 @@ def test_pipeline_auto_engine_uses_a_cached_onnx_export(butterfly, tmp_path, mon
     assert len(list((tmp_path / "cache" / "onnx").glob("MLP-*.onnx"))) == 2
     # float64 sampling stays on torch under auto, and is refused by engine="onnx"
     from fastddpm.sampling import SamplingOptions
-    from fastddpm.sampling.engines import choose
+    from fastddpm.pipelines.engines import choose
 
     assert choose(pipe, "auto", SamplingOptions(dtype="float64"))[0] is pipe.model
     assert choose(pipe, "auto", SamplingOptions(backend="torch"))[0] is pipe.model

@@ -25,7 +25,8 @@ def ckpt(tmp_path_factory):
 
 
 def test_pipeline_denormalises(ckpt):
-    from fastddpm.sampling import Pipeline, sample
+    from fastddpm import Pipeline
+    from fastddpm.sampling import sample
 
     pipe = Pipeline.from_checkpoint(ckpt)
     # engine="torch": compared bit for bit with the torch loop (engine="auto" runs onnxruntime on
@@ -47,7 +48,7 @@ def test_pipeline_denormalises(ckpt):
 
 
 def test_cli_sample_resume_and_errors(ckpt, tmp_path, capsys):
-    from fastddpm.sampling import Pipeline
+    from fastddpm import Pipeline
 
     out = tmp_path / "s.npy"
     args = ["sample", str(ckpt), "--n", "40", "--out", str(out), "--sampler", "dpmpp2m", "--steps", "8",

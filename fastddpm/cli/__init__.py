@@ -7,8 +7,10 @@ Modules are discovered, so adding a subcommand touches no other file; they impor
 packages (torch, matplotlib) inside ``run`` so that ``fastddpm --help`` stays fast.
 
 Conventions every subcommand keeps:
-- ``--help`` shows every option with its default;
+- ``--help`` shows every option with its default, read from the library function the flag
+  maps to (``library_default``; SamplingOptions, fastddpm.training), never restated here;
 - errors are one line on stderr, ``fastddpm CMD: error: what is wrong; what to do``, exit 2;
+  warnings likewise, ``fastddpm CMD: warning: …``;
   ``--debug`` (or FASTDDPM_DEBUG=1) shows the traceback instead;
 - anything that takes more than a second shows a progress bar on stderr (``progress(args)``
   says whether), and ``--quiet`` silences bars and chatter, leaving results and errors.
@@ -24,7 +26,7 @@ import sys
 from .. import __version__
 from ..distributed.context import DEFAULT_TIMEOUT
 
-ORDER = ("train", "sample", "eval", "export", "plot", "bench", "demo")
+ORDER = ("train", "sample", "eval", "export", "plot", "bench", "demo", "info")
 # Exceptions that carry a message meant for the user. Anything else is a bug: traceback.
 USER_ERRORS = (ValueError, TypeError, OSError, KeyError, ImportError, FloatingPointError,
                RuntimeError)
@@ -57,6 +59,17 @@ def say(args, *msg) -> None:
     """Chatter for the user (to stderr); silent with --quiet. Results go to stdout."""
     if not getattr(args, "quiet", False):
         print(*msg, file=sys.stderr, flush=True)
+
+
+def library_default(function, name: str):
+    """The default of parameter ``name`` of the library function a flag maps to: CLI defaults are
+    read from the library, never restated (tests/test_defaults.py)."""
+    import inspect
+
+    default = inspect.signature(function).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise TypeError(f"{function.__qualname__}() has no default for {name!r}")
+    return default
 
 
 def check_device(device) -> None:
@@ -150,6 +163,12 @@ def main(argv=None) -> int:
         parser.exit(2, f"{args._prog}: error: unrecognized arguments: {' '.join(extra)} "
                        f"(see '{args._prog} --help')\n")
     debug = args.debug or os.environ.get("FASTDDPM_DEBUG") == "1"
+    import warnings
+
+    format_warning = warnings.formatwarning
+    if not debug:  # warnings are one line too: "fastddpm CMD: warning: …" (no file:line, no source)
+        warnings.formatwarning = lambda message, category, *_, **__: \
+            f"{args._prog}: warning: {_one_line(message)}\n"
     try:
         code = args._run(args)
     except KeyboardInterrupt:
@@ -164,6 +183,8 @@ def main(argv=None) -> int:
         print(f"{args._prog}: error: {_one_line(msg) or type(exc).__name__}",
               file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = format_warning  # main() may run inside a larger program (or a test)
     return int(code or 0)
 
 

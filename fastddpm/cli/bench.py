@@ -7,7 +7,7 @@ CSV and/or JSON (atomically).
 from __future__ import annotations
 
 import argparse
-from . import UserError, say
+from . import UserError, library_default, say
 from .. import benchmark
 
 DEFAULT_SECTIONS = "throughput,tiny,quality,kernel,memory"
@@ -22,18 +22,18 @@ def add_parser(subparsers, parents):
                     "network, one process) and the fused step kernel — and print the tables with "
                     "the machine named. On a loaded machine timings are noisy: read the ratios.")
     p.add_argument("--quick", action="store_true", help="small sizes (a few minutes on 2 cores)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=library_default(benchmark.run, "device"), help="where to run")
     p.add_argument("--sections", default=DEFAULT_SECTIONS,
                    help="comma-separated, from throughput,tiny,quality,kernel,memory,batch")
     p.add_argument("--checkpoint", default=None,
                    help="trained checkpoint (needed for the quality section; default model otherwise)")
-    p.add_argument("--net", choices=benchmark.NETS, default="ResMLP",
+    p.add_argument("--net", choices=benchmark.NETS, default=library_default(benchmark.run, "net"),
                    help="the default model without --checkpoint: ResMLP (the training default, v-prediction) "
                         "or MLP (the earlier default, ε-prediction); random weights")
     p.add_argument("--n", type=int, default=None, help="samples for the throughput section (default 100000)")
-    p.add_argument("--steps", type=int, default=1000, help="ddpm steps for throughput and tiny")
+    p.add_argument("--steps", type=int, default=library_default(benchmark.run, "steps"), help="ddpm steps for throughput and tiny")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the sampler's)")
-    p.add_argument("--dataset", default="butterfly", help="dataset for the quality section")
+    p.add_argument("--dataset", default=library_default(benchmark.run, "dataset"), help="dataset for the quality section")
     p.add_argument("--csv", metavar="FILE", default=None, help="also write the rows as CSV")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the rows and machine as JSON")
     return p

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import check_device, progress, say
+from . import check_device, library_default, progress, say
 from ..data import DATASETS
 from ..demo import run_demo
 
@@ -15,13 +15,13 @@ def add_parser(subparsers, parents):
         description="Train the default model on a toy dataset, draw 10,000 samples with "
                     "ddpm-1000 and dpmpp2m-20, evaluate both against fresh data, train the 1-D "
                     "constant-5.0 example, and write the figures and report.md.")
-    p.add_argument("--dataset", default="butterfly", choices=[d for d in DATASETS if d != "digits"],
+    p.add_argument("--dataset", default=library_default(run_demo, "dataset"), choices=[d for d in DATASETS if d != "digits"],
                    help="toy dataset to train on")
-    p.add_argument("--out", default="runs/demo", help="output folder")
-    p.add_argument("--budget", default="full", choices=("full", "ci"),
+    p.add_argument("--out", default=library_default(run_demo, "out"), help="output folder")
+    p.add_argument("--budget", default=library_default(run_demo, "budget"), choices=("full", "ci"),
                    help="full: the default model (< 3 min on 2 CPU cores); ci: a quick, rough run")
-    p.add_argument("--seed", type=int, default=0, help="seed for training, sampling and data")
-    p.add_argument("--device", default="cpu", help="torch device for training and sampling")
+    p.add_argument("--seed", type=int, default=library_default(run_demo, "seed"), help="seed for training, sampling and data")
+    p.add_argument("--device", default=library_default(run_demo, "device"), help="torch device for training and sampling")
     return p
 
 

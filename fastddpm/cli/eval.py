@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics as m
+from . import library_default
 from .._io import write_text
 from ..data import load_dataset
 from ..metrics import evaluate
@@ -20,7 +21,7 @@ def add_parser(subparsers, parents):
     p.add_argument("file", metavar="FILE", help="samples in data space, a .npy of shape [n, ...]")
     p.add_argument("--dataset", required=True, help="reference dataset name (e.g. butterfly) or a .npy of held-out data")
     p.add_argument("--n-ref", type=int, default=None, help="reference points (default: as many as samples)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the reference data and the projections")
+    p.add_argument("--seed", type=int, default=library_default(evaluate, "seed"), help="seed of the reference data and the projections")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
     return p
 

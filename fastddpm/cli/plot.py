@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-from . import UserError
+from . import UserError, library_default
 from .. import plots
 from ..data import load_dataset
 from ..demo import make_data, plot_reverse_from_checkpoint, read_losses
-from ..schedule import Schedule
-
-SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
+from ..schedule import SCHEDULES, Schedule
 
 
 def _ts(text: str) -> list[int]:
@@ -29,7 +27,7 @@ def add_parser(subparsers, parents):
 
     s = what.add_parser("schedules", parents=parents, formatter_class=fmt,
                         help="β_t, ᾱ_t, √ᾱ and √(1−ᾱ), SNR for linear/cosine/quadratic/sigmoid")
-    s.add_argument("--num-steps", type=int, default=1000, help="T")
+    s.add_argument("--num-steps", type=int, default=library_default(plots.plot_schedules, "num_steps"), help="T")
     s.add_argument("--schedules", default=",".join(SCHEDULES), help="comma-separated names")
     s.add_argument("--out", default="schedules.png", help="PNG to write")
 
@@ -39,27 +37,27 @@ def add_parser(subparsers, parents):
     _schedule_args(f)
     f.add_argument("--t", type=_ts, default="10,25,50,100,200,500,999", metavar="T1,T2,...",
                    help="time steps to show (clipped to T-1)")
-    f.add_argument("--seed", type=int, default=0, help="noise seed")
+    f.add_argument("--seed", type=int, default=library_default(plots.plot_forward, "seed"), help="noise seed")
     f.add_argument("--out", default="forward.png", help="PNG to write")
 
     c = what.add_parser("forward-path", parents=parents, formatter_class=fmt,
                         help="noise paths of one scalar x_0 (the constant-5.0 example)")
-    c.add_argument("--x0", type=float, default=5.0, help="the scalar x_0")
+    c.add_argument("--x0", type=float, default=library_default(plots.plot_forward_path_1d, "x0"), help="the scalar x_0")
     c.add_argument("--schedule", choices=SCHEDULES, default="linear", help="noise schedule")
     c.add_argument("--num-steps", type=int, default=50, help="T")
     c.add_argument("--beta-end", type=float, default=0.01, help="last β (linear/quadratic/sigmoid)")
-    c.add_argument("--paths", type=int, default=5, help="number of noise paths")
-    c.add_argument("--seed", type=int, default=0, help="noise seed")
+    c.add_argument("--paths", type=int, default=library_default(plots.plot_forward_path_1d, "n_paths"), help="number of noise paths")
+    c.add_argument("--seed", type=int, default=library_default(plots.plot_forward_path_1d, "seed"), help="noise seed")
     c.add_argument("--out", default="forward_path.png", help="PNG to write")
 
     r = what.add_parser("reverse", parents=parents, formatter_class=fmt,
                         help="x_t along a sampling trajectory of a checkpoint (+ 1-D paths)")
     r.add_argument("checkpoint", help="checkpoint directory (fastddpm train --out)")
-    r.add_argument("--n", type=int, default=2000, help="number of samples")
-    r.add_argument("--sampler", default="ddpm", help="ddpm | ddim | dpmpp2m")
-    r.add_argument("--steps", type=int, default=None, help="sampling steps (default: T)")
-    r.add_argument("--panels", type=int, default=6, help="number of trajectory panels")
-    r.add_argument("--seed", type=int, default=0, help="sampling seed")
+    r.add_argument("--n", type=int, default=library_default(plot_reverse_from_checkpoint, "n"), help="number of samples")
+    r.add_argument("--sampler", default=library_default(plot_reverse_from_checkpoint, "sampler"), help="ddpm | ddim | dpmpp2m")
+    r.add_argument("--steps", type=int, default=library_default(plot_reverse_from_checkpoint, "steps"), help="sampling steps (default: T)")
+    r.add_argument("--panels", type=int, default=library_default(plot_reverse_from_checkpoint, "panels"), help="number of trajectory panels")
+    r.add_argument("--seed", type=int, default=library_default(plot_reverse_from_checkpoint, "seed"), help="sampling seed")
     r.add_argument("--out", default="reverse.png", help="PNG to write")
     r.add_argument("--paths-out", default=None,
                    help="also write per-sample paths here (1-D models; default: reverse_paths.png "

@@ -5,11 +5,11 @@ import argparse
 import sys
 import time
 
-from . import UserError, add_distributed_arguments, check_device
+from . import UserError, add_distributed_arguments, check_device, library_default
 from ..distributed import init, sample_distributed
-from ..sampling.engines import ENGINES
+from ..pipelines import Pipeline, loader
+from ..pipelines.engines import ENGINES
 from ..sampling.options import DEFAULTS, LOOP_BACKENDS
-from ..sampling.pipeline import OnnxSampler, Pipeline
 from ..sampling.plan import SAMPLERS
 from ..kernels import samplers as _samplers
 from ..sampling.timesteps import ALL_SPACINGS
@@ -60,7 +60,7 @@ def add_parser(subparsers, parents):
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="noise seed (same seed, same samples)")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                    help="samples per batch (default: cache-sized on CPU)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--device", default=library_default(Pipeline.load, "device"), help="cpu or cuda[:i]")
     p.add_argument("--backend", choices=LOOP_BACKENDS, default=DEFAULTS.backend,
                    help="update kernels (auto: numba on CPU, the fused Triton kernel on CUDA; triton on the CPU "
                         "only under TRITON_INTERPRET=1)")
@@ -71,7 +71,7 @@ def add_parser(subparsers, parents):
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     add_distributed_arguments(p, sampling=True)
-    p.add_argument("--engine", choices=ENGINES, default="auto",
+    p.add_argument("--engine", choices=ENGINES, default=library_default(Pipeline.sample, "engine"),
                    help="network runtime for a checkpoint: auto = on the CPU, the fastest of torch and "
                         "onnxruntime as measured once per model, machine and batch (cached; $FASTDDPM_RUNTIME "
                         "overrides; docs/onnx.md), else torch")
@@ -83,10 +83,9 @@ def run(args) -> int:
 
     if Path(args.out).is_dir():  # refuse before loading or sampling anything (--overwrite too)
         raise UserError(f"--out {args.out} is a directory; give the path of a .npy file to write")
-    onnx = str(args.checkpoint).endswith(".onnx")  # torch-free: onnxruntime + the fused kernels
+    onnx = loader.kind(args.checkpoint) == "onnx"  # torch-free: onnxruntime + the fused kernels
     if onnx:
-        providers = ["CPUExecutionProvider"] if args.device == "cpu" else None
-        pipe = OnnxSampler(args.checkpoint, providers=providers)
+        pipe = _load(args, args.device)
     else:
         check_device(args.device)
     options = dict(sampler=args.sampler, steps=args.steps, final=args.final, eta=args.eta, variance=args.variance,
@@ -121,7 +120,7 @@ def run(args) -> int:
 def _show_runtime(pipe, args, options) -> None:
     """Choose the runtime before sampling (the choice is kept on the pipeline and its calibration
     on disk, so sample() finds it again) and print it in one line."""
-    from ..sampling.engines import choose
+    from ..pipelines.engines import choose
 
     choose(pipe, args.engine, pipe.options(dict(options)), n=args.n)
     choice = getattr(pipe, "runtime_choice", None)
@@ -130,9 +129,7 @@ def _show_runtime(pipe, args, options) -> None:
 
 
 def _load(args, device):
-    """A fastddpm checkpoint, or a local diffusers DDPMPipeline directory (has model_index.json)."""
-    from ..checkpoint import is_diffusers_dir
-
-    if is_diffusers_dir(args.checkpoint):
-        return Pipeline.from_diffusers(args.checkpoint, device=device)
-    return Pipeline.from_checkpoint(args.checkpoint, device=device, ema=not args.no_ema)
+    """A fastddpm checkpoint, an ONNX file or a local diffusers DDPMPipeline directory (the one loader,
+    fastddpm.pipelines.loader)."""
+    providers = ["CPUExecutionProvider"] if args.device == "cpu" else None
+    return Pipeline.load(args.checkpoint, device=device, ema=not args.no_ema, providers=providers)

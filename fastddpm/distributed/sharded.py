@@ -27,7 +27,7 @@ from ..sampling.bulk import complete_npy_header, npy_header, paths as bulk_paths
 from ..sampling.loop import execute
 from ..sampling.models import model_identity, model_kind
 from ..sampling.options import SamplingOptions, check_int
-from ..sampling.pipeline import Pipeline
+from ..pipelines import Pipeline
 from .context import DEFAULT_FINISH_TIMEOUT, DEFAULT_TIMEOUT, DistributedError, RankContext, init, shard_range
 
 SHARD_DIR_SUFFIX = ".shards"

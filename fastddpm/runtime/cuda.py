@@ -16,7 +16,7 @@ How it avoids per-step host copies and syncs:
 NOT TESTED: the machine this was written on has no GPU, and no test or GPU script runs this
 module yet (scripts/gpu_check.sh runs the Triton tests and bench/gpu_e2e.py, neither of which
 uses onnxruntime-gpu). What is tested on the CPU is the device choice that leads here:
-``fastddpm.sampling.engines.wants_cuda`` (tests/test_gpu_check_script.py::
+``fastddpm.pipelines.engines.wants_cuda`` (tests/test_gpu_check_script.py::
 test_onnx_sampler_device_matching); the ONNX sampling tests on the CPU provider pass through
 ``cuda_iobinding_available`` (False there) to the host path.
 """

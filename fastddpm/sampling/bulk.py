@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import OutputLock, _no_space, crash_point, fsync_dir, remove_stale_temps, reserve, write_json
+from .._io import OutputLock, _no_space, check_space, crash_point, fsync_dir, remove_stale_temps, reserve, write_json
 
 # Write the progress record at most this often (each write is a small file + rename, after an
 # fdatasync of the rows); a resumed run redoes at most the batches finished in this window.
@@ -125,6 +125,19 @@ def read_progress(out) -> dict | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ResumeError(f"the progress record {progress} is unreadable ({type(exc).__name__}: {exc}); "
                           "start over with overwrite=True (--overwrite) instead of resume") from exc
+
+
+def check_output_space(out, n: int, sample_shape, dtype="float32") -> None:
+    """Refuse a request whose .npy cannot fit beside ``out`` (naming n, the bytes and the free space)
+    before anything is done for it: :meth:`fastddpm.Pipeline.sample` calls this before it exports or
+    loads anything, :func:`write_samples` again before it locks or creates a file."""
+    name = str(dtype).replace("torch.", "")
+    dt = np.dtype("float32" if name == "bfloat16" else name)  # bfloat16 is written as float32
+    row = int(np.prod(sample_shape, dtype=np.int64)) * dt.itemsize
+    final, partial, _ = paths(out)
+    size = len(npy_header(dt, (int(n), *sample_shape))) + int(n) * row
+    check_space(final, size, what=f"n = {int(n):,} samples of {row:,} bytes (n, --n)",
+                reusable=partial.stat().st_size if partial.is_file() else 0)
 
 
 class _Layout:
@@ -266,6 +279,9 @@ def write_samples(run, out, *, resume: bool = False, overwrite: bool = False, po
         raise FileNotFoundError(f"the directory of out, {final.parent}, does not exist")
     if final.is_dir():
         raise IsADirectoryError(f"out {final} is a directory; give the path of a .npy file to write")
+    # Before the lock file or the partial exist: a request larger than the free space (or than a
+    # file may be) is refused naming n, instead of an "[Errno 27] File too large" from the reserve.
+    check_output_space(final, run.n, run.shape, run.dtype)
     with OutputLock(final):
         return _write_locked(run, final, partial, progress, resume=resume, overwrite=overwrite,
                              postprocess=postprocess)

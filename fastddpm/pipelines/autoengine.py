@@ -39,7 +39,7 @@ import numpy as np
 
 from ..runtime import OnnxModel
 from ..runtime import calibrate
-from .options import SamplingOptions
+from ..sampling.options import SamplingOptions
 
 RUNTIMES = ("torch", "onnx", "onnx-nospin", "onnx-split")
 CALIBRATION_T = 500  # the timestep the calibration calls use (speed does not depend on it)
@@ -49,7 +49,7 @@ CHECK_TOL = 1e-3
 
 
 def calibration_dir() -> str:
-    """``calibration/`` beside the ONNX export cache (``fastddpm.sampling.engines.cache_dir``)."""
+    """``calibration/`` beside the ONNX export cache (``fastddpm.pipelines.engines.cache_dir``)."""
     from .engines import cache_dir
 
     return os.path.join(os.path.dirname(cache_dir()), "calibration")

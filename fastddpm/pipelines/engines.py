@@ -5,15 +5,18 @@ and the digits UNet 1.25–5× faster per call than torch eager at equal thread 
 DDPM loops 4–11× faster on the loaded machine; so ``Pipeline.sample(engine="auto")`` on the CPU
 exports a torch network once (cached on disk by its weights) and — since issue 26 — measures
 torch and the onnxruntime sessions once per model, machine and batch and runs the fastest
-(:mod:`fastddpm.sampling.autoengine`, :mod:`fastddpm.runtime.calibrate`).
+(:mod:`fastddpm.pipelines.autoengine`, :mod:`fastddpm.runtime.calibrate`).
 
 A Pipeline on an ONNX file (``Pipeline(OnnxModel(...))``, ``OnnxSampler``) runs the session
 itself; on onnxruntime's CUDA provider with torch and Triton importable, through the IO-binding
 module of :mod:`fastddpm.runtime.cuda`, so x_t stays on the GPU.
 
-The export cache is safe for concurrent processes without a lock: each exporter writes its own
-temp file and renames it over the cache entry (``fastddpm._io.atomic_open``), so a reader sees
-no file or a complete one, and two exporters of the same weights write equivalent files.
+The export cache is safe for concurrent processes: an entry is exported under its lock
+(``NAME.onnx.lock``; the others wait for it) into a temp file renamed over the entry
+(``fastddpm._io.atomic_open``), so a reader sees no file or a complete one. Every use checks the
+entry against the SHA-256 recorded beside it at export; a damaged entry (truncated, edited, a
+disk error) is exported again with a one-line :class:`OnnxCacheRepaired` warning instead of failing
+every later run.
 """
 from __future__ import annotations
 
@@ -21,14 +24,16 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 
 from .. import __version__
+from .._io import OutputLock, write_text
 from ..onnx_export import DEFAULT_OPSET, export_onnx
 from ..onnx_fused import FORM_VERSION, export_fused
 from ..runtime import OnnxModel
 from ..runtime.cuda import cuda_iobinding_available, torch_module
-from .models import model_identity
-from .options import SamplingOptions
+from ..sampling.models import model_identity
+from ..sampling.options import SamplingOptions
 
 ENGINES = ("auto", "torch", "onnx")
 
@@ -55,16 +60,80 @@ def _export_key(pipeline) -> str:
     return h.hexdigest()[:24]
 
 
+class OnnxCacheRepaired(RuntimeWarning):
+    """A damaged file in the ONNX export cache was found and exported again."""
+
+
+# Seconds a process waits for another one exporting the same network into the cache (an export of
+# the default nets takes 1-3 s on the 2-core EPYC; a digits UNet ~5 s on a loaded machine).
+EXPORT_LOCK_WAIT = 300.0
+
+
+def _digest_path(path: str) -> str:
+    return path + ".sha256"
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cache_state(path: str) -> str:
+    """'ok' (the file matches the SHA-256 recorded when it was exported), 'missing', or what is
+    wrong with it ('damaged: …'). A cache entry written before digests were recorded is checked by
+    loading it with onnx (and gets its digest recorded when it loads)."""
+    if not os.path.exists(path):
+        return "missing"
+    digest_file = _digest_path(path)
+    try:
+        with open(digest_file) as f:
+            recorded = f.read().split()[0]
+    except (OSError, IndexError):
+        recorded = None
+    try:
+        actual = _file_digest(path)
+    except OSError as exc:
+        return f"damaged: unreadable ({exc})"
+    if recorded is not None:
+        return "ok" if actual == recorded else "damaged: its SHA-256 differs from the one recorded at export"
+    try:
+        import onnx
+
+        onnx.checker.check_model(onnx.load(path))
+    except Exception as exc:  # noqa: BLE001 - any failure to load means the entry cannot be used
+        return f"damaged: not a loadable ONNX model ({type(exc).__name__})"
+    write_text(digest_file, actual + "\n")
+    return "ok"
+
+
 def cached_export(pipeline, directory: str | None = None) -> str:
-    """Path of the ONNX export of a Pipeline's (or Checkpoint's) torch network, exported on first use."""
+    """Path of the ONNX export of a Pipeline's (or Checkpoint's) torch network, exported on first use.
+
+    The cache holds derived data, so it is verified on every use: each entry has the SHA-256 of its
+    bytes beside it (``NAME.onnx.sha256``); a missing, truncated or edited entry is exported again
+    under the entry's lock (``NAME.onnx.lock``: concurrent processes export it once, the others wait
+    for that export), and a damaged one says so in one line (an :class:`OnnxCacheRepaired` warning).
+    """
     directory = directory or cache_dir()
     path = os.path.join(directory, f"{type(pipeline.model).__name__}-{_export_key(pipeline)}.onnx")
-    if not os.path.exists(path):
-        os.makedirs(directory, exist_ok=True)
+    if _cache_state(path) == "ok":
+        return path
+    os.makedirs(directory, exist_ok=True)
+    with OutputLock(path, "exporting into the ONNX cache", wait=EXPORT_LOCK_WAIT):
+        state = _cache_state(path)  # again, under the lock: another process may have just exported it
+        if state == "ok":
+            return path
+        if state != "missing":
+            warnings.warn(f"ONNX export cache: {path} is {state}; exported it again", OnnxCacheRepaired,
+                          stacklevel=3)
         # issue 26: a built-in net is exported in its export form (fastddpm/onnx_fused.py), others as they are
         export = export_fused if fused_form_version(pipeline.model) else export_onnx
         export(pipeline.model, path, sample_shape=tuple(pipeline.sample_shape), schedule=pipeline.schedule,
                prediction=pipeline.prediction, normalization=pipeline.normalization)
+        write_text(_digest_path(path), _file_digest(path) + "\n")
     return path
 
 
@@ -82,7 +151,7 @@ def choose(pipeline, engine: str, options: SamplingOptions, n: int | None = None
     (an error if that cannot be done); "auto" → when the sampling runs on the CPU in float32,
     onnx and onnxruntime are installed and the export works, the fastest of torch and the
     onnxruntime sessions as measured at this run's batch ``n`` allows (cached per model, machine
-    and batch; fastddpm/sampling/autoengine.py), torch otherwise (with a warning when the export
+    and batch; fastddpm.pipelines.autoengine.py), torch otherwise (with a warning when the export
     failed). A Pipeline on an ONNX file always runs its session.
     """
     if engine not in ENGINES:
@@ -103,7 +172,7 @@ def choose(pipeline, engine: str, options: SamplingOptions, n: int | None = None
                              "onnxruntime-gpu, or use engine='torch'")
         return model, pipeline.model_id, options
     # -- issue 26 hook: torch, or which onnxruntime session; "auto" measures once per model, machine
-    # and batch and caches the choice (fastddpm/sampling/autoengine.py, fastddpm/runtime/calibrate.py)
+    # and batch and caches the choice (fastddpm.pipelines.autoengine.py, fastddpm/runtime/calibrate.py)
     from .autoengine import select
 
     return select(pipeline, engine, options, n, export=cached_export)

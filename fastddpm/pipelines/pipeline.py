@@ -1,18 +1,32 @@
 """Pipeline: sampling from a saved checkpoint or an ONNX file, in data space (diffusers-like entry point)."""
 from __future__ import annotations
 
+import copy
+from typing import Any, Iterator, NamedTuple
+
 from ..data import Normalization
 from ..runtime import OnnxModel
 from ..runtime.metadata import check_prediction, check_sample_shape
 from ..schedule import Schedule
-from . import engines
-from .loop import execute
-from .models import model_identity
-from .options import SamplingOptions
+from . import engines, loader
+from ..sampling.loop import SamplingRun, execute
+from ..sampling.models import model_identity
+from ..sampling.bulk import check_output_space
+from ..sampling.options import SamplingOptions, check_int
+
+
+class SampleBatch(NamedTuple):
+    """One batch of :meth:`Pipeline.stream`: ``start`` is the global index of its first sample, ``x``
+    the samples start … start + len(x) − 1 (NumPy on the host, a torch tensor on the GPU)."""
+
+    start: int
+    x: Any
 
 
 class Pipeline:
-    """A loaded network ready to sample: ``Pipeline.from_checkpoint(path).sample(n, ...)``.
+    """A loaded network ready to sample: ``Pipeline.load(path).sample(n, ...)`` (a checkpoint, an ONNX
+    file or a diffusers directory), ``.stream(n, batch_size=...)`` for a batch at a time,
+    ``.dataset(n, ...)`` for torch's DataLoader.
 
     ``Pipeline(checkpoint)`` takes a :class:`fastddpm.checkpoint.Checkpoint`;
     ``Pipeline(OnnxModel(path))`` (or :meth:`from_onnx`, :class:`OnnxSampler`) an ONNX file
@@ -42,6 +56,9 @@ class Pipeline:
         self.prediction = checkpoint.prediction
         self.sample_shape = tuple(checkpoint.sample_shape)
         self.model_id = model_identity(checkpoint)
+        config = getattr(checkpoint, "config", None)
+        if isinstance(config, dict) and "diffusers" in config:  # a diffusers directory: its scheduler's settings
+            self.sampling_defaults = self.schedule.sampler_defaults()
 
     def _from_onnx_model(self, model: OnnxModel, schedule, prediction, sample_shape) -> None:
         """The parts from the file's fastddpm metadata; the arguments override them."""
@@ -90,8 +107,8 @@ class Pipeline:
         update; see :mod:`fastddpm.runtime.cuda`); otherwise the network runs in the session and
         the update in the Numba kernels on the host.
         """
-        return cls(OnnxModel(path, providers, session_options=session_options), schedule=schedule,
-                   prediction=prediction, sample_shape=sample_shape)
+        return cls(loader.load(path, providers=providers, session_options=session_options, as_kind="onnx"),
+                   schedule=schedule, prediction=prediction, sample_shape=sample_shape)
 
     @property
     def providers(self) -> list[str]:
@@ -102,24 +119,28 @@ class Pipeline:
         return self.model.providers
 
     @classmethod
+    def load(cls, path, *, device="cpu", ema: bool = True, providers=None, session_options=None) -> "Pipeline":
+        """Whatever ``path`` holds, the way ``fastddpm sample PATH`` reads it: a checkpoint directory
+        (:meth:`from_checkpoint`), an ONNX file (:meth:`from_onnx`; ``providers``, ``session_options``)
+        or a local diffusers pipeline directory (:meth:`from_diffusers`). One loader
+        (:func:`fastddpm.pipelines.loader.load`) tells them apart for the CLI, the exporter and here."""
+        return cls(loader.load(path, device=device, ema=ema, providers=providers, session_options=session_options))
+
+    @classmethod
     def from_checkpoint(cls, path, *, device="cpu", ema: bool = True) -> "Pipeline":
         """Load the checkpoint directory ``path`` (EMA weights by default) onto ``device``."""
-        from ..checkpoint import load
-
-        return cls(load(path, device=device, ema=ema))
+        return cls(loader.load(path, device=device, ema=ema, as_kind="checkpoint"))
 
     @classmethod
     def from_diffusers(cls, path, *, device="cpu") -> "Pipeline":
         """Load a local ``DDPMPipeline.save_pretrained`` directory (needs ``fastddpm[diffusers]``).
 
         The scheduler's variance type, clipping and timestep spacing become this pipeline's
-        ``sample`` defaults (``pipeline.sampling_defaults``); the prediction type is fixed.
+        ``sample`` defaults (``pipeline.sampling_defaults``); the prediction type is fixed. A
+        scheduler class whose math fastddpm does not reproduce (a variance-exploding one, e.g.
+        ``KarrasVeScheduler``) is refused, naming it (docs/diffusers.md).
         """
-        from ..diffusers import load_pipeline_dir
-
-        pipeline = cls(load_pipeline_dir(path, device=device))
-        pipeline.sampling_defaults = pipeline.schedule.sampler_defaults()
-        return pipeline
+        return cls(loader.load(path, device=device, as_kind="diffusers"))
 
     def __repr__(self) -> str:
         if isinstance(self.model, OnnxModel):
@@ -135,7 +156,7 @@ class Pipeline:
         but prediction and sample_shape, which come from the checkpoint.
         engine: "auto" (on the CPU, run a torch network through a cached ONNX export in
         onnxruntime when onnx and onnxruntime are installed — faster than torch eager, see
-        docs/onnx.md), "torch" or "onnx" (see :mod:`fastddpm.sampling.engines`). The samples
+        docs/onnx.md), "torch" or "onnx" (see :mod:`fastddpm.pipelines.engines`). The samples
         agree to float32 rounding of the network either way.
 
         With ``return_trajectory`` also a :class:`~fastddpm.sampling.Trajectory` (de-normalised too).
@@ -144,6 +165,8 @@ class Pipeline:
 
     def run(self, n: int, options: SamplingOptions, *, engine: str = "auto", denormalize: bool = True):
         """:meth:`sample` with its keywords already in a SamplingOptions (see :meth:`options`)."""
+        if options.out is not None:  # before the engine choice may export anything
+            check_output_space(options.out, check_int(n, "n"), self.sample_shape, options.dtype)
         model, model_id, options = engines.choose(self, engine, options, n=n)  # issue 26: n sets the calibrated batch
         options = options.replace(prediction=self.prediction, sample_shape=self.sample_shape)
         post = self._to_data if denormalize else None
@@ -159,6 +182,97 @@ class Pipeline:
             return x, traj
         x = self._host(result)
         return post(x) if post is not None else x
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    def stream(self, n: int, *, batch_size: int | None = None, start: int = 0, denormalize: bool = True,
+               engine: str = "auto", **kwargs) -> Iterator[SampleBatch]:
+        """Samples ``start`` … ``start + n − 1`` as :class:`SampleBatch` ``(start, x)`` in order, one
+        batch of ``batch_size`` samples at a time (the last one shorter), computed when asked for.
+
+        Concatenated, the batches are ``sample(n, batch_size=batch_size, start=start, **kwargs)``
+        byte for byte (the samples are a pure function of (seed, sample index); the same batch size
+        also keeps a network's float results identical — a UNet's can change in the last bit with
+        the batch shape). ``x`` is in data space (``denormalize=False``: model space): a NumPy array
+        on the host, a torch tensor on the GPU (CUDA sampling: no host copy; hand it to other
+        frameworks with DLPack, e.g. ``cupy.from_dlpack(x)``, ``jax.dlpack.from_dlpack(x)``).
+
+        Everything that can be checked is checked here, before the first batch (keywords, the
+        engine choice and its ONNX export); a batch is computed only when the iterator is advanced,
+        so nothing is computed ahead of the consumer. ``progress`` defaults to False. Keywords:
+        :meth:`sample`'s, but the file ones (out, resume, overwrite) and trajectories.
+        :meth:`dataset` wraps this for torch's DataLoader (workers and ranks).
+        """
+        return self._stream(n, self.stream_options(kwargs, batch_size, start), engine=engine,
+                            denormalize=denormalize)
+
+    def dataset(self, n: int, *, batch_size: int | None = None, start: int = 0, **kwargs):
+        """A ``torch.utils.data.IterableDataset`` over :meth:`stream` that shards its batches across
+        DataLoader workers and torch.distributed ranks (:class:`fastddpm.pipelines.SampleDataset`)."""
+        from .dataset import SampleDataset
+
+        return SampleDataset(self, n, batch_size=batch_size, start=start, **kwargs)
+
+    def stream_options(self, kwargs: dict, batch_size=None, start: int = 0) -> SamplingOptions:
+        """:meth:`stream`'s keywords as SamplingOptions (the file and trajectory ones refused)."""
+        for key in ("out", "resume", "overwrite", "return_trajectory", "trajectory_steps"):
+            if key in kwargs:
+                raise TypeError(f"{key}: Pipeline.stream yields batches in memory; write a file with "
+                                "Pipeline.sample(n, out=...) and trajectories with sample(return_trajectory=True)")
+        return self.options({"progress": False, **kwargs, "batch_size": batch_size, "start": start})
+
+    def _stream(self, n: int, options: SamplingOptions, *, engine: str = "auto", denormalize: bool = True,
+                batches=None) -> Iterator[SampleBatch]:
+        """The generator behind :meth:`stream`; ``batches(count)`` picks which batch indices to run
+        (all, in order, by default: a DataLoader worker or rank takes its share)."""
+        n = check_int(n, "n")
+        model, model_id, options = engines.choose(self, engine, options)
+        options = options.replace(prediction=self.prediction, sample_shape=self.sample_shape)
+        run = SamplingRun(model, self.schedule, n, options)
+        run.model_id = model_id
+        on_gpu = run.on_torch and run.device.type != "cpu"
+        post = self._to_data if denormalize else None
+        count = -(-n // run.batch_size)
+        chosen = range(count) if batches is None else batches(count)
+
+        def generate():
+            pbar = run.progress_bar(n)
+            try:
+                for j in chosen:
+                    s0 = j * run.batch_size
+                    x = run.run_batch(s0, min(n, s0 + run.batch_size), pbar=pbar)
+                    if not on_gpu:
+                        x = self._host(x)
+                    yield SampleBatch(run.start + s0, post(x) if post is not None else x)
+            finally:
+                if pbar is not None:
+                    pbar.close()
+
+        return generate()
+
+    def fresh(self) -> "Pipeline":
+        """A shallow copy without this process's onnxruntime sessions and CUDA bindings (re-made on
+        first use): what a DataLoader worker or a forked process samples with."""
+        other = copy.copy(self)
+        for attr in ("_onnx_engine", "_cuda"):
+            other.__dict__.pop(attr, None)
+        if isinstance(self.model, OnnxModel):
+            other.model = OnnxModel(self.model.path, self.model.providers)
+        return other
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for attr in ("_onnx_engine", "_cuda"):  # sessions do not pickle; they are re-made on first use
+            state.pop(attr, None)
+        if isinstance(self.model, OnnxModel):
+            state["model"] = ("onnx", self.model.path, self.model.providers)
+        return state
+
+    def __setstate__(self, state):
+        model = state.get("model")
+        if isinstance(model, tuple) and len(model) == 3 and model[0] == "onnx":
+            state["model"] = OnnxModel(model[1], model[2])
+        self.__dict__.update(state)
 
     def options(self, kwargs: dict) -> SamplingOptions:
         """``Pipeline.sample``'s keywords as SamplingOptions: prediction and sample_shape are the
@@ -186,7 +300,8 @@ class OnnxSampler(Pipeline):
 
     def __init__(self, path, providers=None, schedule: Schedule | None = None, *, prediction: str | None = None,
                  sample_shape=None, session_options=None):
-        super().__init__(OnnxModel(path, providers, session_options=session_options), schedule=schedule,
+        super().__init__(loader.load(path, providers=providers, session_options=session_options, as_kind="onnx"),
+                         schedule=schedule,
                          prediction=prediction, sample_shape=sample_shape)
 
 
