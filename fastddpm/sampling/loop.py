@@ -286,7 +286,6 @@ class SamplingRun:
             record = _recorder(traj, s0, s1)
             record(0, x)
             bad = torch.full((), -1, dtype=torch.int64, device=self.device)
-            ts = self.plan.t.tolist()
             for k in range(K):
                 self._step(st, x, state, bad, k)
                 record(k + 1, x)
