@@ -138,10 +138,11 @@ def cached_export(pipeline, directory: str | None = None) -> str:
 
 
 def fused_form_version(module):
-    """onnx_fused.FORM_VERSION for a built-in net (exported in its export form), else None."""
-    from ..nets.fused import FORMS
+    """onnx_fused.FORM_VERSION for a built-in net exported in its export form, else None (any other
+    module, and a conditional built-in net: its per-sample label embedding does not fold)."""
+    from ..nets.fused import export_form
 
-    return FORM_VERSION if type(module) in FORMS else None
+    return FORM_VERSION if export_form(module) is not None else None
 
 
 def choose(pipeline, engine: str, options: SamplingOptions, n: int | None = None):

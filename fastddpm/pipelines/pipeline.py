@@ -174,12 +174,15 @@ class Pipeline:
         if options.out is not None:
             return result
         if options.return_trajectory:
-            x, traj = result
-            x = self._host(x)
+            *head, traj = result  # (x, traj), or (x, labels, traj) for a labelled request
+            x = self._host(head[0])
             traj.x = self._host(traj.x)
             if post is not None:
                 x, traj.x = post(x), post(traj.x)
-            return x, traj
+            return (x, traj) if len(head) == 1 else (x, head[1], traj)
+        if isinstance(result, tuple):  # (x, labels): a labelled request
+            x = self._host(result[0])
+            return (post(x) if post is not None else x), result[1]
         x = self._host(result)
         return post(x) if post is not None else x
 

@@ -79,43 +79,75 @@ class HostStepper:
                 b.fill(0)
         return s, ring
 
-    def begin(self, x: np.ndarray, offset: int):
+    def begin(self, x: np.ndarray, offset: int, cond=None, mirror: np.ndarray | None = None):
         """Start a batch (x C-contiguous [B, …], its first element at global noise offset
-        ``offset``): x ← x_T; returns ``step(k, m)`` updating x in place from the output m of call k."""
+        ``offset``): x ← x_T; returns ``step(k, m)`` updating x in place from the output m of call k.
+
+        ``cond`` (fastddpm.sampling.guidance.Conditioning): a guided call k reads both halves of a
+        2B-row m; ``mirror`` (like x: the second half of the run's 2B-row network input) receives
+        x′ on the calls before a guided call, and x_T here when call 0 is guided."""
         draw_initial(x, self.seed, offset, self.backend)
         s, ring = self._buffers(x)
-        per_sample = x.size // max(1, x.shape[0])
+        B = x.shape[0]
+        per_sample = x.size // max(1, B)
         xf = x.reshape(-1)
+        K = self.plan.num_steps
+        guided = [cond is not None and cond.guided(k) for k in range(K)]
+        mf = None if mirror is None else mirror.reshape(-1)
+        mirrors = [mf if cond is not None and cond.mirror[k] else None for k in range(K)]
+        if mf is not None and guided[0]:
+            mf[...] = xf
+        phi = cond.rescale if cond is not None else 0.0
+        w = cond.scale if cond is not None else 1.0
         if self.backend == "numpy":
-            return self._numpy_step(x, s, ring, offset, per_sample)
-        from ..kernels.numba.update import bind, launch_args
+            return self._numpy_step(x, s, ring, offset, per_sample, guided, mirrors, w, phi)
+        from ..kernels.numba.update import bind, guide_scales, launch_args
 
+        rb = np.ones(B, dtype=x.dtype) if phi and any(guided) else None  # guidance_rescale's factors, per call
         calls = []
-        for k in range(self.plan.num_steps):
-            w, hs = self.slots[k, 0], self.slots[k, 1:1 + self.depth]
+        for k in range(K):
+            w_slot, hs = self.slots[k, 0], self.slots[k, 1:1 + self.depth]
             calls.append(bind(*launch_args(xf, xf, self.coef, self._ridx[k], clip=self.plan.clip, s=s,
-                                           h=tuple(ring[j] for j in hs), q=ring[w] if w >= 0 else None,
+                                           h=tuple(ring[j] for j in hs), q=ring[w_slot] if w_slot >= 0 else None,
                                            draw_noise=self.draws[k], seed=self.seed, stream=k + 1, offset=offset,
-                                           per_sample=per_sample, variance=self.variance)))
+                                           per_sample=per_sample, variance=self.variance,
+                                           guidance=w if guided[k] else None,
+                                           rescale=rb if guided[k] and rb is not None else None,
+                                           mirror=mirrors[k])))
+        if rb is None:
+            def step(k, m):
+                calls[k](m.reshape(-1))
+            return step
+        variance = self.variance
 
-        def step(k, m):
-            calls[k](m.reshape(-1))
-        return step
+        def step_rescaled(k, m):
+            mflat = m.reshape(-1)
+            if guided[k]:  # one read of both halves → r [B], then the fused update multiplies by r_b
+                guide_scales(mflat, B, per_sample, w, phi, variance=variance, out=rb)
+            calls[k](mflat)
+        return step_rescaled
 
-    def _numpy_step(self, x, s, ring, offset, per_sample):
+    def _numpy_step(self, x, s, ring, offset, per_sample, guided=(), mirrors=(), w=1.0, phi=0.0):
         """backend="numpy": the same rows with NumPy operators, noise from kernels/reference.py."""
         from ..kernels import reference
 
         xf, dt = x.reshape(-1), x.dtype.type
+        B = x.shape[0]
 
         def step(k, m):
             mf = m.reshape(-1)
             v = None
-            if self.variance is not None:  # [B, 2D] → mean and variance channel
-                halves = mf.reshape(x.shape[0], 2, per_sample)
-                mf, v = halves[:, 0].reshape(-1), halves[:, 1].reshape(-1)
+            rows = 2 * B if guided and guided[k] else B
+            if self.variance is not None:  # [rows, 2D] → mean and variance channel
+                halves = mf.reshape(rows, 2, per_sample)
+                mf, v = halves[:, 0].reshape(-1), halves[:B, 1].reshape(-1)
+            if rows == 2 * B:  # the guided output, as the fused kernel forms it
+                c, u = mf[:B * per_sample], mf[B * per_sample:]
+                mf = c + dt(w - 1.0) * (c - u)
+                if phi:
+                    mf = mf * np.repeat(_rescale_factors(c, mf, B, per_sample, phi).astype(x.dtype), per_sample)
             z = reference.randn(xf.size, self.seed, k + 1, offset).astype(dt) if self.draws[k] else None
-            w, hs = self.slots[k, 0], self.slots[k, 1:1 + self.depth]
+            w_slot, hs = self.slots[k, 0], self.slots[k, 1:1 + self.depth]
             row = self.coef[k]
             if self.variance == "sqrt" and z is not None:
                 z, v = z * np.sqrt(v), None
@@ -123,12 +155,24 @@ class HostStepper:
                 row[KC.COL["vg"]] = row[KC.COL["vb"]] = 0
             y, s_new, q = KC.apply_row(row, xf, mf, clip=None if self.plan.clip is None else dt(self.plan.clip),
                                        s=s, h=tuple(ring[j] for j in hs), z=z, v=v)
-            if w >= 0:
-                ring[w] = q if q is not None else 0
+            if w_slot >= 0:
+                ring[w_slot] = q if q is not None else 0
             if s is not None:
                 s[...] = s_new if s_new is not None else 0
             xf[...] = y
+            if mirrors and mirrors[k] is not None:
+                mirrors[k][...] = y
         return step
+
+
+def _rescale_factors(c, g, B: int, D: int, phi: float) -> np.ndarray:
+    """guidance_rescale's r_b = φ·σ(c_b)/σ(g_b) + 1 − φ (float64; 1 where σ(g_b) = 0 or D = 1) —
+    what kernels/numba/update.guide_scales computes, in NumPy operators."""
+    if D < 2:
+        return np.ones(B)
+    sc = c.reshape(B, D).astype(np.float64).std(axis=1, ddof=1)
+    sg = g.reshape(B, D).astype(np.float64).std(axis=1, ddof=1)
+    return np.where(sg > 0, phi * sc / np.where(sg > 0, sg, 1.0) + (1.0 - phi), 1.0)
 
 
 class TorchStepper:
