@@ -136,7 +136,8 @@ class Labels:
     once against the model's label set, then ``batch(s0, s1)`` gives those of its samples s0 … s1−1
     (int64, computed per batch: a bulk run never holds n labels it was not given)."""
 
-    def __init__(self, spec, n: int, start: int, seed: int, label_set: LabelSet | None, *, what: str = "labels"):
+    def __init__(self, spec, n: int, start: int, seed: int, label_set: LabelSet | None, *,
+                 what: str = "labels (--label / --labels)"):
         self.spec, self.n, self.start, self.seed, self.what = spec, int(n), int(start), int(seed), what
         self.label_set = label_set
         if label_set is None:
@@ -188,7 +189,8 @@ class Labels:
         return kl.categorical(self.seed, first, s1 - s0, self.thresholds)
 
 
-def resolve(spec, n: int, start: int, seed: int, label_set: LabelSet | None, *, what: str = "labels") -> Labels | None:
+def resolve(spec, n: int, start: int, seed: int, label_set: LabelSet | None, *,
+            what: str = "labels (--label / --labels)") -> Labels | None:
     """:class:`Labels` of a request, or None (no labels given: the model's "no label" class)."""
     spec = check_spec(spec)
     if spec is None:

@@ -55,6 +55,8 @@ def _export_key(pipeline) -> str:
                 getattr(module, "config", None),
                 # issue 26: built-in nets are cached in their export form (fastddpm/onnx_fused.py)
                 fused_form_version(module)]
+    if getattr(module, "num_classes", 0):  # issue 25: a conditional net's export takes a labels input
+        settings.append({"labels_input": 1, "num_classes": module.num_classes, "null_label": module.null_label})
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(model_identity(module).encode())
     return h.hexdigest()[:24]

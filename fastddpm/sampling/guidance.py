@@ -29,11 +29,11 @@ PLAIN, NULL, COND, UNCOND, GUIDED = "plain", "null", "cond", "uncond", "guided"
 def check_options(guidance, guidance_rescale, guidance_interval):
     """Model-free checks of the three guidance options; (w, φ, interval or None)."""
     if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not math.isfinite(guidance):
-        raise ValueError(f"guidance (the scale w; 1 = conditional, 0 = unconditional) must be a finite number, "
+        raise ValueError(f"guidance (--guidance, the scale w; 1 = conditional, 0 = unconditional) must be a finite number, "
                          f"got {guidance!r}")
     if (isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, numbers.Real)
             or not 0.0 <= guidance_rescale <= 1.0):
-        raise ValueError(f"guidance_rescale (φ of rescale_noise_cfg) must be a number in [0, 1], got "
+        raise ValueError(f"guidance_rescale (--guidance-rescale, φ of rescale_noise_cfg) must be a number in [0, 1], got "
                          f"{guidance_rescale!r}")
     interval = guidance_interval
     if interval is not None:
@@ -41,7 +41,7 @@ def check_options(guidance, guidance_rescale, guidance_interval):
               and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in interval)
               and 0 <= interval[0] <= interval[1])
         if not ok:
-            raise ValueError(f"guidance_interval must be None or (t_lo, t_hi), integer timesteps with "
+            raise ValueError(f"guidance_interval (--guidance-interval) must be None or (t_lo, t_hi), integer timesteps with "
                              f"0 <= t_lo <= t_hi (guidance at the calls with t_lo <= t <= t_hi), got {interval!r}")
         interval = (int(interval[0]), int(interval[1]))
     return float(guidance), float(guidance_rescale), interval
@@ -64,8 +64,8 @@ class Conditioning:
         guided_asked = w != 1.0 or phi != 0.0 or interval is not None
         if label_set is None:
             if guided_asked:
-                raise ValueError(f"guidance={w:g} (guidance_rescale, guidance_interval) needs a conditional model; "
-                                 f"this one is unconditional (no num_classes): leave guidance at 1")
+                raise ValueError(f"guidance={w:g} (--guidance; also guidance_rescale, guidance_interval) needs a "
+                                 "conditional model; this one is unconditional (no num_classes): leave guidance at 1")
             self.labels = resolve(labels, n, start, seed, None) if labels is not None else None
             self.modes = [PLAIN] * len(timesteps)
         else:
