@@ -205,7 +205,7 @@ class SamplingRun:
             if name == "float64":
                 raise TypeError("dtype=float64 does not run on the Triton loop (float32, float16 or bfloat16); "
                                 "use backend='torch', or the host path (device='cpu', backend 'numba')")
-        self.stepper = TorchStepper(self.plan, self.device, self.torch_dtype, self.seed, update)
+        self.stepper = TorchStepper(self.plan, self.device, self.torch_dtype, self.seed, update, self.cond)
         self.model_dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
         default_graph = self.device.type == "cuda" and update == "triton"
         self.cuda_graph = default_graph if cuda_graph is None else bool(cuda_graph)
@@ -302,6 +302,16 @@ class SamplingRun:
         out[...] = x
         return out
 
+    def torch_labels(self, s0: int, s1: int):
+        """The labels tensor the network gets for samples s0 … s1 − 1 on the torch path (every call
+        of a guided run: [labels | no label], 2B rows), or None (an unconditional model)."""
+        import torch
+
+        cond = self.cond
+        mode = GUIDED if cond.doubled else cond.modes[0]
+        labels = cond.call_labels(self.batch_labels(s0, s1), s1 - s0)[mode]
+        return None if labels is None else torch.as_tensor(labels, device=self.device)
+
     def _torch_batch(self, s0, s1, out, traj, pbar):
         import torch
 
@@ -315,18 +325,22 @@ class SamplingRun:
                 and B == self.batch_size else None
             if graphed is not None:
                 return graphs.replay(self, graphed, s0, s1, offset, out, pbar)
-            if out is None or not out.is_contiguous() or out.dtype != self.torch_dtype:
+            labels = self.torch_labels(s0, s1)
+            xx = mirror = None
+            if self.cond.doubled:  # x is the first half of the 2B-row network input
+                xx = torch.empty((2 * B,) + self.shape, dtype=self.torch_dtype, device=self.device)
+                x, mirror = xx[:B], xx[B:]
+            elif out is None or not out.is_contiguous() or out.dtype != self.torch_dtype:
                 x = torch.empty((B,) + self.shape, dtype=self.torch_dtype, device=self.device)
             else:
                 x = out
             state = st.state(x)
-            st.begin(x, state, offset)
+            st.begin(x, state, offset, mirror)
             record = _recorder(traj, s0, s1)
             record(0, x)
             bad = torch.full((), -1, dtype=torch.int64, device=self.device)
-            ts = self.plan.t.tolist()
             for k in range(K):
-                self._step(st, x, state, bad, k)
+                self._step(st, x, state, bad, k, xin=xx, labels=labels)
                 record(k + 1, x)
                 if pbar is not None:
                     pbar.update(B)
@@ -334,20 +348,27 @@ class SamplingRun:
             if out is not None and x is not out:
                 out.copy_(x)
                 return out
+            if xx is not None:
+                x = x.clone()
             # .npy files have no bfloat16: a batch handed to a file writer widens (exactly).
             return x.float() if out is None and self.torch_dtype == torch.bfloat16 else x
 
-    def _step(self, st, x, state, bad, k=None):
+    def _step(self, st, x, state, bad, k=None, xin=None, labels=None):
         """One step: network on (x, t_now) → fused update of x in place (step index on the
-        device). ``k`` (host) only for the eager path's output checks; None while capturing."""
+        device). ``k`` (host) only for the eager path's output checks; None while capturing.
+        ``xin``: the 2B-row input of a guided run (x its first half); ``labels``: a conditional
+        model's labels tensor (rows of the input)."""
         import torch
 
-        xin = x if self.model_dtype in (None, x.dtype) else x.to(self.model_dtype)
-        m = self.model(xin, st.t_input(x.shape[0]))
+        src = x if xin is None else xin
+        net_in = src if self.model_dtype in (None, src.dtype) else src.to(self.model_dtype)
+        args = (net_in, st.t_input(src.shape[0])) + (() if labels is None else (labels,))
+        m = self.model(*args)
         if k is not None:
             if not isinstance(m, torch.Tensor):
                 raise TypeError(f"the model must return a torch tensor, got {type(m).__name__}")
-            check_output(m, x, k, int(self.plan.t[k]), self.plan.num_steps, expected=(x.shape[0],) + self.out_shape)
+            check_output(m, src, k, int(self.plan.t[k]), self.plan.num_steps,
+                         expected=(src.shape[0],) + self.out_shape)
         if not m.is_contiguous():
             m = m.contiguous()
         if self.check_finite:  # first bad step index, on the device (one sync per batch, after the loop)

@@ -189,7 +189,7 @@ class TorchStepper:
     applied with torch operators, noise from fastddpm.randn (host call counter; never captured).
     """
 
-    def __init__(self, plan, device, dtype, seed: int, backend: str = "triton"):
+    def __init__(self, plan, device, dtype, seed: int, backend: str = "triton", cond=None):
         import torch
 
         if backend not in ("triton", "torch"):
@@ -213,6 +213,15 @@ class TorchStepper:
         else:  # rounded to the data dtype once, as the CPU kernels do
             self.coef = rows.to(device=self.device, dtype=dtype)
         self.draws = [bool(v) for v in tab.rows[:, KC.COL["yz"]] != 0]
+        # A guided run (fastddpm.sampling.guidance): on the device every call runs the network over
+        # 2B rows — one captured step fits every call — and call k's w_k − 1 comes from a device
+        # table (0 outside guidance_interval: m = c exactly), so graph replays need no host work.
+        self.guided_run = cond is not None and cond.doubled
+        self.rescale = cond.rescale if self.guided_run else 0.0
+        self.w1 = [cond.scale - 1.0 if cond.guided(k) else 0.0 for k in range(tab.calls)] if self.guided_run else None
+        self.gw = torch.tensor(self.w1, dtype=torch.float32, device=self.device) \
+            if self.guided_run and backend == "triton" else None
+        self._mirror = None
 
     def state(self, like):
         """Per-batch buffers (state s and history ring, as the table needs; noise for backend torch)."""
@@ -223,10 +232,15 @@ class TorchStepper:
                 "ring": torch.zeros((self.depth + 1,) + tuple(like.shape), dtype=like.dtype, device=like.device)
                 if self.depth else None}
 
-    def begin(self, x, state, offset: int) -> None:
+    def begin(self, x, state, offset: int, mirror=None) -> None:
         """Start a batch whose first element has global noise offset ``offset``: x ← x_T (stream 0),
-        call index 0, t_now = t[0], state and ring zeroed. Device writes only (no sync)."""
+        call index 0, t_now = t[0], state and ring zeroed. Device writes only (no sync).
+        ``mirror`` (a guided run): the second half of the 2B-row network input, x being its first
+        half; it gets x_T here and x′ from every update."""
         draw_initial(x, self.seed, offset, "triton" if self.backend == "triton" else "auto")
+        self._mirror = mirror
+        if mirror is not None:
+            mirror.copy_(x)
         self.ctl[0].fill_(0)
         self.ctl[1].fill_(offset)
         self.ctl[2].fill_(self.seed)
@@ -263,7 +277,7 @@ class TorchStepper:
             fn = self._launchers[key] = LoopUpdate(
                 self.coef, self.slots_dev, self.ctl, x.numel(), x.numel() // max(1, x.shape[0]), clip=self.plan.clip,
                 noise=self.plan.noisy, has_state=self.has_state, depth=self.depth, variance=self.variance,
-                shift=self.offset & 3)
+                shift=self.offset & 3, guidance=self.gw, rescale=self.rescale)
         return fn
 
     def _torch_update(self, x, m, state) -> None:
@@ -273,9 +287,19 @@ class TorchStepper:
         torch, k = self.torch, self.k
         m = m.to(self.dtype)
         v = None
-        if self.variance is not None:  # [B, 2C, …] → mean and variance channel
-            halves = m.reshape(x.shape[0], 2, -1)
-            m, v = halves[:, 0].reshape(x.shape), halves[:, 1].reshape(x.shape)
+        B = x.shape[0]
+        rows = 2 * B if self.guided_run else B
+        if self.variance is not None:  # [rows, 2C, …] → mean and variance channel (the conditional rows')
+            halves = m.reshape(rows, 2, -1)
+            m, v = halves[:, 0].reshape((rows,) + tuple(x.shape[1:])), halves[:B, 1].reshape(x.shape)
+        if self.guided_run:  # the guided output, as the fused kernel forms it
+            c, u = m[:B], m[B:]
+            m = c + self.w1[k] * (c - u)
+            if self.rescale and self.w1[k] != 0.0:
+                dims = tuple(range(1, m.dim()))
+                sc, sg = c.double().std(dim=dims, keepdim=True), m.double().std(dim=dims, keepdim=True)
+                r = torch.where(sg > 0, self.rescale * sc / torch.where(sg > 0, sg, 1.0) + (1.0 - self.rescale), 1.0)
+                m = m * r.to(m.dtype)
         z = randn(tuple(x.shape), seed=self.seed, stream=k + 1, offset=self.offset, dtype=self.dtype, like=x,
                   backend="auto") if self.draws[k] else None
         row = self.coef[k]
@@ -291,3 +315,5 @@ class TorchStepper:
         if s is not None:
             s.copy_(s_new) if s_new is not None else s.zero_()
         x.copy_(y)
+        if self._mirror is not None:
+            self._mirror.copy_(y)
