@@ -178,7 +178,7 @@ class Labels:
         """int64 [s1 − s0]: the labels of samples s0 … s1 − 1 of this request."""
         spec = self.spec
         if isinstance(spec, np.ndarray):
-            return np.ascontiguousarray(spec[s0:s1])
+            return spec[s0:s1].copy()  # writable (torch.from_numpy warns on a read-only view)
         if isinstance(spec, int):
             return np.full(s1 - s0, spec, dtype=np.int64)
         from .kernels.numba import labels as kl
