@@ -301,7 +301,7 @@ def load_labels(path, rows: int, *, what: str = "labels") -> np.ndarray:
                         f"{getattr(arr, 'dtype', type(arr).__name__)}; save it with .astype(np.int64)")
     if arr.ndim != 1 or arr.shape[0] != rows:
         raise ValueError(f"{what} file {path!r} has shape {list(arr.shape)}, expected [{rows}]: one label per row "
-                         "of the data")
+                         "(per sample)")
     if arr.size and arr.min() < 0:
         raise ValueError(f"{what} file {path!r} holds negative labels (min {int(arr.min())}); labels are 0, 1, …, K−1")
     return arr.astype(np.int64)
