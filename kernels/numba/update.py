@@ -50,7 +50,7 @@ VAR_MODES = {None: VAR_NONE, "log": VAR_LOG, "sqrt": VAR_SQRT}
 # _body and _span are compiled per signature (not inlined): Numba prunes an ``is None`` branch on
 # an argument typed None only in the function that receives it.
 @njit(cache=True, error_model="numpy")
-def _body(cr, x, m, v, u, s, h1, h2, h3, z, out, q, mirror, lo, hi, has_clip, var_mode, tdiv, w1, gr):
+def _body(cr, x, m, v, u, s, h1, h2, h3, z, out, q, mirror, lo, hi, has_clip, var_mode, tdiv, w1, gr, gv):
     """One span: views of equal length (None: not used by this call, compiled away).
 
     ``cr``: the row (data dtype); ``out`` None: x is updated in place; ``s`` is read and written
@@ -58,7 +58,8 @@ def _body(cr, x, m, v, u, s, h1, h2, h3, z, out, q, mirror, lo, hi, has_clip, va
     ``tdiv``: dynamic thresholding's per-sample s (x̂0c = clip(x̂0, −s, s)/s; None: off);
     ``u``: the unconditional output of a guided call, m being the conditional one: the output
     used is (m + w1·(m − u))·gr with w1 = w − 1 (exactly m at w = 1) and gr the sample's rescale
-    factor; ``mirror``: a second store of x′.
+    factor (``gv``: one factor per element instead, when the span holds several samples);
+    ``mirror``: a second store of x′.
     """
     dt = x.dtype.type
     cx, cm, yx, y0, ym, ys, y1, y2, y3, yz = cr[CX], cr[CM], cr[YX], cr[Y0], cr[YM], cr[YS], cr[Y1], cr[Y2], cr[Y3], \
@@ -69,7 +70,10 @@ def _body(cr, x, m, v, u, s, h1, h2, h3, z, out, q, mirror, lo, hi, has_clip, va
     for i in range(x.shape[0]):
         xv, mv = x[i], m[i]
         if u is not None:
-            mv = (mv + w1 * (mv - u[i])) * gr
+            if gv is None:
+                mv = (mv + w1 * (mv - u[i])) * gr
+            else:
+                mv = (mv + w1 * (mv - u[i])) * gv[i]
         x0 = cx * xv + cm * mv
         if has_clip:
             x0 = min(max(x0, lo), hi)
@@ -117,15 +121,17 @@ def _body(cr, x, m, v, u, s, h1, h2, h3, z, out, q, mirror, lo, hi, has_clip, va
 
 @njit(cache=True, error_model="numpy")
 def _span(cr, x, m, vm, um, s, h1, h2, h3, z, out, q, mirror, a, b, mo, vo, uo, zo, lo, hi, has_clip, var_mode,
-          tdiv, w1, gr):
+          tdiv, w1, gr, gv):
     """Elements [a, b) with row ``cr``: the output at m[k + mo], its variance channel at vm[k + vo],
-    the unconditional output at um[k + uo], the noise at z[k − zo]; ``tdiv``, ``w1``, ``gr``: see _body."""
+    the unconditional output at um[k + uo], the noise at z[k − zo], per-element rescale factors at
+    gv[k − a]; ``tdiv``, ``w1``, ``gr``: see _body."""
     _body(cr, x[a:b], m[a + mo:b + mo], None if vm is None else vm[a + vo:b + vo],
           None if um is None else um[a + uo:b + uo],
           None if s is None else s[a:b], None if h1 is None else h1[a:b], None if h2 is None else h2[a:b],
           None if h3 is None else h3[a:b], None if z is None else z[a - zo:b - zo],
           None if out is None else out[a:b], None if q is None else q[a:b],
-          None if mirror is None else mirror[a:b], lo, hi, has_clip, var_mode, tdiv, w1, gr)
+          None if mirror is None else mirror[a:b], lo, hi, has_clip, var_mode, tdiv, w1, gr,
+          None if gv is None else gv[:b - a])
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -150,9 +156,24 @@ def _chunk(coef, ridx, r_stride, x, m, vm, um, uo, s, h1, h2, h3, z, zo, out, q,
     call's unconditional output sits ``uo`` elements after its conditional one."""
     b = start // per_sample
     one = x.dtype.type(1)
-    if vm is None and thr is None and gsc is None and _uniform(ridx, r_stride, b, (stop - 1) // per_sample):
-        _span(coef[ridx[b * r_stride]], x, m, vm, um, s, h1, h2, h3, z, out, q, mirror, start, stop, 0, 0, uo, zo, lo,
-              hi, has_clip, var_mode, None, w1, one)
+    b_last = (stop - 1) // per_sample
+    if vm is None and thr is None and _uniform(ridx, r_stride, b, b_last):
+        if gsc is None:
+            _span(coef[ridx[b * r_stride]], x, m, vm, um, s, h1, h2, h3, z, out, q, mirror, start, stop, 0, 0, uo, zo,
+                  lo, hi, has_clip, var_mode, None, w1, one, None)
+            return
+        # guidance_rescale on a chunk of many samples: their factors spread into an L1-sized
+        # buffer (a sample at a time), then the one vectorised span (a span per sample cost
+        # 16× the update at D = 2: 2²¹ spans)
+        gbuf = np.empty(stop - start, dtype=x.dtype)
+        for bb in range(b, b_last + 1):
+            lo_e = max(start, bb * per_sample) - start
+            hi_e = min(stop, (bb + 1) * per_sample) - start
+            g = gsc[bb]
+            for e in range(lo_e, hi_e):
+                gbuf[e] = g
+        _span(coef[ridx[b * r_stride]], x, m, vm, um, s, h1, h2, h3, z, out, q, mirror, start, stop, 0, 0, uo, zo,
+              lo, hi, has_clip, var_mode, None, w1, one, gbuf)
         return
     k = start
     while k < stop:
@@ -163,11 +184,11 @@ def _chunk(coef, ridx, r_stride, x, m, vm, um, uo, s, h1, h2, h3, z, zo, out, q,
             gr = gsc[b]
         if thr is None:
             _span(coef[ridx[b * r_stride]], x, m, vm, um, s, h1, h2, h3, z, out, q, mirror, k, end, mo,
-                  mo + per_sample, mo + uo, zo, lo, hi, has_clip, var_mode, None, w1, gr)
+                  mo + per_sample, mo + uo, zo, lo, hi, has_clip, var_mode, None, w1, gr, None)
         else:  # x̂0c = clip(x̂0, −s_b, s_b)/s_b
             sb = thr[b]
             _span(coef[ridx[b * r_stride]], x, m, vm, um, s, h1, h2, h3, z, out, q, mirror, k, end, mo,
-                  mo + per_sample, mo + uo, zo, -sb, sb, True, var_mode, sb, w1, gr)
+                  mo + per_sample, mo + uo, zo, -sb, sb, True, var_mode, sb, w1, gr, None)
         k = end
         b += 1
 
