@@ -96,3 +96,18 @@ def test_onnx_file_refusals(cond_ckpt, tmp_path):
                           str(tmp_path / "s.npy"), "--label", "5", "--quiet"], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         "fastddpm sample: error: labels (--label / --labels) holds 5, outside the model's classes 0 … 2 (3 classes)"]
+
+
+def test_stream_and_dataset_carry_labels(cond_ckpt):
+    """Pipeline.stream with labels yields LabelledBatch(start, x, labels): concatenated, the in-memory result."""
+    from fastddpm.pipelines import LabelledBatch
+
+    pipe = fastddpm.Pipeline.from_checkpoint(cond_ckpt)
+    kw = dict(sampler="dpmpp2m", steps=4, seed=3, labels="balanced", guidance=2.0, engine="torch")
+    batches = list(pipe.stream(10, batch_size=4, **kw))
+    assert all(isinstance(b, LabelledBatch) for b in batches) and [b.start for b in batches] == [0, 4, 8]
+    x, y = pipe.sample(10, batch_size=4, progress=False, **kw)
+    np.testing.assert_array_equal(np.concatenate([b.x for b in batches]), x)
+    np.testing.assert_array_equal(np.concatenate([b.labels for b in batches]), y)
+    items = list(pipe.dataset(10, batch_size=4, **kw))
+    np.testing.assert_array_equal(torch.cat([b.labels for b in items]).numpy(), y)
