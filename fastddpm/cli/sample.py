@@ -80,13 +80,13 @@ def add_parser(subparsers, parents):
                         "clip_sample_range when clip_sample is set, else no clipping)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="noise seed (same seed, same samples)")
     labels = p.add_mutually_exclusive_group()
-    labels.add_argument("--label", type=int, default=None,
+    labels.add_argument("--label", type=int, default=DEFAULTS.labels,
                         help="a conditional model: this class label for every sample (labels are written to "
                              "OUT.labels.npy beside the samples)")
-    labels.add_argument("--labels", default=None, metavar="FILE|balanced|frequencies",
+    labels.add_argument("--labels", default=DEFAULTS.labels, metavar="FILE|balanced|frequencies",
                         help="a conditional model: an integer .npy with one label per sample, or drawn from the seed: "
                              "balanced (every block of K samples holds each class once) or frequencies (the training "
-                             "label counts); written to OUT.labels.npy (default: the model's 'no label' class)")
+                             "label counts); written to OUT.labels.npy. Neither --label nor --labels: the model's 'no label' class")
     p.add_argument("--guidance", type=float, default=DEFAULTS.guidance,
                    help="classifier-free guidance scale w: m = u + w·(c − u), fused into the update (1: conditional "
                         "only, 0: unconditional only; needs --label/--labels)")
