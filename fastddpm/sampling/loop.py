@@ -278,7 +278,9 @@ class SamplingRun:
             nets, shapes, finite = {}, {}, {}
             for mode in set(modes):
                 rows = 2 * B if mode == GUIDED else B
-                nets[mode] = self.network.bind(xx if mode == GUIDED else x, inputs[mode])
+                buf = xx if mode == GUIDED else x
+                # an unconditional model's binding keeps its one-argument form
+                nets[mode] = self.network.bind(buf) if inputs[mode] is None else self.network.bind(buf, inputs[mode])
                 shapes[mode] = (rows,) + self.out_shape
                 if self.check_finite and rows not in finite:
                     finite[rows] = finite_check(np.empty(shapes[mode], self.dtype))
