@@ -18,7 +18,8 @@ MODULE_SECONDS = {
     "test_diffusers_cli.py": 30,
     "test_refusals.py": 20,
     "test_demo.py": 15,
-    # issue 25, each module alone at load average 5–7 (so about twice what load 2.6 would give):
+    # issue 25, each module alone at load average 5–7 with a cold Numba cache (the guided kernel
+    # variants compile on first use; warm, the first four together take 32 s on two workers):
     "test_guidance.py": 136,         # whole guided runs against diffusers' DiT loop and the reference
     "test_onnx_conditional.py": 90,
     "test_diffusers_conditional.py": 72,
