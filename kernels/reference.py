@@ -866,3 +866,83 @@ def sample_run(name, model, x_T, t, alpha_bar, noise, prediction="epsilon", clip
         raise ValueError("alpha_bar must be non-decreasing in (0, 1] with only its last entry = 1")
     function, fixed = _SAMPLERS[name]
     return function(model, x, t, alpha_bar, noise, prediction, clip, **fixed, **options)
+
+
+# ----------------------------------------------------------------------------------------
+# Conditioning: class labels and classifier-free guidance (docs/sampling.md, "Guidance")
+# ----------------------------------------------------------------------------------------
+
+# The labels' Philox stream (2³² − 1), restated here: this module imports nothing of fastddpm.
+LABEL_STREAM = 2**32 - 1
+
+
+def _label_words(seed: int, index):
+    """Philox word ``index`` (int64 array) of (seed, LABEL_STREAM): lane index & 3 of block index >> 2."""
+    index = np.asarray(index, dtype=np.int64)
+    lanes = np.stack(randint4x(seed, LABEL_STREAM, index >> 2), axis=0)  # [4, n]
+    return lanes[index & 3, np.arange(index.size)].astype(np.uint64)
+
+
+def labels_categorical(seed: int, first: int, n: int, weights):
+    """Labels of global sample indices first … first+n−1 drawn independently with probabilities
+    ∝ ``weights`` [K]: label = #{k < K−1 : ⌊2³²·(w_0+…+w_k)/Σw⌋ ≤ word(s)}."""
+    w = np.asarray(weights, dtype=np.float64)
+    cum = np.cumsum(w)
+    bounds = np.floor(cum[:-1] / cum[-1] * 2.0**32)
+    words = _label_words(seed, first + np.arange(n, dtype=np.int64)).astype(np.float64)
+    return (words[:, None] >= bounds[None, :]).sum(axis=1).astype(np.int64)
+
+
+def labels_balanced(seed: int, first: int, n: int, num_classes: int):
+    """Labels of global sample indices first … first+n−1: block b = ⌊s/K⌋ of K consecutive indices is
+    the Fisher–Yates permutation of 0 … K−1 with, for j = K−1 down to 1, entries j and
+    ⌊word(bK + j)·(j+1)/2³²⌋ swapped; sample s takes entry s − bK."""
+    k = int(num_classes)
+    out = np.empty(n, dtype=np.int64)
+    for i, s in enumerate(range(first, first + n)):
+        b = s // k
+        perm = list(range(k))
+        words = _label_words(seed, b * k + np.arange(k, dtype=np.int64))
+        for j in range(k - 1, 0, -1):
+            r = (int(words[j]) * (j + 1)) >> 32
+            perm[j], perm[r] = perm[r], perm[j]
+        out[i] = perm[s - b * k]
+    return out
+
+
+def guided_model(model, labels, null_label: int, scale: float, rescale: float = 0.0, interval=None,
+                 variance: bool = False):
+    """The network a guided run steps with, as ``f(x, t)`` for :func:`sample_run`.
+
+    Classifier-free guidance (Ho & Salimans 2022) as the diffusers DiT pipeline writes it, with the
+    two outputs from two separate calls ``model(x, t, labels)`` (c) and ``model(x, t, null)`` (u)
+    on the B rows: m = u + w·(c − u); w = 1 is c, w = 0 is u. ``rescale`` φ > 0 (diffusers'
+    ``rescale_noise_cfg``): m ← φ·m·σ(c)/σ(m) + (1 − φ)·m per sample, σ the standard deviation over
+    the sample with Bessel's correction (float64 here; 1 where σ(m) = 0 or D = 1). ``interval``
+    (t_lo, t_hi): guidance at calls with t_lo ≤ t ≤ t_hi, c elsewhere. ``variance``: the outputs
+    are [B, 2D] (mean | variance channel): the mean is guided, the variance channel is c's.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    null = np.full_like(labels, int(null_label))
+
+    def f(x, t):
+        c = np.asarray(model(x, t, labels))
+        w = scale
+        if interval is not None and not interval[0] <= int(t) <= interval[1]:
+            w = 1.0
+        if w == 1.0:
+            return c
+        u = np.asarray(model(x, t, null))
+        if w == 0.0:
+            return u
+        d = x.shape[1]
+        cm, um = (c[:, :d], u[:, :d]) if variance else (c, u)
+        f32 = cm.dtype.type
+        m = um + f32(w) * (cm - um)
+        if rescale:
+            sc = cm.astype(np.float64).std(axis=1, ddof=1, keepdims=True) if d > 1 else np.ones((len(m), 1))
+            sm = m.astype(np.float64).std(axis=1, ddof=1, keepdims=True) if d > 1 else np.ones((len(m), 1))
+            ratio = np.where(sm > 0, sc / np.where(sm > 0, sm, 1.0), 1.0)
+            m = (rescale * (m * ratio) + (1.0 - rescale) * m).astype(cm.dtype)
+        return np.concatenate([m, c[:, d:]], axis=1) if variance else m
+    return f
