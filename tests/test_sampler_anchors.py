@@ -194,12 +194,27 @@ def test_clip_equals_diffusers(name, prediction, monkeypatch):
     _close(ours(name, 6, spacing, prediction, clip=0.6), ref)
 
 
-@pytest.mark.parametrize("name", ["dpmpp2m", "unipc", "euler", "heun", "dpmpp2m-sde"])
+@pytest.mark.parametrize("name", ["dpmpp2m", "unipc", "euler", "heun", "dpmpp2m-sde", "deis"])
 def test_karras_spacing_equals_diffusers(name, monkeypatch):
-    """use_karras_sigmas: the same σ in the math, the network fed round(t)."""
+    """use_karras_sigmas: the same σ in the math, the network fed round(t). deis ends at
+    "sigma_min" (its only end point): σ_min → σ_min is a null last step."""
     sched = _scheduler(name, "epsilon", "linspace", karras=True)
     ref = diffusers_run(name, sched, 9, monkeypatch)
-    _close(ours(name, 9, "karras", "epsilon"), ref)
+    _close(ours(name, 9, "karras", "epsilon", final="sigma_min" if name == "deis" else None), ref)
+
+
+@pytest.mark.parametrize("spacing", ["karras", "exponential"])
+@pytest.mark.parametrize("name", ["dpmpp2m", "dpmpp3m", "unipc", "deis"])
+def test_sigma_spacings_with_final_sigma_min(name, spacing, monkeypatch):
+    """The last σ of karras/exponential is σ(0) itself, so "sigma_min" adds a null step; its ᾱ
+    must not round above ᾱ_0 (it did by one ulp, and every such run raised)."""
+    grid = make_plan(SCHEDULE, name, 9, spacing, final="sigma_min").grid
+    assert grid.alpha_bar[-2] == grid.alpha_bar[-1] == float(SCHEDULE.alphas_cumprod[0])
+    extra = {"use_karras_sigmas": True} if spacing == "karras" else {"use_exponential_sigmas": True}
+    if name != "deis":
+        extra["final_sigmas_type"] = "sigma_min"
+    ref = diffusers_run(name, _scheduler(name, "epsilon", "linspace", **extra), 9, monkeypatch)
+    _close(ours(name, 9, spacing, "epsilon", final="sigma_min"), ref)
 
 
 @pytest.mark.parametrize("name", ["dpmpp2m", "euler"])

@@ -202,7 +202,11 @@ def make_grid(schedule, sampler: str, steps=None, spacing=None, *, final=None, s
         _check_steps(T, steps)
         sig = _sigma_spacing(ac, steps, spacing)
         t = np.round(sigma_to_t(sig, ac)).astype(np.int64)
-        ab = 1.0 / (1.0 + sig * sig)
+        # ≤ ᾱ_0: the last point is σ(0), whose 1/(1 + σ²) can round one ulp above ᾱ_0 (0.9999 →
+        # 0.9999000000000001 for the linear schedule), which made every final="sigma_min" run on
+        # these spacings (deis by default) fail the grid's "noise goes down" check instead of
+        # taking diffusers' null last step σ_min → σ_min.
+        ab = np.minimum(1.0 / (1.0 + sig * sig), ac[0])
     elif isinstance(spacing, str) and spacing == "linspace" and convention == "euler":  # EulerDiscreteScheduler: fractional timesteps
         _check_steps(T, steps)
         frac = np.linspace(0, T - 1, steps)[::-1]
