@@ -131,15 +131,18 @@ def test_logsnr_needs_the_schedule_and_sample_accepts_it():
 
 
 def test_default_spacing_per_sampler():
-    """spacing=None (the default of every entry point) is the sampler's DEFAULT_SPACING: ddpm and
-    ddim leading (diffusers' default), dpmpp2m uniform log-SNR (docs/sampling.md, quality vs steps)."""
+    """spacing=None (the default of every entry point) is the sampler's own default (``DEFAULTS`` in
+    its module): ddpm and ddim leading (diffusers' default), the DPM-Solver family, unipc and deis
+    uniform log-SNR, the Euler family karras (docs/sampling.md, "Quality vs network calls")."""
     import fastddpm
+    from fastddpm.kernels import samplers
     from fastddpm.sampling import SamplingOptions, make_plan
-    from fastddpm.sampling.plan import DEFAULT_SPACING
     from fastddpm.sampling.timesteps import logsnr_timesteps
 
     assert SamplingOptions().spacing is None
-    assert DEFAULT_SPACING == {"ddpm": "leading", "ddim": "leading", "dpmpp2m": "logsnr"}
+    want = {"ddpm": "leading", "ddim": "leading", "euler": "karras", "euler-ancestral": "karras", "heun": "karras",
+            **dict.fromkeys(("dpmpp2m", "dpmpp3m", "dpmpp2m-sde", "dpmpp3m-sde", "unipc", "deis"), "logsnr")}
+    assert {name: samplers.defaults(name)["spacing"] for name in samplers.NAMES} == want
     s = fastddpm.Schedule.linear(1000)
     np.testing.assert_array_equal(make_plan(s, "ddpm", 250).t, timesteps(1000, 250, "leading"))
     np.testing.assert_array_equal(make_plan(s, "ddim").t, timesteps(1000, 50, "leading"))
@@ -150,4 +153,4 @@ def test_default_spacing_per_sampler():
     kw = dict(sampler="dpmpp2m", steps=7, seed=3, progress=False)
     np.testing.assert_array_equal(fastddpm.sample(eps, s, 5, **kw), fastddpm.sample(eps, s, 5, spacing="logsnr", **kw))
     with pytest.raises(ValueError, match="sampler"):
-        make_plan(s, "euler")
+        make_plan(s, "euler-maruyama")

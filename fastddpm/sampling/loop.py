@@ -357,11 +357,12 @@ def sample(model, schedule, n, **options):
     ``array_api == "numpy"``; sample_shape: one sample's shape (default ``model.sample_shape``).
     The keywords are the fields of :class:`~fastddpm.sampling.options.SamplingOptions` (their
     defaults are in this function's signature):
-    sampler: "ddpm" (ancestral; steps < T respaces), "ddim" (eta), "dpmpp2m" (DPM-Solver++ 2M).
-    steps: None → T for ddpm, 50 for ddim, 20 for dpmpp2m; spacing: None → the sampler's default
-    (fastddpm.sampling.plan.DEFAULT_SPACING: leading for ddpm and ddim, logsnr for dpmpp2m) |
-    "leading" | "trailing" | "linspace" | "logsnr" (uniform in log-SNR, ends at t = 0) | a list
-    of timesteps (see fastddpm.sampling.timesteps).
+    sampler: one of fastddpm.SAMPLERS ("ddpm": ancestral, steps < T respaces; "ddim"; "dpmpp2m",
+    "dpmpp2m-sde", "unipc", … — docs/sampling.md, "Samplers"). steps / spacing: None → the
+    sampler's defaults (``DEFAULTS`` of its module in fastddpm.kernels.samplers: ddpm T leading,
+    ddim 50 leading, the DPM-Solver family 20 logsnr, …) | "leading" | "trailing" | "linspace" |
+    "logsnr" (uniform in log-SNR, ends at t = 0) | "karras" | "exponential" | a list of timesteps
+    (see fastddpm.sampling.timesteps).
     batch_size: samples per batch (default: cache-sized on CPU, device-sized on CUDA); the
     samples do not depend on it. backend: "auto" | "numba" | "numpy" | "torch" | "triton".
     out: a ``.npy`` path → written in chunks with a progress record (``resume=True`` continues a
