@@ -523,7 +523,14 @@ def _dpm_differences(ms, lam, i, k, dtype):
     return m0, d1, _lincomb(dtype, (1.0 / (r0 + r1), d1_0 - d1_1))
 
 
-def _dpmpp_coefficients(h, k, sde, solver_type):
+def _kdiffusion_phi_3(h_eta):
+    """k-diffusion's φ₃ of sample_dpmpp_3m_sde (h_eta = (η + 1)·h): φ₂ = expm1(−h_eta)/h_eta + 1,
+    φ₃ = φ₂/h_eta − ½; its step adds −φ₃·d2."""
+    phi_2 = np.expm1(-h_eta) / h_eta + 1.0
+    return phi_2 / h_eta - 0.5
+
+
+def _dpmpp_coefficients(h, k, sde, solver_type, d2_coefficient="exact"):
     """DPM-Solver++ (data prediction) step of order k as (c_x, [c_D0 … c_D(k−1)], c_z), with the
     σ′/σ of x and the α′ of the D terms and σ′ of z factored out; φ = e^{−h} − 1 (ODE) or
     1 − e^{−2h} (SDE):
@@ -531,7 +538,8 @@ def _dpmpp_coefficients(h, k, sde, solver_type):
     ODE: x′ = (σ′/σ)·x − α′φ·D0 − ½α′φ·D1 (midpoint) | + α′(φ/h + 1)·D1 (heun, 3rd order)
              − α′((φ + h)/h² − ½)·D2
     SDE: x′ = (σ′/σ)e^{−h}·x + α′φ·D0 + ½α′φ·D1 (midpoint) | + α′(φ/(−2h) + 1)·D1
-             + α′((φ − 2h)/(2h)² − ½)·D2 + σ′√φ·z
+             − α′φ₃(2h)·D2 + σ′√φ·z            (d2_coefficient "exact": k-diffusion, η = 1)
+             + α′((φ − 2h)/(2h)² − ½)·D2         ("diffusers": its multistep third-order SDE step)
     """
     midpoint = k == 2 and solver_type == "midpoint"
     if not sde:
@@ -547,7 +555,8 @@ def _dpmpp_coefficients(h, k, sde, solver_type):
     if k >= 2:
         cs.append(0.5 * phi if midpoint else phi / (-2.0 * h) + 1.0)
     if k == 3:
-        cs.append((phi - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
+        cs.append(-_kdiffusion_phi_3(2.0 * h) if d2_coefficient == "exact"
+                  else (phi - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
     return np.exp(-h), cs, np.sqrt(phi)
 
 
@@ -583,7 +592,7 @@ def _check_dpm_options(algorithm, solver_type, sde, order, alpha_bar):
 
 def sample_dpmsolver_multistep(model, x, t, alpha_bar, noise, prediction, clip, order, sde,
                                algorithm="dpmsolver++", solver_type="midpoint",
-                               lower_order_final=True, euler_at_final=False):
+                               lower_order_final=True, euler_at_final=False, d2_coefficient="exact"):
     """Multistep DPM-Solver++ (Lu et al. 2022b) and DPM-Solver (2022a), ODE or SDE, orders 1–3 —
     diffusers' DPMSolverMultistepScheduler (algorithm_type "dpmsolver++"/"sde-dpmsolver++",
     "dpmsolver"/"sde-dpmsolver"), formulas in _dpmpp_coefficients / _dpm_coefficients, on the
@@ -594,7 +603,11 @@ def sample_dpmsolver_multistep(model, x, t, alpha_bar, noise, prediction, clip, 
     "sigma_min" end with one (their last karras σ is σ_min already); there its third-order step
     (≥ 15 steps, so not lowered) gives NaN: r0 = r1 = h_0/0 = ∞ and r0/(r0 + r1) = ∞/∞
     (scheduling_dpmsolver_multistep.py, ``D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)``).
+    d2_coefficient ("exact" | "diffusers"): the third-order SDE step's D2 term, k-diffusion's
+    −φ₃(2h) or diffusers' (φ − 2h)/(2h)² − ½, which does not vanish as h → 0.
     """
+    if d2_coefficient not in ("exact", "diffusers"):
+        raise ValueError(f"d2_coefficient must be 'exact' or 'diffusers', got {d2_coefficient!r}")
     _check_dpm_options(algorithm, solver_type, sde, order, alpha_bar)
     n, lam = len(t), _half_log_snr(alpha_bar)
     alpha, sigma = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
@@ -615,7 +628,7 @@ def sample_dpmsolver_multistep(model, x, t, alpha_bar, noise, prediction, clip, 
         k = _multistep_order(i, n, order, lower_order_final, alpha_bar[-1] == 1.0 or euler_at_final)
         d0, d1, d2 = _dpm_differences(ms, lam, i, k, x.dtype)
         if algorithm == "dpmsolver++":
-            cx, cs, cz = _dpmpp_coefficients(h, k, sde, solver_type)
+            cx, cs, cz = _dpmpp_coefficients(h, k, sde, solver_type, d2_coefficient)
             cx, scale = cx * sigma[i + 1] / sigma[i], alpha[i + 1]
         else:
             cx, cs, cz = _dpm_coefficients(h, k, sde, solver_type)
