@@ -40,13 +40,14 @@ from .onnx_export import export_onnx
 from .runtime import OnnxModel
 from .sampling import make_plan, sample
 from .sampling.guard import finite_check
-from .sampling.options import DEFAULTS
+from .sampling.options import DEFAULTS, FAST_SAMPLER
 from .machine import cpu_model  # noqa: F401 - also benchmark.cpu_model, as before
 from .pipelines import Pipeline
 from .sampling.steppers import HostStepper
 
 SECTIONS = ("throughput", "tiny", "quality", "kernel", "memory", "batch")
-QUALITY_CONFIGS = (("ddpm", 1000), ("ddpm", 250), ("ddim", 50), ("ddim", 20), ("dpmpp2m", 20), ("dpmpp2m", 10))
+QUALITY_CONFIGS = (("ddpm", 1000), ("ddpm", 250), ("ddim", 50), ("ddim", 20), ("dpmpp2m", 20), ("dpmpp2m", 10),
+                   FAST_SAMPLER)
 
 
 # -- machine ---------------------------------------------------------------------------------

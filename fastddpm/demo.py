@@ -36,17 +36,10 @@ from .data import DATASETS, Dataset, Normalization, load_dataset
 from .machine import cpu_model
 from .pipelines import Pipeline
 from .sampling import make_plan
+from .sampling.options import FAST_SAMPLER
 from .schedule import Schedule
 
-# The default fast sampler: DPM-Solver++(2M) SDE, 20 network calls, its default spacing (logsnr;
-# kernels/samplers/dpmsolver.py DEFAULTS). Chosen from the quality-vs-calls table (docs/sampling.md,
-# "Quality vs network calls"; bench/quality_vs_calls.py): on the default butterfly model, 10,000
-# samples, sample seeds 1/2/3, it has p99 0.097-0.102, p99.9 0.22-0.28 and 0-2 samples beyond 0.5
-# data units, where dpmpp2m-20 (the fast default before) had 0.161-0.173, 0.65-0.97 and 19-30 (the
-# probability-flow ODE's own stragglers between the lobes, which the SDE's noise corrects), at the
-# same 20 calls and a sliced Wasserstein as low (mean 1.20x the data floor over the three seeds
-# against 1.32x).
-FAST_SAMPLER = ("dpmpp2m-sde", 20)
+# the default fast sampler (its one home, with the measurements: fastddpm/sampling/options.py)
 SAMPLERS = (("ddpm", 1000), FAST_SAMPLER)  # (sampler, steps), each with the sampler's default spacing
 # One torch/Numba thread for training, as `fastddpm train --threads 1` (its default): these nets
 # are too small to gain from intra-op threads, and on a shared 2-core machine two threads ran

@@ -3,7 +3,7 @@ tests/test_quality_digits.py, its own module so that pytest-xdist runs it beside
 
 The ancestral samples come from a plain 1000-step loop over fastddpm.ddpm_step (stream 0: x_T,
 stream k: the k-th step's noise), independent of the sampling API; the fast samples from
-fastddpm.sample with the default fast sampler (fastddpm.demo.FAST_SAMPLER: dpmpp2m-sde, 20 steps)
+fastddpm.sample with the default fast sampler (fastddpm.sampling.options.FAST_SAMPLER: dpmpp2m-sde, 20 steps)
 at its default spacing ("logsnr", kernels/samplers/dpmsolver.py DEFAULTS; what the demo uses).
 
 Bounds: the issue-13 targets where every measured training seed meets them with room, else the
@@ -18,7 +18,7 @@ import torch
 
 import fastddpm
 from fastddpm.data import load_dataset
-from fastddpm.demo import FAST_SAMPLER
+from fastddpm.sampling.options import FAST_SAMPLER
 from fastddpm.metrics import sliced_wasserstein, support_quantiles
 from fastddpm.training import train
 
