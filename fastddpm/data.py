@@ -256,13 +256,18 @@ def _check_n(n, name):
     return int(n)
 
 
-def _load_npy(path: str, n):
+def _read_npy(path: str, what: str, expected: str) -> np.ndarray:
+    """np.load without pickles; a missing or unreadable file is one line naming ``what``."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"dataset file {path!r} does not exist (expected a .npy array [n, ...])")
+        raise FileNotFoundError(f"{what} file {path!r} does not exist (expected {expected})")
     try:
-        arr = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except ValueError as exc:
-        raise ValueError(f"{path!r} is not a readable .npy array without pickles: {exc}") from exc
+        raise ValueError(f"{what} file {path!r} is not a readable .npy array without pickles: {exc}") from exc
+
+
+def _load_npy(path: str, n):
+    arr = _read_npy(path, "dataset", "a .npy array [n, ...]")
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu" or arr.ndim < 2 or arr.shape[0] < 1:
         raise ValueError(f"{path!r} must hold a numeric array of shape [n, ...] with n >= 1 "
                          f"(1-D data: shape [n, 1]); got dtype {arr.dtype}, shape {arr.shape}")
@@ -290,12 +295,7 @@ def load_labels(path, rows: int, *, what: str = "labels") -> np.ndarray:
     """A labels file: an integer .npy [rows] of class labels >= 0 aligned with a data file of ``rows``
     rows (int64 back). Every problem is one line naming ``what`` (the argument) and the fix."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} file {path!r} does not exist (expected an integer .npy [n] of class labels)")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise ValueError(f"{what} file {path!r} is not a readable .npy array without pickles: {exc}") from exc
+    arr = _read_npy(path, what, "an integer .npy [n] of class labels")
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iu":
         raise TypeError(f"{what} file {path!r} must hold integers (class labels 0, 1, …), got dtype "
                         f"{getattr(arr, 'dtype', type(arr).__name__)}; save it with .astype(np.int64)")
