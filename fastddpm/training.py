@@ -345,13 +345,7 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
             torch.manual_seed(seed)
             model = build(model_config["class"], **model_config["kwargs"])
     model.to(device).train()
-    ema_model = copy.deepcopy(model).eval().requires_grad_(False) if ema is not None else None
-    # fused Adam: one kernel over all parameters. ResMLP(64, 3 blocks) step on one EPYC core
-    # (bench/train_step_profile.py, 300 steps, loaded machine): 3.0–3.2 ms per-parameter loop, 1.5–2.2 ms
-    # foreach, 0.4–0.8 ms fused —
-    # the loop was ~20 % of a 13.8 ms training iteration at batch 256.
-    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters())
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(lr), fused=fused or None)
+    updates = Updates(model, lr=lr, grad_clip=grad_clip, ema=ema, device=device, ctx=ctx)
 
     train_config = {
         "dataset": dataset.to_config(),
@@ -370,45 +364,27 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         ctx.check_consistent("training", {**{k: v for k, v in train_config.items() if k != "device"},
                                           "out": None if out is None else str(Path(out).absolute()),
                                           "resume": str(resume), "checkpoint_every": checkpoint_every})
-    losses: list[float] = []
     start = 0
     if resume:
         resume_path = Path(out) if resume is True else Path(resume)
         if resume is True and out is None:
             raise ValueError("resume=True resumes from out; give out or a checkpoint path")
-        start, losses = _restore(resume_path, train_config, model, ema_model, optimizer, device)
+        check_resume(resume_path, train_config, _RESUME_KEYS + (("iters",) if lr_schedule == "cosine" else ()))
+        start = updates.restore(resume_path, device)
         if start > iters:
             raise ValueError(f"checkpoint {resume_path} is already at iteration {start} > iters={iters}")
 
     data_x = torch.as_tensor(dataset.x, device=device)
     n_data = data_x.shape[0]
-    loss_buf = torch.empty(iters - start, device=device)
-    params = [p for p in model.parameters()]
     # Distributed: this rank's rows [lo, hi) of every global batch, their noise at offset lo·D.
     lo, hi = ctx.rows(batch_size) if ctx is not None else (0, batch_size)
     noise_offset = lo * int(np.prod(dataset.sample_shape))
-    forward = ctx.wrap(model) if ctx is not None else model
-    ema_params = [p for p in ema_model.parameters()] if ema_model is not None else []
-
-    def global_losses(buf):
-        return (ctx.mean(buf.clone()) if ctx is not None else buf).tolist()
 
     def save(step: int):
-        loss_list = losses + global_losses(loss_buf[: step - start])
-        if ctx is not None and not ctx.is_main:
-            return Path(out)
-        return ckpt.save(out, model, schedule, ema_model=ema_model, normalization=dataset.normalization,
-                         prediction=prediction, model_config=model_config, train_config=train_config,
-                         train_state={"step": step, "optimizer": optimizer.state_dict(), "losses": loss_list},
-                         sample_shape=dataset.sample_shape)
+        return updates.save(out, step, schedule, normalization=dataset.normalization, prediction=prediction,
+                            model_config=model_config, train_config=train_config, sample_shape=dataset.sample_shape)
 
-    from tqdm.auto import tqdm
-
-    quiet_rank = ctx is not None and not ctx.is_main
-    bar = tqdm(total=iters, initial=start, disable=not progress or quiet_rank, desc=f"train {dataset.name}",
-               unit="it", dynamic_ncols=True)
-    tic = time.perf_counter()
-    for it in range(start, iters):
+    def loss_of(it: int):
         if data == "fresh":
             x0_np, t_np = fresh_batch(dataset, int(seed), it, batch_size, schedule.num_steps)
             x0 = torch.from_numpy(x0_np[lo:hi]).to(device)
@@ -418,43 +394,161 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
             x0 = data_x[torch.from_numpy(idx[lo:hi]).to(device)]
             t = torch.from_numpy(t_np[lo:hi]).to(device)
         x_t, noise = q_sample(schedule, x0, t, seed=int(seed), stream=TRAIN_STREAM + it, offset=noise_offset)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(it, iters, float(lr), lr_schedule, lr_warmup)
         target = training_target(schedule, x0, noise, t, prediction)
-        per_sample = F.mse_loss(forward(x_t, t), target, reduction="none").flatten(1).mean(1)
+        per_sample = F.mse_loss(updates.forward(x_t, t), target, reduction="none").flatten(1).mean(1)
         weights = loss_weights(schedule, t, prediction, min_snr_gamma)
-        loss = (per_sample if weights is None else per_sample * weights).mean()
-        if ctx is not None:  # DDP averages over ranks; this makes it the mean over the global batch
-            loss = loss * ctx.loss_weight(batch_size)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
-        optimizer.step()
-        if ema_model is not None:
-            _ema_update(ema_params, params, min(ema, (1.0 + it) / (10.0 + it)))
-        loss_buf[it - start] = loss.detach()
-        done = it + 1
-        if progress and (done % 50 == 0 or done == iters):
-            bar.set_postfix(loss=f"{loss_buf[max(0, done - 50 - start):done - start].mean().item():.4f}",
-                            refresh=False)
-        bar.update(1)
-        if checkpoint_every is not None and done % checkpoint_every == 0 and done < iters:
-            save(done)
+        return (per_sample if weights is None else per_sample * weights).mean()
+
+    tic = time.perf_counter()
+    updates.run(start, iters, loss_of, lr_of=lambda it: learning_rate(it, iters, float(lr), lr_schedule, lr_warmup),
+                batch_size=batch_size, progress=progress, desc=f"train {dataset.name}",
+                checkpoint_every=checkpoint_every, save=save if out is not None else None)
     seconds = time.perf_counter() - tic
-    bar.close()
-    if ema_model is not None:  # buffers (none in the built-in nets) follow the live model
-        for eb, b in zip(ema_model.buffers(), model.buffers()):
-            eb.copy_(b)
     path = save(iters) if out is not None else None
-    all_losses = losses + global_losses(loss_buf)
     if ctx is not None:
         ctx.barrier()  # rank 0 has written the checkpoint when any rank returns
     model.eval()
     done_here = iters - start
-    return TrainResult(losses=all_losses, model=model, ema_model=ema_model, checkpoint=path, schedule=schedule,
-                       dataset=dataset, train_config=train_config, seconds=seconds,
+    return TrainResult(losses=updates.all_losses(), model=model, ema_model=updates.ema_model, checkpoint=path,
+                       schedule=schedule, dataset=dataset, train_config=train_config, seconds=seconds,
                        samples_per_s=done_here * batch_size / seconds if seconds > 0 else float("nan"))
+
+
+class Updates:
+    """The optimisation loop that :func:`train` and :func:`fastddpm.distill` share (one home).
+
+    Adam (fused where the device allows), a learning rate per iteration from ``lr_of(it)`` (a pure
+    function of it: resuming needs no scheduler state), gradient-norm clipping, an EMA of the
+    weights with decay min(ema, (1+k)/(10+k)) at its k-th update (k counts from ``ema_start``),
+    DistributedDataParallel over the ranks of ``ctx`` (rank r's local mean loss weighted by
+    n_r·W/B, so DDP's average is the full batch's mean), the loss of every iteration kept on the
+    device (one sync at the end), a progress bar and checkpoints every ``checkpoint_every``
+    iterations. ``loss_of(it)`` computes iteration it's loss through :attr:`forward` (the model,
+    DDP-wrapped on several ranks); everything random in it must be a pure function of (seed, it),
+    which is what makes a resumed run equal an uninterrupted one.
+    """
+
+    def __init__(self, model, *, lr: float, grad_clip, ema, device, ctx=None):
+        self.model, self.ctx, self.device = model, ctx, device
+        self.grad_clip, self.ema, self.lr = grad_clip, ema, float(lr)
+        self.forward = ctx.wrap(model) if ctx is not None else model
+        self.ema_model = copy.deepcopy(model).eval().requires_grad_(False) if ema is not None else None
+        self.optimizer = self.new_optimizer()
+        self.params = list(model.parameters())
+        self.losses: list[float] = []  # of iterations before this call's first (from a checkpoint)
+        self._buf, self._buf_start, self._done = None, 0, 0
+
+    def new_optimizer(self):
+        """A fresh Adam over the model's parameters (distillation starts one per round).
+
+        fused Adam: one kernel over all parameters. ResMLP(64, 3 blocks) step on one EPYC core
+        (bench/train_step_profile.py, 300 steps, loaded machine): 3.0–3.2 ms per-parameter loop,
+        1.5–2.2 ms foreach, 0.4–0.8 ms fused — the loop was ~20 % of a 13.8 ms training iteration
+        at batch 256."""
+        model = self.model
+        fused = self.device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters())
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, fused=fused or None)
+        return self.optimizer
+
+    def restart_ema(self) -> None:
+        """EMA := the current weights (a distillation round starts its average afresh)."""
+        if self.ema_model is not None:
+            with torch.no_grad():
+                for e, p in zip(self.ema_model.parameters(), self.model.parameters()):
+                    e.copy_(p)
+
+    def restore(self, path: Path, device, extra: dict | None = None) -> int:
+        """Model, EMA, optimizer, loss history (and ``extra`` modules: {file name: module}) from the
+        checkpoint at ``path``; returns its iteration."""
+        config = ckpt.read_config(path)
+        ckpt.load_weights(self.model, path, ckpt.MODEL, config=config)
+        if self.ema_model is not None:
+            ckpt.load_weights(self.ema_model, path, ckpt.EMA, config=config)
+        for name, module in (extra or {}).items():
+            ckpt.load_weights(module, path, name, config=config)
+        state = ckpt.load_train_state(path, device=device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.losses = [float(v) for v in state["losses"]]
+        return int(state["step"])
+
+    def _global(self, buf) -> list[float]:
+        return (self.ctx.mean(buf.clone()) if self.ctx is not None else buf).tolist()
+
+    def all_losses(self) -> list[float]:
+        """The loss of every iteration so far (mean over the ranks)."""
+        done = self._buf[: self._done - self._buf_start] if self._buf is not None else None
+        return self.losses + (self._global(done) if done is not None else [])
+
+    def save(self, out, step: int, schedule, *, extra: dict | None = None, **checkpoint_fields):
+        """Write the checkpoint (rank 0 only) at iteration ``step``; ``checkpoint_fields`` go to
+        fastddpm.checkpoint.save, ``extra`` ({file name: module}) as further weights files."""
+        losses = self.all_losses()[:step]
+        if self.ctx is not None and not self.ctx.is_main:
+            return Path(out)
+        return ckpt.save(out, self.model, schedule, ema_model=self.ema_model, extra_weights=extra,
+                         train_state={"step": step, "optimizer": self.optimizer.state_dict(), "losses": losses},
+                         **checkpoint_fields)
+
+    def run(self, start: int, stop: int, loss_of, *, lr_of, batch_size: int, progress: bool = True,
+            desc: str = "train", total: int | None = None, ema_start: int = 0, checkpoint_every=None,
+            save=None, bar=None, after_step=None) -> None:
+        """Iterations start … stop − 1. ``bar``: a tqdm to update (else one is made for ``total``
+        iterations, default ``stop``); ``save(done)`` is called every ``checkpoint_every`` iterations
+        (not at ``stop``: the caller saves the end); ``after_step(it)`` after each optimizer step
+        (consistency distillation's target network)."""
+        from tqdm.auto import tqdm
+
+        ctx, params = self.ctx, self.params
+        ema_params = list(self.ema_model.parameters()) if self.ema_model is not None else []
+        if self._buf is None:
+            self._buf_start = start
+            self._buf = torch.empty((total or stop) - start, device=self.device)
+        buf, b0 = self._buf, self._buf_start
+        own_bar = bar is None
+        if own_bar:
+            quiet_rank = ctx is not None and not ctx.is_main
+            bar = tqdm(total=total or stop, initial=start, disable=not progress or quiet_rank, desc=desc,
+                       unit="it", dynamic_ncols=True)
+        optimizer = self.optimizer  # (distillation makes a new one per round)
+        for it in range(start, stop):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_of(it)
+            loss = loss_of(it)
+            if ctx is not None:  # DDP averages over ranks; this makes it the mean over the global batch
+                loss = loss * ctx.loss_weight(batch_size)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, float(self.grad_clip), foreach=True)
+            optimizer.step()
+            if after_step is not None:
+                after_step(it)
+            if self.ema_model is not None:
+                k = it - ema_start
+                _ema_update(ema_params, params, min(self.ema, (1.0 + k) / (10.0 + k)))
+            buf[it - b0] = loss.detach()
+            done = it + 1
+            self._done = done
+            if progress and (done % 50 == 0 or done == stop):
+                bar.set_postfix(loss=f"{buf[max(0, done - 50 - b0):done - b0].mean().item():.4f}", refresh=False)
+            bar.update(1)
+            if checkpoint_every is not None and save is not None and done % checkpoint_every == 0 and done < stop:
+                save(done)
+        if own_bar:
+            bar.close()
+        if self.ema_model is not None:  # buffers (none in the built-in nets) follow the live model
+            for eb, b in zip(self.ema_model.buffers(), self.model.buffers()):
+                eb.copy_(b)
+
+
+def check_resume(path: Path, config: dict, keys) -> None:
+    """Refuse to resume from ``path`` when any of ``keys`` differs between its saved settings and
+    ``config`` (a ValueError naming each)."""
+    saved = ckpt.read_config(path).get("train") or {}
+    diff = [k for k in keys if saved.get(k) != json_roundtrip(config[k])]
+    if diff:
+        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {config[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume from {path}: settings differ ({detail})")
 
 
 def _check_settings(lr, lr_schedule, lr_warmup, prediction) -> None:
@@ -488,22 +582,6 @@ class _threads:
 
         torch.set_num_threads(self.saved[0])
         numba.set_num_threads(self.saved[1])
-
-
-def _restore(path: Path, train_config, model, ema_model, optimizer, device) -> tuple[int, list[float]]:
-    saved = ckpt.read_config(path).get("train") or {}
-    keys = _RESUME_KEYS + (("iters",) if train_config["lr_schedule"] == "cosine" else ())  # lr(it) uses iters
-    diff = [k for k in keys if saved.get(k) != json_roundtrip(train_config[k])]
-    if diff:
-        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {train_config[k]!r}" for k in diff)
-        raise ValueError(f"cannot resume from {path}: settings differ ({detail})")
-    config = ckpt.read_config(path)
-    ckpt.load_weights(model, path, ckpt.MODEL, config=config)
-    if ema_model is not None:
-        ckpt.load_weights(ema_model, path, ckpt.EMA, config=config)
-    state = ckpt.load_train_state(path, device=device)
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"]), [float(v) for v in state["losses"]]
 
 
 def json_roundtrip(obj):
