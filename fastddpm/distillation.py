@@ -17,11 +17,22 @@ teacher in eval mode, its calls batched over the whole batch with per-sample tim
   student (an ε-network) first gets a conversion round: the same regression with ONE teacher step
   per student step (the student learns the teacher's own x̂0 in its parametrisation). The student
   is a K-step DDIM on explicit timesteps — an ordinary row table of the ddim sampler.
-- ``consistency`` (Song et al. 2023, openai/consistency_models ``consistency_losses``): one round
-  on a grid of N points; for adjacent points t > t′ the teacher makes one DDIM step x_t → x̂_t′
-  and the student learns f_θ(x_t, t) = f_θ⁻(x̂_t′, t′) (x̂0 of the outputs; f = identity at the
-  clean end), θ⁻ an EMA of θ with decay ``target_ema`` (the paper's μ). It samples with the
-  ``consistency`` sampler (fastddpm.kernels.samplers.consistency: denoise, re-noise, repeat).
+- ``consistency`` (consistency distillation, Song et al. 2023, with the exact target): the student
+  learns the consistency function of the teacher's probability-flow ODE, f(x_t, t) = the end x₀ of
+  the ODE trajectory through x_t, at the K timesteps it samples at. The target is that end itself:
+  the teacher solves the ODE from x_t ~ q(x_t | x₀) to t = 0 with DPM-Solver++(2M) on a log-SNR
+  grid (:data:`TEACHER_SOLVER`) — ``fastddpm.sampling.loop.solve``, the bulk sampler's loop and
+  fused kernels started from x_t, one shared-t run per timestep — which is cheap here, where the
+  paper bootstraps to avoid it. The student samples with the ``consistency`` sampler
+  (fastddpm.kernels.samplers.consistency: denoise, re-noise to the next timestep, repeat), whose
+  fresh noise at every step keeps the rare deterministic-ODE outliers (samples stuck between two
+  lobes of the butterfly) from surviving to the end.
+- ``consistency-bootstrap`` (Song et al. 2023, openai/consistency_models ``consistency_losses``):
+  one round on a grid of N points; for adjacent points t > t′ the teacher makes one DDIM step
+  x_t → x̂_t′ and the student learns f_θ(x_t, t) = f_θ⁻(x̂_t′, t′) (x̂0 of the outputs; f = identity
+  at the clean end), θ⁻ an EMA of θ with decay ``target_ema`` (the paper's μ). Samples with the
+  ``consistency`` sampler at any of the grid's timesteps; converges far more slowly than the exact
+  target (docs/training.md).
 
 Everything random is a pure function of (seed, iteration): the step indices and the batch (fresh
 points of an analytic dataset, or indices into the training set) from NumPy's Philox keyed by
@@ -59,30 +70,43 @@ from .schedule import Schedule
 from .training import (DATA_MODES, DEFAULT_THREADS, PREDICTIONS, Updates, _check_positive_int, _resolve_device,
                        _threads, check_resume, data_kind, training_data, training_target)
 
-METHODS = ("progressive", "consistency")
+METHODS = ("progressive", "consistency", "consistency-bootstrap")
 # Noise stream of iteration it: DISTILL_STREAM + it (< 2**30, below fastddpm.train's TRAIN_STREAM
 # range, so a distillation with the teacher's training seed never reuses its training noise).
 DISTILL_STREAM = 2**29
 MAX_ITERATIONS = 2**29
-# The default method, by measurement (docs/training.md, "Distillation"). TODO(measure) placeholder.
-DEFAULT_METHOD = "progressive"
+# The default method, by measurement (docs/training.md, "Distillation"): on the default butterfly
+# model, 4 steps, 2-core EPYC: consistency p50 0.0082 / p90 0.046 / SW 0.91 / 0.015 % beyond 0.5
+# (all four targets); progressive p50 0.0092 / p90 0.053 / SW 0.92 / 0.22 % beyond 0.5 — the
+# deterministic student keeps the ODE's outliers (the teacher's own dpmpp2m-20: 0.22 %).
+DEFAULT_METHOD = "consistency"
 DEFAULT_STEPS = 4
 STUDENT_PREDICTION = "v_prediction"  # Salimans & Ho: ε-prediction fails at 1–2 steps (x̂0 divides by α ≈ 0)
+# consistency: the teacher's ODE solve from x_t to 0 — DPM-Solver++(2M), uniform in log-SNR, with
+# ``points`` network calls from t = T − 1 and proportionally fewer (in log-SNR span, at least
+# ``min_points``) from lower t. dpmpp2m-20 (log-SNR) on the default butterfly model: p90 0.047
+# against 0.045 for dpmpp2m-100 (docs/sampling.md), so the targets are the ODE's ends to ~5 %.
+TEACHER_SOLVER = {"sampler": "dpmpp2m", "points": 20, "min_points": 4}
+# consistency: where a K-step student samples (and so where it is trained), by measurement on the
+# butterfly (docs/training.md): T = 1000 values, scaled to other T. Other K: log-spaced from T − 1 to T/20.
+CONSISTENCY_TIMESTEPS = {1: [999], 2: [999, 499], 3: [999, 499, 149], 4: [999, 499, 199, 49]}
 # Per method and data kind (fastddpm.training.data_kind): the settings not given. Why these:
 # docs/training.md, "Distillation" (measured on the default butterfly and digits models).
-# teacher_steps: the grid the first round's teacher walks (progressive: steps·2^R, R rounds;
-# consistency: the N points of the consistency grid); iters: per round (progressive) or in all.
+# teacher_steps: progressive — the first round's teacher DDIM steps (steps·2^R, R rounds);
+# consistency-bootstrap — the N points of its grid; iters: per round (progressive) or in all.
 METHOD_DEFAULTS = {
     ("progressive", "vector"): {"teacher_steps": 256, "iters": 3000, "batch_size": 1024, "lr": 1e-3,
                                 "ema": None},
     ("progressive", "image"): {"teacher_steps": 128, "iters": 1500, "batch_size": 64, "lr": 5e-4, "ema": None},
-    ("consistency", "vector"): {"teacher_steps": 64, "iters": 20000, "batch_size": 512, "lr": 2e-4,
-                                "ema": 0.999, "target_ema": 0.95},
-    ("consistency", "image"): {"teacher_steps": 64, "iters": 10000, "batch_size": 64, "lr": 2e-4,
-                               "ema": 0.999, "target_ema": 0.95},
+    ("consistency", "vector"): {"iters": 3000, "batch_size": 1024, "lr": 1e-3, "ema": None},
+    ("consistency", "image"): {"iters": 3000, "batch_size": 64, "lr": 5e-4, "ema": None},
+    ("consistency-bootstrap", "vector"): {"teacher_steps": 64, "iters": 20000, "batch_size": 512, "lr": 2e-4,
+                                          "ema": 0.999, "target_ema": 0.95},
+    ("consistency-bootstrap", "image"): {"teacher_steps": 64, "iters": 10000, "batch_size": 64, "lr": 2e-4,
+                                         "ema": 0.999, "target_ema": 0.95},
 }
 # Settings that must match between a checkpoint and a distillation resuming from it.
-_RESUME_KEYS = ("method", "steps", "teacher", "teacher_steps", "iters", "batch_size", "lr", "ema", "target_ema",
+_RESUME_KEYS = ("method", "steps", "teacher", "teacher_solver", "teacher_steps", "iters", "batch_size", "lr", "ema", "target_ema",
                 "seed", "data", "dataset", "model", "prediction", "grad_clip", "timesteps")
 
 
@@ -118,22 +142,37 @@ def grid(num_steps: int, n: int) -> np.ndarray:
 
 
 def consistency_timesteps(num_steps: int, steps: int) -> list[int]:
-    """The timesteps a consistency student samples at with ``steps`` network calls: T − 1, then
-    a geometric descent to T/40 (25 for T = 1000). Measured on the butterfly (docs/training.md):
-    TODO(measure)."""
-    if steps == 1:
-        return [num_steps - 1]
-    lo = max(1, round(num_steps / 40))
-    pts = np.geomspace(num_steps - 1, lo, steps)
-    out = [int(round(v)) for v in pts]
-    for i in range(1, steps):  # strictly decreasing
+    """The timesteps a ``steps``-call consistency student samples at (and is trained at):
+    :data:`CONSISTENCY_TIMESTEPS` scaled from T = 1000 to ``num_steps``; other step counts
+    log-spaced from T − 1 down to T/20. Strictly decreasing, in [0, T)."""
+    if steps in CONSISTENCY_TIMESTEPS:
+        pts = [v * num_steps / 1000.0 for v in CONSISTENCY_TIMESTEPS[steps]]
+        pts[0] = num_steps - 1
+    else:
+        pts = np.geomspace(num_steps - 1, max(1.0, num_steps / 20.0), steps)
+    out = [min(num_steps - 1, int(round(v))) for v in pts]
+    for i in range(1, steps):
         out[i] = min(out[i], out[i - 1] - 1)
+    if out[-1] < 0:
+        raise ValueError(f"steps={steps} is too many for a schedule of T = {num_steps} timesteps")
     return out
+
+
+def teacher_solve_timesteps(alphas_cumprod, t0: int, solver: dict = TEACHER_SOLVER) -> list[int]:
+    """The teacher's ODE solve from t0 to 0: uniform in log-SNR, ``points`` calls over the whole
+    span T − 1 → 0 and proportionally fewer over a shorter one (at least ``min_points``)."""
+    from .sampling.timesteps import logsnr_timesteps
+
+    ac = np.asarray(alphas_cumprod, dtype=np.float64)
+    lam = 0.5 * (np.log(ac) - np.log1p(-ac))
+    share = (lam[0] - lam[t0]) / (lam[0] - lam[-1])
+    n = min(t0 + 1, max(int(solver["min_points"]), int(round(solver["points"] * share))))
+    return logsnr_timesteps(ac[: t0 + 1], n).tolist()
 
 
 def _rounds(method: str, steps: int, teacher_steps: int, convert: bool) -> list[tuple[int, int]]:
     """[(teacher grid size, teacher DDIM steps per student step)] per round."""
-    if method == "consistency":
+    if method != "progressive":
         return [(teacher_steps, 1)]
     rounds = [(teacher_steps, 1)] if convert else []
     n = teacher_steps
@@ -282,15 +321,20 @@ def distill(checkpoint, out=None, *, steps: int = DEFAULT_STEPS, method: str = D
                          "only be distilled with data='fixed' (or 'auto')")
     data = ("fresh" if analytic else "fixed") if data == "auto" else data
     defaults = METHOD_DEFAULTS[(method, data_kind(dataset.sample_shape))]
+    if method == "consistency":
+        if teacher_steps is not None:
+            raise ValueError("teacher_steps applies to methods 'progressive' and 'consistency-bootstrap'; the "
+                             "consistency teacher solves the ODE to t = 0 (fastddpm.distillation.TEACHER_SOLVER)")
+        teacher_steps = steps
     teacher_steps = int(teacher_steps or defaults["teacher_steps"])
     iters = int(iters or defaults["iters"])
     batch_size = int(batch_size or defaults["batch_size"])
     lr = float(lr or defaults["lr"])
     ema = defaults["ema"] if ema == "auto" else (None if ema in (None, 0, 0.0) else float(ema))
-    if method == "consistency":
+    if method == "consistency-bootstrap":
         target_ema = float(defaults["target_ema"] if target_ema is None else target_ema)
     elif target_ema is not None:
-        raise ValueError("target_ema applies to method='consistency' only")
+        raise ValueError("target_ema applies to method='consistency-bootstrap' only")
     if teacher_steps > T:
         raise ValueError(f"teacher_steps={teacher_steps} is more than the schedule's T = {T} timesteps")
     if method == "progressive":
@@ -302,6 +346,8 @@ def distill(checkpoint, out=None, *, steps: int = DEFAULT_STEPS, method: str = D
                 f"{steps * 32}")
     elif steps > teacher_steps:
         raise ValueError(f"steps={steps} must be at most teacher_steps={teacher_steps} (the consistency grid)")
+    elif steps > T:
+        raise ValueError(f"steps={steps} must be at most the schedule's T = {T}")
     if ctx is not None and batch_size < ctx.world_size:
         raise ValueError(f"batch_size={batch_size} must be >= the number of ranks ({ctx.world_size})")
 
@@ -314,9 +360,13 @@ def distill(checkpoint, out=None, *, steps: int = DEFAULT_STEPS, method: str = D
     if method == "progressive":
         timesteps = grid(T, teacher_steps)[:: teacher_steps // steps].tolist()
         sampling = {"sampler": "ddim", "steps": steps, "spacing": timesteps, "eta": 0.0}
-    else:
+    elif method == "consistency":
         timesteps = consistency_timesteps(T, steps)
         sampling = {"sampler": "consistency", "steps": steps, "spacing": timesteps}
+    else:  # the bootstrap's grid holds the trained timesteps: sample at the grid points nearest the table's
+        g = grid(T, teacher_steps)
+        timesteps = sorted({int(g[np.abs(g - v).argmin()]) for v in consistency_timesteps(T, steps)}, reverse=True)
+        sampling = {"sampler": "consistency", "steps": len(timesteps), "spacing": timesteps}
 
     # The student: the teacher's architecture and weights, or a new net.
     if net is None:
@@ -340,6 +390,7 @@ def distill(checkpoint, out=None, *, steps: int = DEFAULT_STEPS, method: str = D
 
     config = {
         "kind": "distill", "method": method, "steps": steps, "timesteps": timesteps, "teacher": _teacher_identity(teacher),
+        "teacher_solver": TEACHER_SOLVER if method == "consistency" else None,
         "teacher_steps": teacher_steps, "rounds": [list(r) for r in rounds], "iters": iters, "batch_size": batch_size,
         "lr": lr, "lr_schedule": "linear", "ema": ema, "target_ema": target_ema, "seed": int(seed), "data": data,
         "dataset": dataset.to_config(), "model": model_config, "schedule": schedule.to_config(),
@@ -355,7 +406,7 @@ def distill(checkpoint, out=None, *, steps: int = DEFAULT_STEPS, method: str = D
     # The network whose outputs are the round's targets: the teacher (progressive: the previous round's
     # student; consistency: the target network θ⁻, with the fixed teacher making the ODE step).
     round_teacher = copy.deepcopy(student).eval().requires_grad_(False)
-    extra_name = "teacher" if method == "progressive" else "target"
+    extra_name = {"progressive": "teacher", "consistency": None, "consistency-bootstrap": "target"}[method]
     start = 0
     if resume:
         resume_path = Path(out) if resume is True else Path(resume)
@@ -365,7 +416,7 @@ def distill(checkpoint, out=None, *, steps: int = DEFAULT_STEPS, method: str = D
         start = updates.restore(resume_path, device, extra)
         if start > total:
             raise ValueError(f"checkpoint {resume_path} is already at iteration {start} > {total}")
-        if start % iters and not extra:
+        if start % iters and not extra and extra_name is not None:
             raise ValueError(f"checkpoint {resume_path} stopped inside a round but holds no {extra_name} weights; "
                              "it cannot be resumed (start again without resume)")
 
@@ -443,6 +494,37 @@ def distill(checkpoint, out=None, *, steps: int = DEFAULT_STEPS, method: str = D
             target = training_target(schedule, x_tgt, eps_tgt, t, prediction)
         return F.mse_loss(updates.forward(x_t, t), target)
 
+    solves = {}  # per student timestep: the teacher's ODE solve from it to 0 (SamplingOptions)
+
+    def teacher_end(x_t, tau: int):
+        """The end x₀ of the teacher's probability-flow ODE from x_t at tau (fused dpmpp2m loop)."""
+        from .sampling.loop import solve
+        from .sampling.options import SamplingOptions
+
+        if tau not in solves:
+            spacing = teacher_solve_timesteps(schedule.alphas_cumprod, tau)
+            solves[tau] = SamplingOptions(sampler=TEACHER_SOLVER["sampler"], steps=len(spacing), spacing=spacing,
+                                          prediction=teacher.prediction, progress=False,
+                                          device=device if device.type != "cpu" else None)
+        end = solve(teacher_model, schedule, x_t, solves[tau])
+        return end if isinstance(end, torch.Tensor) else torch.from_numpy(end).to(device)
+
+    taus = torch.tensor(timesteps, dtype=torch.int64, device=device)
+
+    def direct_loss(it: int):
+        x0, k = batch(it, len(timesteps))
+        t = taus[k]
+        x_t, _ = q_sample(schedule, x0, t, seed=int(seed), stream=DISTILL_STREAM + it, offset=noise_offset)
+        with torch.no_grad():
+            end = torch.empty_like(x_t)
+            for j, tau in enumerate(timesteps):  # one shared-t teacher run per student timestep
+                rows = (k == j).nonzero().flatten()
+                if rows.numel():
+                    end[rows] = teacher_end(x_t[rows].contiguous(), tau)
+            a_t, s_t = alpha_sigma(t)
+            target = training_target(schedule, end, (x_t - a_t * end) / s_t, t, prediction)
+        return F.mse_loss(updates.forward(x_t, t), target)
+
     def consistency_loss(it: int):
         g = state["grid"]
         x0, j = batch(it, state["n"])
@@ -460,7 +542,7 @@ def distill(checkpoint, out=None, *, steps: int = DEFAULT_STEPS, method: str = D
         return (((pred - target) ** 2) / (s_t * s_t)).mean()
 
     def after_step(it: int) -> None:
-        if method == "consistency":
+        if method == "consistency-bootstrap":
             with torch.no_grad():
                 torch._foreach_lerp_(list(round_teacher.parameters()), list(student.parameters()), 1.0 - target_ema)
 
@@ -473,7 +555,7 @@ def distill(checkpoint, out=None, *, steps: int = DEFAULT_STEPS, method: str = D
                 if now != steps else sampling
         else:
             done_sampling = sampling
-        extra = None if final else {extra_name: round_teacher}
+        extra = None if final or extra_name is None else {extra_name: round_teacher}
         return updates.save(out, step, schedule, extra=extra, normalization=dataset.normalization,
                             prediction=prediction, model_config=model_config, train_config=config,
                             sample_shape=dataset.sample_shape, sampling=done_sampling)
@@ -483,7 +565,8 @@ def distill(checkpoint, out=None, *, steps: int = DEFAULT_STEPS, method: str = D
     quiet = not progress or (ctx is not None and not ctx.is_main)
     bar = tqdm(total=total, initial=start, disable=quiet, dynamic_ncols=True, unit="it",
                desc=f"distill {method} → {steps} steps")
-    loss_fn = progressive_loss if method == "progressive" else consistency_loss
+    loss_fn = {"progressive": progressive_loss, "consistency": direct_loss,
+               "consistency-bootstrap": consistency_loss}[method]
     tic = time.perf_counter()
     try:
         for r in range(len(rounds)):
@@ -508,5 +591,6 @@ def distill(checkpoint, out=None, *, steps: int = DEFAULT_STEPS, method: str = D
                          schedule=schedule, sampling=sampling, prediction=prediction, config=config, seconds=seconds)
 
 
-__all__ = ["DEFAULT_METHOD", "DEFAULT_STEPS", "DISTILL_STREAM", "DistillResult", "DistillationError", "METHODS",
-           "METHOD_DEFAULTS", "consistency_timesteps", "distill", "grid"]
+__all__ = ["CONSISTENCY_TIMESTEPS", "DEFAULT_METHOD", "DEFAULT_STEPS", "DISTILL_STREAM", "DistillResult",
+           "DistillationError", "METHODS", "METHOD_DEFAULTS", "TEACHER_SOLVER", "consistency_timesteps", "distill",
+           "grid", "teacher_solve_timesteps"]

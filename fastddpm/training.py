@@ -237,6 +237,53 @@ def training_target(schedule: Schedule, x0, noise, t, prediction: str):
             - tables["sqrt_one_minus_alphas_cumprod"][t].view(view) * x0)
 
 
+# Nichol & Dhariwal (2021), "Improved DDPM": L_hybrid = L_simple + λ·L_vlb, λ = 0.001. L_vlb = Σ_t L_t,
+# so a uniformly drawn t contributes λ·T·L_t (improved-diffusion's loss_type MSE with learned_range:
+# mse + vb for T = 1000).
+VLB_WEIGHT = 0.001
+
+
+def vlb_terms(schedule: Schedule, x0, x_t, t, output, v, prediction: str, *, discrete: bool = False):
+    """L_t in bits per dimension, per sample [B]: KL(q(x_{t−1} | x_t, x0) ‖ p(x_{t−1} | x_t)) for
+    t > 0 and the decoder's −log p(x0 | x_1) at t = 0 (improved-diffusion's ``_vb_terms_bpd``).
+
+    p's mean is the posterior mean at the x̂0 of ``output`` (the network's prediction, held fixed by
+    the caller), its log-variance frac·log β_t + (1 − frac)·log β̃_t with frac = (v + 1)/2 — the
+    ``learned_range`` variance the ddpm sampler reads. The decoder is the discretised Gaussian of
+    8-bit images in [−1, 1] (bins of ±1/255, the paper's) for image data (``discrete``), a
+    Gaussian density for vectors.
+    """
+    tab = schedule.tables(x0.device, x0.dtype)
+    view = (-1,) + (1,) * (x0.dim() - 1)
+    at = lambda name: tab[name][t].view(view)  # noqa: E731
+    sa, s1 = at("sqrt_alphas_cumprod"), at("sqrt_one_minus_alphas_cumprod")
+    if prediction == "epsilon":
+        x0_hat = (x_t - s1 * output) / sa
+    elif prediction == "v_prediction":
+        x0_hat = sa * x_t - s1 * output
+    else:
+        x0_hat = output
+    c1, c2 = at("posterior_mean_coef1"), at("posterior_mean_coef2")
+    true_mean, model_mean = c1 * x0 + c2 * x_t, c1 * x0_hat + c2 * x_t
+    true_logvar = at("posterior_log_variance_clipped")
+    frac = (v + 1.0) / 2.0
+    model_logvar = frac * torch.log(at("betas")) + (1.0 - frac) * true_logvar
+    kl = 0.5 * (-1.0 + model_logvar - true_logvar + torch.exp(true_logvar - model_logvar)
+                + (true_mean - model_mean) ** 2 * torch.exp(-model_logvar))
+    if discrete:
+        inv_std = torch.exp(-0.5 * model_logvar)
+        centred = x0 - model_mean
+        cdf_plus = torch.special.ndtr(inv_std * (centred + 1.0 / 255.0))
+        cdf_minus = torch.special.ndtr(inv_std * (centred - 1.0 / 255.0))
+        log_prob = torch.where(x0 < -0.999, torch.log(cdf_plus.clamp(min=1e-12)),
+                               torch.where(x0 > 0.999, torch.log((1.0 - cdf_minus).clamp(min=1e-12)),
+                                           torch.log((cdf_plus - cdf_minus).clamp(min=1e-12))))
+    else:
+        log_prob = torch.distributions.Normal(model_mean, torch.exp(0.5 * model_logvar)).log_prob(x0)
+    bits = torch.where((t == 0).view(view), -log_prob, kl) / math.log(2.0)
+    return bits.flatten(1).mean(1)
+
+
 @torch.no_grad()
 def _ema_update(ema_params, params, decay: float) -> None:
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
@@ -248,7 +295,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
           ema: float | None = DEFAULTS["ema"], data: str = "auto", seed: int = 0, device="cpu",
           prediction: str | None = None, min_snr_gamma: float | None = None, grad_clip: float | None = 1.0,
           checkpoint_every: int | None = None, resume=False, n: int | None = None,
-          num_threads: int | None = DEFAULT_THREADS, progress: bool = True, distributed=False) -> TrainResult:
+          num_threads: int | None = DEFAULT_THREADS, progress: bool = True, distributed=False,
+          learn_sigma: bool = False) -> TrainResult:
     """Train a diffusion network on ``dataset`` and (with ``out``) write a checkpoint there.
 
     dataset: a name of :data:`fastddpm.data.DATASETS`, a ``.npy`` path (loaded with ``n``
@@ -278,6 +326,11 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     distributed: True (join the torchrun job; device becomes cuda:LOCAL_RANK or cpu) or a
       :class:`fastddpm.distributed.RankContext`: DistributedDataParallel over the ranks, each
       taking its rows of every global batch (see fastddpm.distributed); rank 0 writes ``out``.
+    learn_sigma: learned variances (Nichol & Dhariwal 2021): the net (ResMLP or UNet) also outputs
+      the variance interpolation v, trained by L_hybrid = L_simple + λ·L_vlb (λ =
+      :data:`VLB_WEIGHT`, the paper's 0.001; :func:`vlb_terms`); the checkpoint records
+      ``variance="learned_range"`` as its sampling default (the ddpm sampler reads v, the others
+      use the prediction half). Whether it pays: docs/training.md, "Learned variances".
     """
     if num_threads is not None:
         num_threads = _check_positive_int(num_threads, "num_threads")
@@ -287,7 +340,7 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
                          lr_warmup=lr_warmup, ema=ema, data=data, seed=seed, device=device,
                          prediction=prediction, min_snr_gamma=min_snr_gamma, grad_clip=grad_clip,
                          checkpoint_every=checkpoint_every, resume=resume, n=n, progress=progress,
-                         distributed=distributed, num_threads=None)
+                         distributed=distributed, num_threads=None, learn_sigma=learn_sigma)
     if iters is not None:
         _check_positive_int(iters, "iters")
     if batch_size is not None:
@@ -299,6 +352,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     _check_settings(lr, lr_schedule, lr_warmup, prediction)  # None: the data kind's default, checked below
     if data not in DATA_MODES:
         raise ValueError(f"data must be one of {', '.join(map(repr, DATA_MODES))}; got {data!r}")
+    if not isinstance(learn_sigma, bool):
+        raise ValueError(f"learn_sigma must be True or False, got {learn_sigma!r}")
     if ema is not None and not (isinstance(ema, (int, float)) and 0.0 <= ema < 1.0):
         raise ValueError(f"ema must be None or a decay in [0, 1), got {ema!r}")
     ema = None if ema in (None, 0, 0.0) else float(ema)
@@ -327,7 +382,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         raise ValueError(f"data='fresh' needs an analytic dataset loaded by name ({', '.join(ANALYTIC)}); "
                          f"{dataset.name!r} can only be trained with data='fixed' (or 'auto')")
     data = ("fresh" if analytic else "fixed") if data == "auto" else data
-    kind = KIND_DEFAULTS[data_kind(dataset.sample_shape)]
+    kind_name = data_kind(dataset.sample_shape)
+    kind = KIND_DEFAULTS[kind_name]
     iters = kind["iters"] if iters is None else int(iters)
     batch_size = kind["batch_size"] if batch_size is None else int(batch_size)
     lr = kind["lr"] if lr is None else lr
@@ -339,7 +395,15 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     if batch_size > len(dataset.x):  # allowed (batches are drawn with replacement), but say so
         warnings.warn(f"batch_size={batch_size} is larger than the dataset ({len(dataset.x)} rows): every batch "
                       "repeats rows (drawn with replacement); pass a smaller batch_size or more data", stacklevel=2)
+    if learn_sigma and not isinstance(net, torch.nn.Module):
+        if net_class(net, dataset.sample_shape) not in ("ResMLP", "UNet"):
+            raise ValueError(f"learn_sigma needs net='ResMLP' or 'UNet' (their output carries the variance "
+                             f"interpolation); got net={net!r}")
+        net_kwargs = {**(net_kwargs or {}), "learn_sigma": True}
     model, model_config = _resolve_net(net, net_kwargs, dataset, schedule.num_steps)
+    if learn_sigma and not getattr(model, "learn_sigma", False):
+        raise ValueError("learn_sigma=True needs a net that outputs the variance channel (learn_sigma = True: "
+                         "fastddpm.nets.ResMLP / UNet(learn_sigma=True)); this module does not say it does")
     if model_config is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -359,6 +423,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         "optimizer": "Adam", "device": str(device), "torch_version": torch.__version__,
         "fastddpm_version": __version__,
     }
+    if learn_sigma:  # recorded only when set: checkpoints of fixed-variance runs resume as before
+        train_config["learn_sigma"] = True
     if ctx is not None:
         train_config["world_size"] = ctx.world_size
         ctx.check_consistent("training", {**{k: v for k, v in train_config.items() if k != "device"},
@@ -369,7 +435,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         resume_path = Path(out) if resume is True else Path(resume)
         if resume is True and out is None:
             raise ValueError("resume=True resumes from out; give out or a checkpoint path")
-        check_resume(resume_path, train_config, _RESUME_KEYS + (("iters",) if lr_schedule == "cosine" else ()))
+        check_resume(resume_path, train_config, _RESUME_KEYS + ("learn_sigma",)
+                     + (("iters",) if lr_schedule == "cosine" else ()))
         start = updates.restore(resume_path, device)
         if start > iters:
             raise ValueError(f"checkpoint {resume_path} is already at iteration {start} > iters={iters}")
@@ -382,7 +449,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
 
     def save(step: int):
         return updates.save(out, step, schedule, normalization=dataset.normalization, prediction=prediction,
-                            model_config=model_config, train_config=train_config, sample_shape=dataset.sample_shape)
+                            model_config=model_config, train_config=train_config, sample_shape=dataset.sample_shape,
+                            sampling={"variance": "learned_range"} if learn_sigma else None)
 
     def loss_of(it: int):
         if data == "fresh":
@@ -395,9 +463,16 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
             t = torch.from_numpy(t_np[lo:hi]).to(device)
         x_t, noise = q_sample(schedule, x0, t, seed=int(seed), stream=TRAIN_STREAM + it, offset=noise_offset)
         target = training_target(schedule, x0, noise, t, prediction)
-        per_sample = F.mse_loss(updates.forward(x_t, t), target, reduction="none").flatten(1).mean(1)
+        out = updates.forward(x_t, t)
+        if learn_sigma:  # [prediction | v]
+            out, v = out[:, : x0.shape[1]], out[:, x0.shape[1]:]
+        per_sample = F.mse_loss(out, target, reduction="none").flatten(1).mean(1)
         weights = loss_weights(schedule, t, prediction, min_snr_gamma)
-        return (per_sample if weights is None else per_sample * weights).mean()
+        loss = (per_sample if weights is None else per_sample * weights).mean()
+        if learn_sigma:  # λ·L_vlb: a uniform t stands for the sum over T terms; the prediction held fixed
+            vlb = vlb_terms(schedule, x0, x_t, t, out.detach(), v, prediction, discrete=kind_name == "image")
+            loss = loss + VLB_WEIGHT * schedule.num_steps * vlb.mean()
+        return loss
 
     tic = time.perf_counter()
     updates.run(start, iters, loss_of, lr_of=lambda it: learning_rate(it, iters, float(lr), lr_schedule, lr_warmup),
@@ -545,9 +620,9 @@ def check_resume(path: Path, config: dict, keys) -> None:
     """Refuse to resume from ``path`` when any of ``keys`` differs between its saved settings and
     ``config`` (a ValueError naming each)."""
     saved = ckpt.read_config(path).get("train") or {}
-    diff = [k for k in keys if saved.get(k) != json_roundtrip(config[k])]
+    diff = [k for k in keys if saved.get(k) != json_roundtrip(config.get(k))]
     if diff:
-        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {config[k]!r}" for k in diff)
+        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {config.get(k)!r}" for k in diff)
         raise ValueError(f"cannot resume from {path}: settings differ ({detail})")
 
 
@@ -590,6 +665,6 @@ def json_roundtrip(obj):
     return json.loads(json.dumps(obj))
 
 
-__all__ = ["DEFAULTS", "DEFAULT_NET", "DEFAULT_NUM_STEPS", "DEFAULT_THREADS", "KIND_DEFAULTS", "TrainResult", "data_kind",
+__all__ = ["VLB_WEIGHT", "vlb_terms", "DEFAULTS", "DEFAULT_NET", "DEFAULT_NUM_STEPS", "DEFAULT_THREADS", "KIND_DEFAULTS", "TrainResult", "data_kind",
            "net_class", "training_data", "fresh_batch", "learning_rate", "loss_weights", "train",
            "training_target"]

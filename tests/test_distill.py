@@ -13,6 +13,15 @@ from fastddpm.cli import main
 from fastddpm.distillation import DistillationError, distill, grid
 
 TINY = dict(teacher_steps=8, iters=6, batch_size=64, progress=False, num_threads=1)
+METHODS = [("progressive", "ddim"), ("consistency", "consistency"), ("consistency-bootstrap", "consistency")]
+
+
+def tiny(method="progressive", **kw):
+    """TINY settings for ``method`` (the exact-target consistency method takes no teacher_steps)."""
+    out = dict(TINY, method=method, **kw)
+    if method == "consistency":
+        out.pop("teacher_steps")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +42,10 @@ def _same(a, b):
         assert torch.equal(sa[k], sb[k]), k
 
 
-@pytest.mark.parametrize("method,sampler", [("progressive", "ddim"), ("consistency", "consistency")])
+@pytest.mark.parametrize("method,sampler", METHODS, ids=[m for m, _ in METHODS])
 def test_student_round_trip_samples_everywhere_without_flags(teacher, tmp_path, method, sampler):
     out = tmp_path / "student"
-    r = distill(teacher / "v", out, steps=2, method=method, **TINY)
+    r = distill(teacher / "v", out, steps=2, **tiny(method))
     loaded = fastddpm.load(out)
     assert loaded.sampling["sampler"] == sampler and loaded.sampling["steps"] == 2
     assert loaded.sampling == r.sampling and len(loaded.sampling["spacing"]) == 2
@@ -70,7 +79,7 @@ def test_student_round_trip_samples_everywhere_without_flags(teacher, tmp_path, 
 
 def test_student_sampling_resumes_and_shards(teacher, tmp_path):
     out = tmp_path / "student"
-    distill(teacher / "v", out, steps=2, **TINY)
+    distill(teacher / "v", out, steps=2, **tiny())
     pipe = fastddpm.Pipeline.from_checkpoint(out)
     full = pipe.sample(200, seed=5, progress=False, engine="torch")
     # a bulk write resumed part-way (a progress record that says 100 rows are done) ends equal
@@ -81,10 +90,10 @@ def test_student_sampling_resumes_and_shards(teacher, tmp_path):
     np.testing.assert_array_equal(part, full[120:])
 
 
-@pytest.mark.parametrize("method", ["progressive", "consistency"])
+@pytest.mark.parametrize("method", [m for m, _ in METHODS])
 def test_resume_of_an_interrupted_distillation_equals_uninterrupted(teacher, tmp_path, method, monkeypatch):
-    # 12 iterations either way: progressive's two rounds of 6, consistency's one round of 12
-    kw = dict(TINY, steps=2, method=method, ema=0.9, iters=6 if method == "progressive" else 12)
+    # 12 iterations either way: progressive's two rounds of 6, the consistency methods' one round of 12
+    kw = tiny(method, steps=2, ema=0.9, iters=6 if method == "progressive" else 12)
     full = distill(teacher / "v", **kw)
     out = tmp_path / "s"
     real_save = ckpt.save
@@ -112,17 +121,18 @@ def test_resume_of_an_interrupted_distillation_equals_uninterrupted(teacher, tmp
         distill(teacher / "v", out, resume=True, **dict(kw, lr=0.5))
 
 
-def test_same_seed_same_student_and_seed_matters(teacher):
-    a = distill(teacher / "v", steps=2, seed=1, **TINY)
-    b = distill(teacher / "v", steps=2, seed=1, **TINY)
-    c = distill(teacher / "v", steps=2, seed=2, **TINY)
+@pytest.mark.parametrize("method", ["progressive", "consistency"])
+def test_same_seed_same_student_and_seed_matters(teacher, method):
+    a = distill(teacher / "v", steps=2, seed=1, **tiny(method))
+    b = distill(teacher / "v", steps=2, seed=1, **tiny(method))
+    c = distill(teacher / "v", steps=2, seed=2, **tiny(method))
     _same(a.model, b.model)
     assert a.losses == b.losses
     assert not torch.equal(a.model.out.weight, c.model.out.weight)
 
 
 def test_an_epsilon_teacher_gets_a_conversion_round(teacher):
-    r = distill(teacher / "eps", steps=2, **TINY)
+    r = distill(teacher / "eps", steps=2, **tiny("progressive"))
     assert r.prediction == "v_prediction"
     assert r.config["rounds"] == [[8, 1], [8, 2], [4, 2]]  # one teacher step per student step, then halvings
     assert len(r.losses) == 3 * TINY["iters"]
@@ -130,13 +140,13 @@ def test_an_epsilon_teacher_gets_a_conversion_round(teacher):
 
 def test_bad_input_is_one_line(teacher, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"steps=3 must divide teacher_steps=8"):
-        distill(teacher / "v", steps=3, **TINY)
+        distill(teacher / "v", steps=3, **tiny())
     with pytest.raises(ValueError, match=r"steps=4 must divide teacher_steps=12 with a power of two"):
-        distill(teacher / "v", steps=4, **dict(TINY, teacher_steps=12))
+        distill(teacher / "v", steps=4, **dict(tiny(), teacher_steps=12))
     student = tmp_path / "student"
-    distill(teacher / "v", student, steps=2, **TINY)
+    distill(teacher / "v", student, steps=2, **tiny())
     with pytest.raises(DistillationError, match="already a distilled student.*distil its teacher"):
-        distill(student, steps=2, **TINY)
+        distill(student, steps=2, **tiny())
     diffusers_dir = tmp_path / "pipe"
     diffusers_dir.mkdir()
     (diffusers_dir / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
@@ -146,13 +156,16 @@ def test_bad_input_is_one_line(teacher, tmp_path, capsys):
         distill(tmp_path / "model.onnx", steps=2, **TINY)
     with pytest.raises(ValueError, match="method must be one of 'progressive', 'consistency'"):
         distill(teacher / "v", method="magic", **TINY)
+    with pytest.raises(ValueError, match="teacher_steps applies to methods 'progressive' and 'consistency-bootstrap'"):
+        distill(teacher / "v", method="consistency", **TINY)
     with pytest.raises(ckpt.CheckpointNotFoundError):
         distill(tmp_path / "nothing", **TINY)
     for args, message in (
             (["--steps", "3", "--teacher-steps", "8"], "steps=3 must divide teacher_steps=8"),
-            (["--method", "consistency", "--steps", "9", "--teacher-steps", "8"], "steps=9 must be at most"),
+            (["--method", "consistency-bootstrap", "--steps", "9", "--teacher-steps", "8"], "steps=9 must be at most"),
     ):
-        assert main(["distill", str(teacher / "v"), "--out", str(tmp_path / "o"), "--quiet", *args]) == 2
+        method = [] if "--method" in args else ["--method", "progressive"]
+        assert main(["distill", str(teacher / "v"), "--out", str(tmp_path / "o"), "--quiet", *method, *args]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert main(["distill", str(student), "--out", str(tmp_path / "o"), "--quiet"]) == 2
@@ -163,7 +176,7 @@ def test_bad_input_is_one_line(teacher, tmp_path, capsys):
 def test_cli_distill_then_sample_with_no_flags(teacher, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["distill", str(teacher / "v"), "--out", str(out), "--steps", "2", "--teacher-steps", "8",
-                 "--iters", "4", "--batch-size", "32"]) == 0
+                 "--method", "progressive", "--iters", "4", "--batch-size", "32"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["sampling"]["steps"] == 2 and report["iters"] == 8
     assert main(["sample", str(out), "--n", "16", "--out", str(tmp_path / "x.npy"), "--quiet",
@@ -189,7 +202,8 @@ def test_distillation_works_at_small_scale(tmp_path):
 
     fastddpm.train("8gaussians", tmp_path / "t", net_kwargs={"width": 64, "depth": 2, "fourier_features": 8},
                    iters=600, batch_size=256, progress=False)
-    r = distill(tmp_path / "t", steps=2, teacher_steps=32, iters=150, batch_size=256, progress=False)
+    r = distill(tmp_path / "t", steps=2, method="progressive", teacher_steps=32, iters=150, batch_size=256,
+                progress=False)
     t = fastddpm.load(tmp_path / "t")
     spacing = r.sampling["spacing"]
 

@@ -69,6 +69,7 @@ def torch_module(model: OnnxModel, device_index: int | None = None):
             self.register_buffer("_device_anchor", torch.empty(0, device=torch.device("cuda", index)),
                                  persistent=False)
             self.sample_shape = model.sample_shape
+            self.learn_sigma = model.learn_sigma  # the loop then knows the output carries v
 
         def forward(self, x, t):
             if x.dtype != torch.float32 or t.dtype != torch.int64:
@@ -81,7 +82,7 @@ def torch_module(model: OnnxModel, device_index: int | None = None):
                 return torch.cat([self.forward(*_pad(x[i:i + fixed_batch], t[i:i + fixed_batch], fixed_batch))
                                   [: min(fixed_batch, batch - i)] for i in range(0, batch, fixed_batch)])
             x, t = x.contiguous(), t.contiguous()
-            out = torch.empty_like(x)
+            out = x.new_empty(model.output_shape(x))  # twice the channels for a learned-variance net
             binding = session.io_binding()
             binding.bind_input("x", "cuda", index, np.float32, list(x.shape), x.data_ptr())
             binding.bind_input("t", "cuda", index, np.int64, list(t.shape), t.data_ptr())

@@ -35,7 +35,7 @@ from . import graphs
 from .adapters import as_fastddpm_model
 from .bulk import write_samples
 from .guard import finite_check, nonfinite_error
-from .models import check_output, host_model, model_device, model_kind
+from .models import check_output, declares_variance, host_model, model_device, model_kind
 from .options import SamplingOptions, check_int
 from .plan import make_plan
 from .steppers import HostStepper, TorchStepper
@@ -161,7 +161,10 @@ class SamplingRun:
             self.cuda_graph = False
         self.batch_size = opts.resolved_batch_size(self.D, self.n, self.device.type if self.on_torch else "cpu")
         # A network with a variance channel (learned variances) returns twice the channels: [B, 2C, …].
-        self.out_shape = ((2 * self.shape[0],) + self.shape[1:]) if self.plan.table.variance_channel else self.shape
+        # A sampler that does not read it (all but ddpm's learned variances) gets the prediction half.
+        variance = self.plan.table.variance_channel or declares_variance(model)
+        self.drop_variance = variance and not self.plan.table.variance_channel
+        self.out_shape = ((2 * self.shape[0],) + self.shape[1:]) if variance else self.shape
         self.model_id = None  # identifies the weights in a bulk progress record (set by Pipeline)
 
     def _torch_setup(self, backend, dtype, cuda_graph) -> None:
@@ -227,23 +230,27 @@ class SamplingRun:
 
     # -- one batch --------------------------------------------------------------------------
 
-    def run_batch(self, s0: int, s1: int, out=None, traj=None, pbar=None):
+    def run_batch(self, s0: int, s1: int, out=None, traj=None, pbar=None, *, initial=None):
         """Samples s0 … s1−1 as [s1−s0, …] (into ``out`` when given: a host array or a tensor).
 
         ``traj``: (positions, array [P, n, …]) to fill rows s0:s1 at those loop positions.
+        ``initial``: the state the run starts from instead of x_T (rows s0:s1 of the request, at
+        the plan's first timestep): :func:`solve`.
         """
         if self.on_torch:
-            return self._torch_batch(s0, s1, out, traj, pbar)
-        return self._host_batch(s0, s1, out, traj, pbar)
+            return self._torch_batch(s0, s1, out, traj, pbar, initial)
+        return self._host_batch(s0, s1, out, traj, pbar, initial)
 
-    def _host_batch(self, s0, s1, x, traj, pbar):
+    def _host_batch(self, s0, s1, x, traj, pbar, initial=None):
         # Per batch: buffers, x_T, the network binding and the guard; the per-call path below is
         # the network call, the guard's one dot product and the fused kernel, nothing else.
         K = self.plan.num_steps
         B, offset = s1 - s0, (self.start + s0) * self.D
         if x is None:
             x = np.empty((B,) + self.shape, dtype=self.dtype)
-        step = self.stepper.begin(x, offset)  # x ← x_T
+        if initial is not None:
+            x[...] = initial
+        step = self.stepper.begin(x, offset, draw=initial is None)  # x ← x_T
         record = _recorder(traj, s0, s1)
         record(0, x)
         hooks = traj is not None or pbar is not None
@@ -257,6 +264,8 @@ class SamplingRun:
                     check_output(m, x, k, ts[k], K, expected=shape)
                 if finite is not None and not finite(m):
                     raise nonfinite_error(k, ts[k], K, self.start + s0, self.start + s1 - 1)
+                if self.drop_variance:
+                    m = np.ascontiguousarray(m[:, : self.shape[0]])
                 step(k, m)
                 if hooks:
                     record(k + 1, x)
@@ -264,7 +273,7 @@ class SamplingRun:
                         pbar.update(B)
         return x
 
-    def _torch_batch(self, s0, s1, out, traj, pbar):
+    def _torch_batch(self, s0, s1, out, traj, pbar, initial=None):
         import torch
 
         K, st = self.plan.num_steps, self.stepper
@@ -274,7 +283,7 @@ class SamplingRun:
             # Graphs replay on fixed buffers: full batches replay, a smaller last batch and
             # trajectory runs (host copies between steps) run the same steps eagerly.
             graphed = graphs.graphed(self, B, offset & 3) if self.cuda_graph and traj is None \
-                and B == self.batch_size else None
+                and B == self.batch_size and initial is None else None
             if graphed is not None:
                 return graphs.replay(self, graphed, s0, s1, offset, out, pbar)
             if out is None or not out.is_contiguous() or out.dtype != self.torch_dtype:
@@ -282,7 +291,9 @@ class SamplingRun:
             else:
                 x = out
             state = st.state(x)
-            st.begin(x, state, offset)
+            if initial is not None:
+                x.copy_(initial)
+            st.begin(x, state, offset, draw=initial is None)
             record = _recorder(traj, s0, s1)
             record(0, x)
             bad = torch.full((), -1, dtype=torch.int64, device=self.device)
@@ -310,6 +321,8 @@ class SamplingRun:
             if not isinstance(m, torch.Tensor):
                 raise TypeError(f"the model must return a torch tensor, got {type(m).__name__}")
             check_output(m, x, k, int(self.plan.t[k]), self.plan.num_steps, expected=(x.shape[0],) + self.out_shape)
+        if self.drop_variance:
+            m = m[:, : self.shape[0]]
         if not m.is_contiguous():
             m = m.contiguous()
         if self.check_finite:  # first bad step index, on the device (one sync per batch, after the loop)
@@ -397,6 +410,30 @@ def execute(model, schedule, n, options: SamplingOptions, *, model_id=None, post
                              postprocess=postprocess)
     return run_in_memory(run, return_trajectory=options.return_trajectory,
                          trajectory_steps=options.trajectory_steps)
+
+
+def solve(model, schedule, x, options: SamplingOptions):
+    """Run the plan of ``options`` (its spacing a list of timesteps starting at the timestep of x)
+    from the state ``x`` [n, …] instead of x_T, through the same loop and fused kernels as
+    :func:`fastddpm.sample`; returns the end state (a new array or tensor, x's kind). Noise, if the
+    sampler draws any, comes from stream k + 1 at the rows' offsets as in a sampling run.
+
+    What fastddpm.distill's teachers use to solve the probability-flow ODE from x_t to x_0.
+    """
+    n = int(x.shape[0])
+    run = SamplingRun(model, schedule, n, options.replace(sample_shape=tuple(x.shape[1:]), progress=False))
+    if run.on_torch:
+        import torch
+
+        out = torch.empty_like(x, dtype=run.torch_dtype, device=run.device)
+    else:
+        out = np.empty((n,) + run.shape, dtype=run.dtype)
+        if hasattr(x, "detach"):
+            x = x.detach().cpu().numpy()
+    for s0 in range(0, n, run.batch_size):
+        s1 = min(n, s0 + run.batch_size)
+        run.run_batch(s0, s1, out=out[s0:s1], initial=x[s0:s1])
+    return out
 
 
 def run_in_memory(run: SamplingRun, *, return_trajectory=False, trajectory_steps=None):

@@ -79,10 +79,13 @@ class HostStepper:
                 b.fill(0)
         return s, ring
 
-    def begin(self, x: np.ndarray, offset: int):
+    def begin(self, x: np.ndarray, offset: int, *, draw: bool = True):
         """Start a batch (x C-contiguous [B, …], its first element at global noise offset
-        ``offset``): x ← x_T; returns ``step(k, m)`` updating x in place from the output m of call k."""
-        draw_initial(x, self.seed, offset, self.backend)
+        ``offset``): x ← x_T (``draw=False``: x already holds the starting state, e.g. a teacher's
+        solve from x_t in fastddpm.distill); returns ``step(k, m)`` updating x in place from the
+        output m of call k."""
+        if draw:
+            draw_initial(x, self.seed, offset, self.backend)
         s, ring = self._buffers(x)
         per_sample = x.size // max(1, x.shape[0])
         xf = x.reshape(-1)
@@ -179,10 +182,12 @@ class TorchStepper:
                 "ring": torch.zeros((self.depth + 1,) + tuple(like.shape), dtype=like.dtype, device=like.device)
                 if self.depth else None}
 
-    def begin(self, x, state, offset: int) -> None:
-        """Start a batch whose first element has global noise offset ``offset``: x ← x_T (stream 0),
-        call index 0, t_now = t[0], state and ring zeroed. Device writes only (no sync)."""
-        draw_initial(x, self.seed, offset, "triton" if self.backend == "triton" else "auto")
+    def begin(self, x, state, offset: int, *, draw: bool = True) -> None:
+        """Start a batch whose first element has global noise offset ``offset``: x ← x_T (stream 0;
+        ``draw=False`` keeps x as the starting state), call index 0, t_now = t[0], state and ring
+        zeroed. Device writes only (no sync)."""
+        if draw:
+            draw_initial(x, self.seed, offset, "triton" if self.backend == "triton" else "auto")
         self.ctl[0].fill_(0)
         self.ctl[1].fill_(offset)
         self.ctl[2].fill_(self.seed)
