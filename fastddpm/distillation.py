@@ -89,7 +89,7 @@ STUDENT_PREDICTION = "v_prediction"  # Salimans & Ho: ε-prediction fails at 1�
 TEACHER_SOLVER = {"sampler": "dpmpp2m", "points": 20, "min_points": 4}
 # consistency: where a K-step student samples (and so where it is trained), by measurement on the
 # butterfly (docs/training.md): T = 1000 values, scaled to other T. Other K: log-spaced from T − 1 to T/20.
-CONSISTENCY_TIMESTEPS = {1: [999], 2: [999, 499], 3: [999, 499, 149], 4: [999, 499, 199, 49]}
+CONSISTENCY_TIMESTEPS = {1: [999], 2: [999, 199], 3: [999, 499, 99], 4: [999, 499, 199, 49]}
 # Per method and data kind (fastddpm.training.data_kind): the settings not given. Why these:
 # docs/training.md, "Distillation" (measured on the default butterfly and digits models).
 # teacher_steps: progressive — the first round's teacher DDIM steps (steps·2^R, R rounds);
@@ -494,20 +494,36 @@ def distill(checkpoint, out=None, *, steps: int = DEFAULT_STEPS, method: str = D
             target = training_target(schedule, x_tgt, eps_tgt, t, prediction)
         return F.mse_loss(updates.forward(x_t, t), target)
 
-    solves = {}  # per student timestep: the teacher's ODE solve from it to 0 (SamplingOptions)
+    solvers = {}  # per student timestep: the teacher's ODE solve from it to 0, built once
 
     def teacher_end(x_t, tau: int):
-        """The end x₀ of the teacher's probability-flow ODE from x_t at tau (fused dpmpp2m loop)."""
-        from .sampling.loop import solve
+        """The end x₀ of the teacher's probability-flow ODE from x_t at tau (the fused dpmpp2m loop)."""
+        from .sampling.loop import Solver
         from .sampling.options import SamplingOptions
 
-        if tau not in solves:
+        if tau not in solvers:
             spacing = teacher_solve_timesteps(schedule.alphas_cumprod, tau)
-            solves[tau] = SamplingOptions(sampler=TEACHER_SOLVER["sampler"], steps=len(spacing), spacing=spacing,
-                                          prediction=teacher.prediction, progress=False,
-                                          device=device if device.type != "cpu" else None)
-        end = solve(teacher_model, schedule, x_t, solves[tau])
+            options = SamplingOptions(sampler=TEACHER_SOLVER["sampler"], steps=len(spacing), spacing=spacing,
+                                      prediction=teacher.prediction, progress=False,
+                                      device=device if device.type != "cpu" else None)
+            net, options = teacher_runtime(options)
+            solvers[tau] = Solver(net, schedule, options, hi - lo, dataset.sample_shape)
+        end = solvers[tau](x_t)
         return end if isinstance(end, torch.Tensor) else torch.from_numpy(end).to(device)
+
+    def teacher_runtime(options):
+        """The network the teacher's solves call: on the CPU the runtime fastddpm's engine="auto"
+        measures fastest for this batch (an onnxruntime session of the export form, usually: the
+        solves share t; docs/onnx.md), else the torch module."""
+        if device.type != "cpu":
+            return teacher_model, options
+        from .pipelines import Pipeline, engines
+
+        pipe = Pipeline(teacher)
+        net, _, options = engines.choose(pipe, "auto", options.replace(prediction=teacher.prediction,
+                                                                     sample_shape=teacher.sample_shape),
+                                         n=max(1, (hi - lo) // max(1, len(timesteps))))
+        return net, options
 
     taus = torch.tensor(timesteps, dtype=torch.int64, device=device)
 

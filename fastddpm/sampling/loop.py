@@ -412,28 +412,36 @@ def execute(model, schedule, n, options: SamplingOptions, *, model_id=None, post
                          trajectory_steps=options.trajectory_steps)
 
 
-def solve(model, schedule, x, options: SamplingOptions):
-    """Run the plan of ``options`` (its spacing a list of timesteps starting at the timestep of x)
-    from the state ``x`` [n, …] instead of x_T, through the same loop and fused kernels as
-    :func:`fastddpm.sample`; returns the end state (a new array or tensor, x's kind). Noise, if the
-    sampler draws any, comes from stream k + 1 at the rows' offsets as in a sampling run.
+class Solver:
+    """Runs of one plan started from given states instead of x_T: ``Solver(model, schedule, options,
+    n)(x)`` → the end state of x [m ≤ n, …] after the plan's calls, through the same loop and fused
+    kernels as :func:`fastddpm.sample` (validation, plan and kernel binding once, here). The
+    options' spacing is a list of timesteps starting at the timestep of x. Noise, if the sampler
+    draws any, comes from stream k + 1 at the rows' offsets as in a sampling run.
 
-    What fastddpm.distill's teachers use to solve the probability-flow ODE from x_t to x_0.
+    What fastddpm.distill's consistency teacher uses to solve the probability-flow ODE from x_t to x_0.
     """
-    n = int(x.shape[0])
-    run = SamplingRun(model, schedule, n, options.replace(sample_shape=tuple(x.shape[1:]), progress=False))
-    if run.on_torch:
-        import torch
 
-        out = torch.empty_like(x, dtype=run.torch_dtype, device=run.device)
-    else:
-        out = np.empty((n,) + run.shape, dtype=run.dtype)
-        if hasattr(x, "detach"):
-            x = x.detach().cpu().numpy()
-    for s0 in range(0, n, run.batch_size):
-        s1 = min(n, s0 + run.batch_size)
-        run.run_batch(s0, s1, out=out[s0:s1], initial=x[s0:s1])
-    return out
+    def __init__(self, model, schedule, options: SamplingOptions, n: int, sample_shape):
+        self.run = SamplingRun(model, schedule, check_int(n, "n"),
+                               options.replace(sample_shape=tuple(sample_shape), progress=False))
+
+    def __call__(self, x):
+        run, m = self.run, int(x.shape[0])
+        if m > run.n:
+            raise ValueError(f"x has {m} rows; this Solver was built for at most {run.n}")
+        if run.on_torch:
+            import torch
+
+            out = torch.empty(x.shape, dtype=run.torch_dtype, device=run.device)
+        else:
+            out = np.empty((m,) + run.shape, dtype=run.dtype)
+            if hasattr(x, "detach"):
+                x = x.detach().cpu().numpy()
+        for s0 in range(0, m, run.batch_size):
+            s1 = min(m, s0 + run.batch_size)
+            run.run_batch(s0, s1, out=out[s0:s1], initial=x[s0:s1])
+        return out
 
 
 def run_in_memory(run: SamplingRun, *, return_trajectory=False, trajectory_steps=None):
