@@ -54,12 +54,14 @@ def bytes_per_element(op: str) -> int:
 
 
 def loop_update(name: str, options: dict, sched, x_flat, m_flat, D: int, k: int = 3):
-    """The loop's bound call of row k of ``name``'s 8-call table on x_flat (in place)."""
+    """The loop's bound call of row k of ``name``'s 8-call table on its own copy of x_flat (in place,
+    repeatedly: every case gets its own state, so one case's updates never feed another's)."""
     from fastddpm.kernels.numba.update import bind, launch_args
     from fastddpm.sampling import make_plan
 
     tab = make_plan(sched, name, 8, **options).table
     coef = tab.rows.astype(np.float32)
+    x_flat = x_flat.copy()
     slots = tab.slots()
     ring = np.zeros((tab.ring,) + x_flat.shape, np.float32) if tab.depth else None
     state = np.zeros_like(x_flat) if tab.reads_state or tab.writes_state else None

@@ -1,5 +1,6 @@
 """fastddpm: a fast, reproducible DDPM sampling engine (Triton on GPU, Numba on CPU)."""
 from .backends import BACKENDS, BackendUnavailableError
+from .kernels.samplers import NAMES as SAMPLERS  # every sampler (one module each in kernels/samplers/)
 from .ops import ddim_step, ddpm_step, q_sample, randn
 from .schedule import SCHEDULES, Schedule
 
@@ -38,6 +39,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "BACKENDS", "BackendUnavailableError", "SCHEDULES", "Schedule",
+    "BACKENDS", "BackendUnavailableError", "SAMPLERS", "SCHEDULES", "Schedule",
     "ddim_step", "ddpm_step", "q_sample", "randn", "__version__",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -121,6 +122,15 @@ def write_json(path, obj, *, crash: str = "atomic", **dump_kwargs) -> None:
 def write_bytes(path, data: bytes, *, crash: str = "atomic") -> None:
     with atomic_open(path, "wb", crash=crash) as f:
         f.write(data)
+
+
+def sha256_file(path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoint files, the ONNX export cache)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def fsync_file(path) -> None:

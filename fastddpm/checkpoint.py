@@ -33,7 +33,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -46,7 +45,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from ._io import OutputLock, crash_point, fsync_dir, fsync_file
+from ._io import OutputLock, crash_point, fsync_dir, fsync_file, sha256_file
 from .data import Normalization
 from .kernels.coefficients import PREDICTIONS
 from .schedule import SAMPLING_KEYS, Schedule, check_sampling  # noqa: F401 (SAMPLING_KEYS: re-exported)
@@ -146,14 +145,6 @@ def _optimizer_join(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> d
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _is_checkpoint_dir(path: Path) -> bool:
     try:
         with open(path / CONFIG) as f:
@@ -249,7 +240,7 @@ def _write_and_switch(path: Path, config: dict, model, ema_model, train_state, e
         for name, obj in json_files.items():
             (tmp / name).write_text(json.dumps(obj))
             crash_point("checkpoint.file_written")
-        config["files"] = {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+        config["files"] = {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
                            for name in [*files, *json_files]}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         crash_point("checkpoint.config_written")
@@ -404,7 +395,7 @@ def _verified(path: Path, config: dict, name: str) -> Path:
     if size != entry.get("bytes"):
         raise CheckpointError(f"{file} has {size} bytes but {entry.get('bytes')} were written "
                               "(truncated or replaced); re-train or restore the file")
-    if _sha256(file) != entry.get("sha256"):
+    if sha256_file(file) != entry.get("sha256"):
         raise CheckpointError(f"{file} does not match the SHA-256 recorded in {CONFIG} "
                               "(corrupt or modified after saving)")
     return file

@@ -21,7 +21,8 @@ def load_pipeline_dir(path, *, device="cpu"):
     """
     from diffusers import UNet2DModel
 
-    from .checkpoint import DIFFUSERS_INDEX, Checkpoint, _sha256, is_diffusers_dir
+    from ._io import sha256_file
+    from .checkpoint import DIFFUSERS_INDEX, Checkpoint, is_diffusers_dir
     from .data import Normalization
     from .schedule import Schedule
     from .sampling.adapters import as_fastddpm_model
@@ -44,7 +45,7 @@ def load_pipeline_dir(path, *, device="cpu"):
     # records its files — so weights saved again over the same directory are a different model, and a
     # copy of the directory elsewhere the same one
     parts = [root / DIFFUSERS_INDEX, *sorted(p for d in ("unet", "scheduler") for p in (root / d).rglob("*") if p.is_file())]
-    files = {p.relative_to(root).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in parts}
+    files = {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in parts}
     return Checkpoint(model=model, schedule=schedule, normalization=Normalization(mean=np.array(0.5),
                       std=np.array(0.5)), prediction=schedule.sampling_defaults["prediction"],
                       sample_shape=model.sample_shape, config={"files": files, "diffusers": index},
@@ -59,7 +60,6 @@ try:  # the base classes must exist when the classes below are defined
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
     from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
     from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
-    from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"fastddpm.diffusers needs torch and diffusers ({exc}); "

@@ -32,5 +32,8 @@ if __name__ == "__main__":
     from fastddpm.cli import main
 
     code = main()  # exactly what ``python -m fastddpm`` runs
-    print(f"{MARK} {','.join(threads_left())}", file=sys.stderr, flush=True)
+    sys.stderr.flush()
+    # one write(2) of the whole line: the ranks share torchrun's stderr pipe, and a line this short
+    # is written atomically (≤ PIPE_BUF), so two ranks' lines never interleave
+    os.write(2, f"{MARK} {','.join(threads_left())}\n".encode())
     sys.exit(code)

@@ -8,6 +8,7 @@ import torch
 
 import fastddpm
 from fastddpm import checkpoint as ckpt
+from fastddpm._io import sha256_file
 from fastddpm.checkpoint import CheckpointError, CheckpointNotFoundError
 from fastddpm.data import Normalization, load_dataset
 from fastddpm.nets import MLP, MODEL_CLASSES, UNet
@@ -115,7 +116,7 @@ def test_truncated_file_with_matching_record_refused(mlp_ckpt):
     f = path / "ema.safetensors"
     f.write_bytes(f.read_bytes()[:-3])
     config = json.loads((path / "config.json").read_text())
-    config["files"]["ema.safetensors"] = {"sha256": ckpt._sha256(f), "bytes": f.stat().st_size}
+    config["files"]["ema.safetensors"] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         fastddpm.load(path)

@@ -19,7 +19,7 @@ FLOORS = [
     ("below sampling", ["fastddpm.runtime", "fastddpm.checkpoint"]),
     ("sampling", ["fastddpm.sampling"]),
     ("diffusers interop", ["fastddpm.diffusers"]),
-    ("pipelines", ["fastddpm.pipelines", "fastddpm.onnx_export"]),
+    ("pipelines", ["fastddpm.pipelines", "fastddpm.onnx_export", "fastddpm.onnx_fused"]),
     ("on top", ["fastddpm.distributed", "fastddpm.training", "fastddpm.distillation", "fastddpm.benchmark",
                 "fastddpm.demo"]),
     ("cli", ["fastddpm.cli", "fastddpm.__main__"]),

@@ -27,7 +27,7 @@ import sys
 import warnings
 
 from .. import __version__
-from .._io import OutputLock, write_text
+from .._io import OutputLock, sha256_file, write_text
 from ..onnx_export import DEFAULT_OPSET, export_onnx
 from ..onnx_fused import FORM_VERSION, export_fused
 from ..runtime import OnnxModel
@@ -73,14 +73,6 @@ def _digest_path(path: str) -> str:
     return path + ".sha256"
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cache_state(path: str) -> str:
     """'ok' (the file matches the SHA-256 recorded when it was exported), 'missing', or what is
     wrong with it ('damaged: …'). A cache entry written before digests were recorded is checked by
@@ -94,7 +86,7 @@ def _cache_state(path: str) -> str:
     except (OSError, IndexError):
         recorded = None
     try:
-        actual = _file_digest(path)
+        actual = sha256_file(path)
     except OSError as exc:
         return f"damaged: unreadable ({exc})"
     if recorded is not None:
@@ -133,7 +125,7 @@ def cached_export(pipeline, directory: str | None = None) -> str:
         export = export_fused if fused_form_version(pipeline.model) else export_onnx
         export(pipeline.model, path, sample_shape=tuple(pipeline.sample_shape), schedule=pipeline.schedule,
                prediction=pipeline.prediction, normalization=pipeline.normalization)
-        write_text(_digest_path(path), _file_digest(path) + "\n")
+        write_text(_digest_path(path), sha256_file(path) + "\n")
     return path
 
 

@@ -297,7 +297,6 @@ class SamplingRun:
             record = _recorder(traj, s0, s1)
             record(0, x)
             bad = torch.full((), -1, dtype=torch.int64, device=self.device)
-            ts = self.plan.t.tolist()
             for k in range(K):
                 self._step(st, x, state, bad, k)
                 record(k + 1, x)
@@ -370,11 +369,11 @@ def sample(model, schedule, n, **options):
     ``array_api == "numpy"``; sample_shape: one sample's shape (default ``model.sample_shape``).
     The keywords are the fields of :class:`~fastddpm.sampling.options.SamplingOptions` (their
     defaults are in this function's signature):
-    sampler: "ddpm" (ancestral; steps < T respaces), "ddim" (eta), "dpmpp2m" (DPM-Solver++ 2M).
-    steps: None → T for ddpm, 50 for ddim, 20 for dpmpp2m; spacing: None → the sampler's default
-    (fastddpm.sampling.plan.DEFAULT_SPACING: leading for ddpm and ddim, logsnr for dpmpp2m) |
-    "leading" | "trailing" | "linspace" | "logsnr" (uniform in log-SNR, ends at t = 0) | a list
-    of timesteps (see fastddpm.sampling.timesteps).
+    sampler: one of fastddpm.SAMPLERS (``fastddpm.kernels.samplers.description(name)`` says
+    what each is; docs/sampling.md has the table); its own options (eta, variance, order,
+    solver_type, sampler_options) are keywords too. steps / spacing / final: None → the
+    sampler's defaults; spacing "leading" | "trailing" | "linspace" | "logsnr" | "karras" |
+    "exponential" | a list of timesteps (see fastddpm.sampling.timesteps).
     batch_size: samples per batch (default: cache-sized on CPU, device-sized on CUDA); the
     samples do not depend on it. backend: "auto" | "numba" | "numpy" | "torch" | "triton".
     out: a ``.npy`` path → written in chunks with a progress record (``resume=True`` continues a

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..kernels import samplers
-from ..kernels.coefficients import COLUMNS, PREDICTIONS  # noqa: F401 (COLUMNS: re-exported)
+from ..kernels.coefficients import COLUMNS  # noqa: F401 (re-exported: the row layout)
 from .timesteps import make_grid
 
 SAMPLERS = samplers.NAMES
