@@ -74,7 +74,7 @@ def test_hybrid_loss_trains_v_through_the_vlb_only():
     assert g_hybrid[:, 2:].abs().sum() > 0 and g_simple[:, 2:].abs().sum() == 0
 
 
-def test_a_learned_variance_checkpoint_samples_everywhere(tmp_path):
+def test_a_learned_variance_checkpoint_samples_everywhere(tmp_path, monkeypatch):
     r = train("butterfly", tmp_path / "ls", iters=30, learn_sigma=True, **SMALL)
     ck = fastddpm.load(r.checkpoint)
     assert ck.sampling == {"variance": "learned_range"} and ck.config["train"]["learn_sigma"] is True
@@ -88,6 +88,11 @@ def test_a_learned_variance_checkpoint_samples_everywhere(tmp_path):
     assert np.abs(fixed - got).max() > 1e-3  # the variance channel is read
     np.testing.assert_allclose(pipe.sample(64, steps=20, seed=2, progress=False, engine="onnx"), got, rtol=0,
                                atol=1e-4)
+    monkeypatch.setenv("FASTDDPM_RUNTIME", "onnx-split")  # a session per core (256 rows: 2 parts): its output too
+    wide = pipe.sample(256, steps=20, seed=2, progress=False, engine="torch")
+    np.testing.assert_allclose(fastddpm.Pipeline.from_checkpoint(r.checkpoint).sample(
+        256, steps=20, seed=2, progress=False, batch_size=256), wide, rtol=0, atol=1e-4)
+    monkeypatch.setenv("FASTDDPM_RUNTIME", "onnx")
 
     class MeanHalf(torch.nn.Module):  # what a sampler that does not read v gets: the prediction half
         def __init__(self, net):
