@@ -14,7 +14,12 @@ t per sample (training). ``update <sampler>`` is the sampling loop's call of the
 fused kernel (kernels/numba/update.py, in place, one row of the sampler's table, its history
 ring and state bound as the loop binds them) for ddpm (noise drawn), ddim (η = 0), dpmpp3m
 (two history values read, one pushed) and unipc-3 (state + three history values); ``before``
-there is the previous checkout's ddpm_step in place. Script mode prints medians of wall and process-CPU time, elements/s,
+there is the previous checkout's ddpm_step in place. ``guidance <sampler> D=…`` (issue 25) is the
+loop's call of a classifier-free-guided run: ``plain`` the unguided call, ``guided`` the fused
+guided call (a 2B-row output read in both halves, x′ also stored into the second half of the
+network input), ``no-mirror`` the same without that store, ``rescaled`` guidance_rescale's
+reduction (``guide_scales``) plus the guided call; its "vs base" column is plain's time over the
+implementation's (the target: guided ≥ 1/1.15 = 0.87). Script mode prints medians of wall and process-CPU time, elements/s,
 GB/s, the fraction of the measured copy bandwidth (``np.copyto`` of the same bytes) and the
 speed-up over torch/diffusers and over ``before``:
 
@@ -44,7 +49,7 @@ SEED = 1234
 
 # Bytes each call moves per element (float32): what the kernel must read and write at least.
 _BYTES = {"randn": 4, "q_sample": 12, "ddpm_step": 12, "update ddpm": 12, "update ddim": 12,
-          "update dpmpp3m": 24, "update unipc-3": 36}
+          "update dpmpp3m": 24, "update unipc-3": 36, "guidance ddpm": 12, "guidance dpmpp2m": 16}
 UPDATES = (("ddpm", {}), ("ddim", {}), ("dpmpp3m", {}), ("unipc", {"order": 3}))
 
 
@@ -53,10 +58,14 @@ def bytes_per_element(op: str) -> int:
     return _BYTES.get(head, _BYTES.get(op.split()[0]))
 
 
-def loop_update(name: str, options: dict, sched, x_flat, m_flat, D: int, k: int = 3):
+def loop_update(name: str, options: dict, sched, x_flat, m_flat, D: int, k: int = 3, *, guidance=None, mirror=None,
+                rescale=0.0):
     """The loop's bound call of row k of ``name``'s 8-call table on its own copy of x_flat (in place,
-    repeatedly: every case gets its own state, so one case's updates never feed another's)."""
-    from fastddpm.kernels.numba.update import bind, launch_args
+    repeatedly: every case gets its own state, so one case's updates never feed another's).
+    ``guidance``: w of a guided call (m_flat then holds 2·len(x_flat) values: both halves),
+    ``mirror`` the buffer x′ is also stored into, ``rescale`` φ: guidance_rescale's reduction runs
+    before each call."""
+    from fastddpm.kernels.numba.update import bind, guide_scales, launch_args
     from fastddpm.sampling import make_plan
 
     tab = make_plan(sched, name, 8, **options).table
@@ -66,10 +75,38 @@ def loop_update(name: str, options: dict, sched, x_flat, m_flat, D: int, k: int 
     ring = np.zeros((tab.ring,) + x_flat.shape, np.float32) if tab.depth else None
     state = np.zeros_like(x_flat) if tab.reads_state or tab.writes_state else None
     w, hs = slots[k, 0], slots[k, 1:1 + tab.depth]
+    scales = np.ones(x_flat.size // D, np.float32) if rescale else None
     call = bind(*launch_args(x_flat, m_flat, coef, np.array([k]), s=state, h=tuple(ring[j] for j in hs),
                              q=ring[w] if w >= 0 else None, draw_noise=bool(tab.rows[k, 9] != 0), seed=SEED,
-                             stream=k + 1, per_sample=D))
+                             stream=k + 1, per_sample=D, guidance=guidance, rescale=scales, mirror=mirror))
+    if rescale:
+        B = x_flat.size // D
+
+        def rescaled():
+            guide_scales(m_flat, B, D, guidance, rescale, out=scales)
+            call(m_flat)
+        return rescaled
     return lambda: call(m_flat)
+
+
+def guidance_cases(n: int, widths=WIDTHS) -> dict[str, dict[str, callable]]:
+    """The guided loop call against the unguided one (issue 25), same row, same x, n elements."""
+    sched = fastddpm.Schedule.linear(1000)
+    rng = np.random.default_rng(1)
+    xx = rng.standard_normal(2 * n, dtype=np.float32)  # the 2B-row network input: x is its first half
+    x, mirror = xx[:n], xx[n:]
+    m = rng.standard_normal(n, dtype=np.float32)
+    m2 = rng.standard_normal(2 * n, dtype=np.float32)  # c then u
+    out = {}
+    for D in widths:
+        for name in ("ddpm", "dpmpp2m"):
+            out[f"guidance {name} D={D}"] = {
+                "plain": loop_update(name, {}, sched, x, m, D),
+                "guided": loop_update(name, {}, sched, x, m2, D, guidance=3.0, mirror=mirror),
+                "no-mirror": loop_update(name, {}, sched, x, m2, D, guidance=3.0),
+                "rescaled": loop_update(name, {}, sched, x, m2, D, guidance=3.0, mirror=mirror, rescale=0.7),
+            }
+    return out
 
 
 def machine() -> str:
@@ -195,16 +232,20 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=15, help="timed calls per case (median is reported)")
     parser.add_argument("--before", metavar="DIR", help="a kernels/ package to compare against (copy it first)")
     parser.add_argument("--numpy", action="store_true", help="also time the (slow) NumPy reference, once")
+    parser.add_argument("--only", metavar="PREFIX", help="only the ops starting with PREFIX (e.g. guidance)")
     args = parser.parse_args(argv)
     n = 2**args.log2n
     print(f"machine: {machine()}")
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"load average: {load} (others' jobs slow every column alike)")
-    all_cases = cases(n, args.before, args.numpy)
+    all_cases = {} if args.only == "guidance" else cases(n, args.before, args.numpy)
+    all_cases.update(guidance_cases(n))
+    if args.only:
+        all_cases = {op: impls for op, impls in all_cases.items() if op.startswith(args.only)}
     bw = copy_bandwidth(n, args.repeat)
     print(f"np.copyto bandwidth at 2^{args.log2n} float32: {bw / 1e9:.1f} GB/s (median)\n")
-    header = (f"{'op':<28} {'impl':<7} {'wall ms':>8} {'Melem/s':>8} {'GB/s':>5} {'of copy':>7} "
-              f"{'vs torch':>8} {'vs before':>9} {'cpu ms':>7} {'cpu vs torch':>12}")
+    header = (f"{'op':<28} {'impl':<9} {'wall ms':>8} {'Melem/s':>8} {'GB/s':>5} {'of copy':>7} "
+              f"{'vs torch':>8} {'vs base':>9} {'cpu ms':>7} {'cpu vs torch':>12}")
     print(header)
     print("-" * len(header))
     for op, impls in all_cases.items():
@@ -223,12 +264,15 @@ def main(argv=None) -> int:
         for name, (sec, cpu) in times.items():
             gbs = bytes_per_element(op) * n / sec
             ratio = f"{times['torch'][0] / sec:7.1f}x" if "torch" in times else "       -"
-            vs_before = f"{times['before'][0] / sec:8.2f}x" if "before" in times else "        -"
+            base = times.get("before", times.get("plain"))  # the previous checkout, or the unguided call
+            vs_before = f"{base[0] / sec:8.2f}x" if base is not None else "        -"
             cpu_ratio = f"{times['torch'][1] / cpu:11.1f}x" if "torch" in times else "           -"
-            print(f"{op:<28} {name:<7} {sec * 1e3:8.2f} {n / sec / 1e6:8.1f} {gbs / 1e9:5.1f} "
+            print(f"{op:<28} {name:<9} {sec * 1e3:8.2f} {n / sec / 1e6:8.1f} {gbs / 1e9:5.1f} "
                   f"{gbs / bw:7.0%} {ratio:>8} {vs_before:>9} {cpu * 1e3:7.2f} {cpu_ratio:>12}")
     print("\ntorch = torch.randn / diffusers add_noise + torch.randn / diffusers DDPMScheduler.step "
-          "(generator); numba and before write into a preallocated out=; medians of --repeat rounds.")
+          "(generator); numba and before write into a preallocated out=; medians of --repeat rounds. "
+          "vs base: before's (or, for guidance, plain's) time over this one. GB/s counts the unguided "
+          "call's bytes for every guidance implementation (guided moves 4 more per element, 8 with the mirror).")
     return 0
 
 

@@ -8,9 +8,10 @@ DATASET: butterfly | constant | gaussian (train(DATASET) with every default, KIN
 ":ITERS", e.g. gaussian:2000, trains that many iterations instead) or
 constant-demo (the demo's 1-D constant-5.0 model: identity normalisation, 100-step schedule,
 Budget "full" constant_iters). Each training seed is one row (one torch thread, as
-tests/test_quality.py trains): ddpm-1000 (leading) and dpmpp2m-20 with its default spacing (DEFAULT_SPACING, as the demo samples), sample
-seed 1, scored as the test scores them — butterfly: distance-to-curve p50/p90 and sliced
-Wasserstein of 4000 samples against fresh data (seed 101) divided by the data-vs-data floor
+tests/test_quality.py trains): ddpm-1000 (leading), the demo's fast sampler (fastddpm.demo.FAST_SAMPLER,
+its default spacing) and, for comparison, dpmpp2m-20 (logsnr); sample seed 1, scored as the test
+scores them — butterfly: distance-to-curve p50/p90/p99/p99.9, the share beyond 0.5 data units and
+sliced Wasserstein of 4000 samples against fresh data (seed 101) divided by the data-vs-data floor
 (seed 202 vs 101); constant/gaussian: mean and std of 5000 samples. Rows are appended to OUT_JSONL.
 """
 import json
@@ -24,7 +25,6 @@ import torch
 
 import fastddpm
 from fastddpm import demo
-from fastddpm.sampling.plan import DEFAULT_SPACING
 from fastddpm.data import load_dataset
 from fastddpm.metrics import sliced_wasserstein, support_distance, support_quantiles
 from fastddpm.schedule import Schedule
@@ -51,7 +51,9 @@ def run_one(spec, seed, ckpt_dir):
            "load": round(load0, 2), "iters": len(r.losses)}
     n = N[dataset]
     T = r.schedule.num_steps
-    configs = [("ddpm", T, "leading"), ("dpmpp2m", 20, DEFAULT_SPACING["dpmpp2m"])]
+    configs = [("ddpm", T, "leading"), (*demo.FAST_SAMPLER, None)]
+    if demo.FAST_SAMPLER != ("dpmpp2m", 20):
+        configs.append(("dpmpp2m", 20, None))  # the fast default before issue 23
     if dataset == "butterfly":
         fresh_a = load_dataset("butterfly", n, seed=101).raw()
         floor = sliced_wasserstein(load_dataset("butterfly", n, seed=202).raw(), fresh_a, n_projections=500, seed=0)
@@ -72,7 +74,8 @@ def run_one(spec, seed, ckpt_dir):
             m.update({"mean": round(float(x.mean()), 5), "std": round(float(x.std()), 5)})
         row[key] = m
     if dataset == "butterfly":
-        row["dpm_vs_ddpm_sw"] = round(row["dpmpp2m-20"]["sw"] / row[f"ddpm-{T}"]["sw"], 4)
+        for sampler, steps, _ in configs[1:]:
+            row[f"{sampler}-{steps}"]["sw_vs_ddpm"] = round(row[f"{sampler}-{steps}"]["sw"] / row[f"ddpm-{T}"]["sw"], 4)
     return row
 
 
@@ -92,20 +95,18 @@ def table(path):
     for spec, rs in by.items():
         rs.sort(key=lambda r: r["seed"])
         ddpm = next(k for k in rs[0] if k.startswith("ddpm-"))
+        fast = [k for k in rs[0] if k not in (ddpm,) and "-" in k and isinstance(rs[0][k], dict)]
         if rs[0]["dataset"] == "butterfly":  # (name, value, target the worst seed is measured from)
             cols = [("ddpm p50", lambda r: r[ddpm]["p50"], None), ("ddpm p90", lambda r: r[ddpm]["p90"], None),
-                    ("ddpm SW/floor", lambda r: r[ddpm]["sw_ratio"], None),
-                    ("dpm p50", lambda r: r["dpmpp2m-20"]["p50"], None),
-                    ("dpm p90", lambda r: r["dpmpp2m-20"]["p90"], None),
-                    ("dpm SW/floor", lambda r: r["dpmpp2m-20"]["sw_ratio"], None),
-                    ("dpm SW / ddpm SW", lambda r: r["dpm_vs_ddpm_sw"], None)]
+                    ("ddpm SW/floor", lambda r: r[ddpm]["sw_ratio"], None)]
+            for k in fast:
+                cols += [(f"{k} {c}", (lambda r, k=k, c=c: r[k][c]), None)
+                         for c in ("p50", "p90", "p99", "p99.9", "far", "sw_ratio", "sw_vs_ddpm") if c in rs[0][k]]
         else:
-            mean = 3.0 if rs[0]["dataset"] == "gaussian" else 5.0
-            cols = [(f"{ddpm} mean", lambda r: r[ddpm]["mean"], mean), (f"{ddpm} std", lambda r: r[ddpm]["std"], 1.0),
-                    ("dpm-20 mean", lambda r: r["dpmpp2m-20"]["mean"], mean),
-                    ("dpm-20 std", lambda r: r["dpmpp2m-20"]["std"], 1.0)]
-            if rs[0]["dataset"] != "gaussian":  # std target 0 for the constant
-                cols = [(c, f, 0.0 if "std" in c else t) for c, f, t in cols]
+            target = 3.0 if rs[0]["dataset"] == "gaussian" else 5.0
+            std_target = 1.0 if rs[0]["dataset"] == "gaussian" else 0.0
+            cols = [(f"{k} {c}", (lambda r, k=k, c=c: r[k][c]), target if c == "mean" else std_target)
+                    for k in [ddpm] + fast for c in ("mean", "std")]
         cols.append(("train s", lambda r: r["train_s"], None))
         out += [f"\n{spec} ({len(rs)} training seeds, {rs[0]['iters']} iterations)\n",
                 "| seed | " + " | ".join(c for c, _, _ in cols) + " |", "|---|" + "---:|" * len(cols)]

@@ -13,7 +13,8 @@ read; absolute numbers depend on the machine (named in the table). Sections:
 - ``kernel``: one fused ddpm_step over 2^22 elements — fastddpm (numba) vs diffusers
   ``DDPMScheduler.step`` vs torch eager — and the measured copy bandwidth, with GB/s and the
   fraction of copy bandwidth (12 bytes per element: read x_t and ε̂, write x_prev).
-- ``memory``: peak RSS of ``sample(out=…)`` for n = 10^5 and 10^6 (subprocesses).
+- ``memory``: peak RSS of ``sample(out=…)`` for n = 10^5 and 10^6 (subprocesses), unguided and with
+  classifier-free guidance (10 classes, balanced labels written beside the samples, w = 3).
 - ``batch``: fastddpm throughput vs batch size (how the CPU default was chosen).
 
 ``run(...)`` returns rows (dicts); ``format_rows`` prints them as tables; ``write_rows`` writes
@@ -461,30 +462,49 @@ class Eps:  # exact ε of N(0, 0.5²) data: cheap, so the run measures the engin
         ab = self.ac[t][:, None]
         return (np.sqrt(1 - ab) * x / (0.25 * ab + 1 - ab)).astype(x.dtype)
 
+class ClassEps(Eps):  # exact ε of N(mu_label, 0.5²), 10 classes on a circle and a "no label" class at 0
+    num_classes, null_label = 10, 10
+    def __init__(self, s):
+        super().__init__(s)
+        a = np.arange(10) * 2 * np.pi / 10
+        self.mu = np.concatenate([2 * np.stack([np.cos(a), np.sin(a)], 1), np.zeros((1, 2))])
+    def __call__(self, x, t, labels):
+        ab = self.ac[t][:, None]
+        return (np.sqrt(1 - ab) * (x - np.sqrt(ab) * self.mu[labels]) / (0.25 * ab + 1 - ab)).astype(x.dtype)
+
 s = fastddpm.Schedule.linear(1000)
-sample(Eps(s), s, int(sys.argv[1]), sampler="ddim", steps=3, out=sys.argv[2], progress=False, overwrite=True)
+guided = sys.argv[3] == "guided"
+kw = dict(labels="balanced", guidance=3.0) if guided else {}
+sample((ClassEps if guided else Eps)(s), s, int(sys.argv[1]), sampler="ddim", steps=3, out=sys.argv[2],
+       progress=False, overwrite=True, **kw)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def bench_memory(sizes=(10**5, 10**6), workdir=None):
-    """Peak RSS (ru_maxrss) of a bulk run to disk in a fresh process, per n."""
+def bench_memory(sizes=(10**5, 10**6), workdir=None, guided=(False, True)):
+    """Peak RSS (ru_maxrss) of a bulk run to disk in a fresh process, per n, unguided and guided
+    (issue 25: labels drawn per batch and written to the sidecar, the 2B-row network input and output)."""
     import tempfile
 
     rows = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for n in sizes:
-            out = os.path.join(tmp, f"s{n}.npy")
-            start = time.perf_counter()
-            res = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(n), out], capture_output=True, text=True,
-                                 timeout=1800)
-            if res.returncode != 0:
-                raise RuntimeError(f"memory benchmark failed: {res.stderr[-2000:]}")
-            rows.append({"section": "memory", "name": f"sample(out=...) n={n:,}", "n": n,
-                         "seconds": time.perf_counter() - start, "peak_rss_MiB": int(res.stdout.split()[-1]) / 1024,
-                         "file_MiB": os.path.getsize(out) / 2**20})
+            for g in guided:
+                out = os.path.join(tmp, f"s{n}{'g' if g else ''}.npy")
+                start = time.perf_counter()
+                res = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(n), out, "guided" if g else "plain"],
+                                     capture_output=True, text=True, timeout=1800)
+                if res.returncode != 0:
+                    raise RuntimeError(f"memory benchmark failed: {res.stderr[-2000:]}")
+                side = out[:-len(".npy")] + ".labels.npy"
+                rows.append({"section": "memory", "name": f"sample(out=...) n={n:,}" + (", guided w=3" if g else ""),
+                             "n": n, "seconds": time.perf_counter() - start,
+                             "peak_rss_MiB": int(res.stdout.split()[-1]) / 1024,
+                             "file_MiB": (os.path.getsize(out) + (os.path.getsize(side) if g else 0)) / 2**20})
     for r in rows:
         r["rss_vs_first"] = r["peak_rss_MiB"] / rows[0]["peak_rss_MiB"]
+        plain = next((p for p in rows if p["n"] == r["n"] and "guided" not in p["name"]), None)
+        r["rss_vs_unguided"] = r["peak_rss_MiB"] / plain["peak_rss_MiB"] if plain else float("nan")
     return rows
 
 
@@ -566,7 +586,7 @@ _COLUMNS = {
     "tiny": ("name", "steps", "seconds", "us_per_step", "engine_us_per_step"),
     "quality": ("name", "n", "seconds", "sliced_wasserstein", "vs_ddpm1000"),
     "kernel": ("name", "elements", "seconds", "ns_per_element", "GB_per_s", "frac_copy_bw"),
-    "memory": ("name", "seconds", "peak_rss_MiB", "file_MiB", "rss_vs_first"),
+    "memory": ("name", "seconds", "peak_rss_MiB", "file_MiB", "rss_vs_first", "rss_vs_unguided"),
     "batch": ("name", "elements", "seconds", "sample_steps_per_s"),
 }
 

@@ -84,6 +84,7 @@ class Checkpoint:
     config: dict[str, Any]
     path: Path
     weights: str  # "ema" or "model": which weights ``model`` holds
+    labels: Any = None  # fastddpm.labels.LabelSet of a conditional model (config.json "labels"), else None
 
     @property
     def sampling(self) -> dict | None:
@@ -156,7 +157,8 @@ def _is_checkpoint_dir(path: Path) -> bool:
 def save(path, model: torch.nn.Module, schedule: Schedule, *, ema_model: torch.nn.Module | None = None,
          normalization: Normalization, prediction: str = "epsilon", model_config: dict | None = None,
          train_config: dict | None = None, train_state: dict | None = None,
-         sample_shape=None, sampling: dict | None = None, extra_weights: dict | None = None) -> Path:
+         sample_shape=None, sampling: dict | None = None, extra_weights: dict | None = None,
+         labels=None) -> Path:
     """Write a checkpoint directory at ``path`` atomically and return its path.
 
     The files go to a temporary sibling directory first, which then takes ``path``'s name by
@@ -170,7 +172,9 @@ def save(path, model: torch.nn.Module, schedule: Schedule, *, ema_model: torch.n
     ``fastddpm.sample``; :data:`SAMPLING_KEYS`), or a learned-variance model's ``variance``; Pipeline,
     ``fastddpm sample`` and the ONNX export take them as their defaults. ``extra_weights``:
     ``{NAME: module}`` written as ``NAME.safetensors`` beside the model (a distillation's teacher,
-    for resuming mid-round).
+    for resuming mid-round). ``labels``: the :class:`fastddpm.labels.LabelSet` of a conditional
+    model (its classes, "no label" class, training label counts and dropout), written as config.json
+    ``labels``.
     """
     from .nets import build  # noqa: F401  (fail early if the nets cannot be imported)
 
@@ -206,6 +210,11 @@ def save(path, model: torch.nn.Module, schedule: Schedule, *, ema_model: torch.n
         if not isinstance(name, str) or not name.isidentifier() or f"{name}.safetensors" in (MODEL, EMA, OPTIMIZER):
             raise ValueError(f"extra_weights names must be identifiers other than model, ema and optimizer; got {name!r}")
         extra[f"{name}.safetensors"] = module
+    if labels is not None:
+        if getattr(model, "num_classes", None) != labels.num_classes:
+            raise CheckpointError(f"labels.num_classes = {labels.num_classes} but the model has num_classes = "
+                                  f"{getattr(model, 'num_classes', None)!r}")
+        config["labels"] = labels.to_config()
     path.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(path, "saving"):
         _recover(path)
@@ -516,13 +525,27 @@ def load(path, *, device="cpu", ema: bool = True) -> Checkpoint:
         normalization = Normalization.from_config(config["normalization"])
     except ValueError as exc:
         raise CheckpointError(f"{path / CONFIG}: {exc}") from exc
+    labels = None
+    if config.get("labels") is not None:
+        from .labels import LabelSet
+
+        try:
+            labels = LabelSet.from_config(config["labels"], where=str(path / CONFIG))
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from exc
     model = _build_model(config, path).to(device)
+    if labels is not None:
+        if getattr(model, "num_classes", None) != labels.num_classes:
+            raise CheckpointError(f"{path / CONFIG}: labels.num_classes = {labels.num_classes} but its model has "
+                                  f"num_classes = {getattr(model, 'num_classes', None)!r}")
+        # the sampler reads the training frequencies ("frequencies" labels) from the model
+        model.label_counts = labels.counts
     weights = "ema" if ema and EMA in config["files"] else "model"
     load_weights(model, path, EMA if weights == "ema" else MODEL, config=config)
     model.eval()
     return Checkpoint(model=model, schedule=schedule, normalization=normalization,
                       prediction=config["prediction"], sample_shape=tuple(config["sample_shape"]),
-                      config=config, path=path, weights=weights)
+                      config=config, path=path, weights=weights, labels=labels)
 
 
 def load_train_state(path, *, device="cpu") -> dict[str, Any]:

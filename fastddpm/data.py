@@ -21,6 +21,15 @@ from typing import Any
 import numpy as np
 
 DATASETS = ("constant", "gaussian", "butterfly", "moons", "swissroll", "checkerboard", "8gaussians", "digits")
+# Datasets whose generator knows a class per point (conditional training, fastddpm.training): the
+# number of classes and what a label means. The others (constant, gaussian, butterfly, swissroll)
+# have no labels; a user's .npy takes a labels .npy beside it.
+LABELLED = {
+    "digits": (10, "the digit 0-9 (scikit-learn's target)"),
+    "8gaussians": (8, "the mode: label k is the Gaussian at angle k·45°"),
+    "moons": (2, "the half circle: 0 upper, 1 lower"),
+    "checkerboard": (8, "the filled square: 2·column + k, column 0-3 from the left, k 0/1 its lower/upper square"),
+}
 # Datasets with a generator: training draws fresh points of these every iteration (:func:`draw`).
 ANALYTIC = ("constant", "gaussian", "butterfly", "moons", "swissroll", "checkerboard", "8gaussians")
 
@@ -109,12 +118,23 @@ class Normalization:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """``x``: float32 [n, …] in model space; ``raw()`` gives it back in data space."""
+    """``x``: float32 [n, …] in model space; ``raw()`` gives it back in data space.
+
+    ``labels``: int64 [n] class labels in [0, num_classes) aligned with the rows (None: the data set
+    has none; :data:`LABELLED`, or a user's labels file)."""
 
     name: str
     x: np.ndarray
     normalization: Normalization
     params: dict = dataclasses.field(default_factory=dict)
+    labels: np.ndarray | None = None
+    num_classes: int = 0
+
+    def label_counts(self) -> list[int]:
+        """How often each label occurs in the data [num_classes] (the training frequencies)."""
+        if self.labels is None:
+            raise ValueError(f"dataset {self.name!r} has no labels")
+        return np.bincount(self.labels, minlength=self.num_classes).tolist()
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -139,7 +159,7 @@ class Dataset:
         norm = Normalization.from_config(config.pop("normalization"))
         data = load_dataset(config.pop("name"), config.pop("n"), **config)
         if data.normalization != norm:
-            return Dataset(data.name, norm.normalize(data.raw()), norm, data.params)
+            return Dataset(data.name, norm.normalize(data.raw()), norm, data.params, data.labels, data.num_classes)
         return data
 
 
@@ -153,8 +173,12 @@ def butterfly_curve(theta):
     return np.stack([r * np.sin(theta), r * np.cos(theta)], axis=-1)
 
 
+# Each generator returns (points, labels or None) from the same draws as before labels existed, so
+# the points of a seed are unchanged.
+
+
 def _butterfly(n, rng, noise):
-    return butterfly_curve(rng.uniform(0.0, 2.0 * np.pi, n)) + noise * rng.standard_normal((n, 2))
+    return butterfly_curve(rng.uniform(0.0, 2.0 * np.pi, n)) + noise * rng.standard_normal((n, 2)), None
 
 
 def _moons(n, rng, noise):
@@ -163,45 +187,53 @@ def _moons(n, rng, noise):
     angle = rng.uniform(0.0, np.pi, n)
     x = np.where(upper, np.cos(angle), 1.0 - np.cos(angle))
     y = np.where(upper, np.sin(angle), 0.5 - np.sin(angle))
-    return np.stack([x, y], axis=1) + noise * rng.standard_normal((n, 2))
+    return np.stack([x, y], axis=1) + noise * rng.standard_normal((n, 2)), (~upper).astype(np.int64)
 
 
 def _swissroll(n, rng, noise):
     # scikit-learn's make_swiss_roll, keeping the (x, z) plane: t ∈ 1.5π·[1, 3].
     t = 1.5 * np.pi * (1.0 + 2.0 * rng.random(n))
-    return np.stack([t * np.cos(t), t * np.sin(t)], axis=1) + noise * rng.standard_normal((n, 2))
+    return np.stack([t * np.cos(t), t * np.sin(t)], axis=1) + noise * rng.standard_normal((n, 2)), None
 
 
 def _checkerboard(n, rng, noise):
     # FFJORD's checkerboard: 8 filled squares of a 4×4 board on [−4, 4]².
     x1 = rng.random(n) * 4.0 - 2.0
-    x2 = rng.random(n) - rng.integers(0, 2, n) * 2.0 + np.floor(x1) % 2
-    return np.stack([x1, x2], axis=1) * 2.0 + noise * rng.standard_normal((n, 2))
+    r = rng.random(n)
+    k = rng.integers(0, 2, n)
+    x2 = r - k * 2.0 + np.floor(x1) % 2
+    column = np.floor(x1).astype(np.int64) + 2
+    return np.stack([x1, x2], axis=1) * 2.0 + noise * rng.standard_normal((n, 2)), 2 * column + (1 - k)
 
 
 def _eight_gaussians(n, rng, noise):
     angles = np.arange(8) * (np.pi / 4.0)
     centers = 2.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    return centers[rng.integers(0, 8, n)] + noise * rng.standard_normal((n, 2))
+    mode = rng.integers(0, 8, n)
+    return centers[mode] + noise * rng.standard_normal((n, 2)), mode.astype(np.int64)
 
 
 _TOYS = {"butterfly": _butterfly, "moons": _moons, "swissroll": _swissroll,
          "checkerboard": _checkerboard, "8gaussians": _eight_gaussians}
 
 
-def draw(name: str, n: int, rng: np.random.Generator, noise: float | None = None) -> np.ndarray:
+def draw(name: str, n: int, rng: np.random.Generator, noise: float | None = None, *, labels: bool = False):
     """``n`` fresh points of analytic dataset ``name`` in data space, float64 [n, D], from ``rng``.
 
     ``noise``: the additive noise of the 2-D toys (``None``: :data:`DEFAULT_NOISE`). The one
-    generator behind :func:`load_dataset` and the fresh batches of training.
+    generator behind :func:`load_dataset` and the fresh batches of training. ``labels=True``
+    returns (points, labels int64 [n] or None): the class of each point where the generator knows
+    one (:data:`LABELLED`), from the same draws (the points do not change).
     """
     if name not in ANALYTIC:
         raise ValueError(f"draw needs an analytic dataset, one of {', '.join(ANALYTIC)}; got {name!r}")
     if name == "constant":
-        return np.full((n, 1), 5.0)
-    if name == "gaussian":
-        return 3.0 + rng.standard_normal((n, 1))
-    return _TOYS[name](n, rng, DEFAULT_NOISE[name] if noise is None else float(noise))
+        x, y = np.full((n, 1), 5.0), None
+    elif name == "gaussian":
+        x, y = 3.0 + rng.standard_normal((n, 1)), None
+    else:
+        x, y = _TOYS[name](n, rng, DEFAULT_NOISE[name] if noise is None else float(noise))
+    return (x, y) if labels else x
 
 
 def _digits(n):
@@ -209,12 +241,13 @@ def _digits(n):
         from sklearn.datasets import load_digits
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("the 'digits' dataset needs scikit-learn: pip install 'fastddpm[digits]'") from exc
-    images = load_digits().images  # [1797, 8, 8], integer values 0..16, bundled (no download)
+    bunch = load_digits()
+    images = bunch.images  # [1797, 8, 8], integer values 0..16, bundled (no download)
     if n is None:
         n = images.shape[0]
     if n > images.shape[0]:
         raise ValueError(f"n must be <= {images.shape[0]} for 'digits' (the bundled set), got {n}")
-    return images[:n, None, :, :].astype(np.float64)
+    return images[:n, None, :, :].astype(np.float64), bunch.target[:n].astype(np.int64)
 
 
 def _check_n(n, name):
@@ -253,22 +286,55 @@ def _load_npy(path: str, n):
     return arr.astype(np.float64)
 
 
-def load_dataset(name: str, n: int | None = None, *, seed: int = 0, noise: float | None = None) -> Dataset:
+def load_labels(path, rows: int, *, what: str = "labels") -> np.ndarray:
+    """A labels file: an integer .npy [rows] of class labels >= 0 aligned with a data file of ``rows``
+    rows (int64 back). Every problem is one line naming ``what`` (the argument) and the fix."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file {path!r} does not exist (expected an integer .npy [n] of class labels)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"{what} file {path!r} is not a readable .npy array without pickles: {exc}") from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iu":
+        raise TypeError(f"{what} file {path!r} must hold integers (class labels 0, 1, …), got dtype "
+                        f"{getattr(arr, 'dtype', type(arr).__name__)}; save it with .astype(np.int64)")
+    if arr.ndim != 1 or arr.shape[0] != rows:
+        raise ValueError(f"{what} file {path!r} has shape {list(arr.shape)}, expected [{rows}]: one label per row "
+                         "(per sample)")
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{what} file {path!r} holds negative labels (min {int(arr.min())}); labels are 0, 1, …, K−1")
+    return arr.astype(np.int64)
+
+
+def load_dataset(name: str, n: int | None = None, *, seed: int = 0, noise: float | None = None,
+                 labels=None) -> Dataset:
     """``n`` samples of dataset ``name`` (one of :data:`DATASETS` or a path to a ``.npy`` file).
 
     Shapes: constant, gaussian [n, 1]; 2-D toys [n, 2]; digits [n, 1, 8, 8] (n ≤ 1797, the
     first n; ``None``: all); ``.npy`` [n, …] (the first n rows; ``None``: all). ``seed`` fixes
     the random draws; ``noise`` is the standard deviation of Gaussian noise added to the 2-D
-    toys in data units (``None``: :data:`DEFAULT_NOISE`).
+    toys in data units (``None``: :data:`DEFAULT_NOISE`). ``labels``: a labels .npy for a
+    ``.npy`` data file (one integer per row of the file, :func:`load_labels`); the data sets of
+    :data:`LABELLED` carry their own labels.
     """
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"dataset name must be a string, got {type(name).__name__}")
     name = os.fspath(name)
+    if labels is not None and not name.endswith(".npy"):
+        raise ValueError(f"labels (a labels file) applies to a .npy data file; dataset {name!r} "
+                         + ("carries its own labels" if name in LABELLED else "has none"))
     if name.endswith(".npy"):
         if noise is not None:
             raise ValueError("noise is not supported for .npy datasets")
         raw = _load_npy(name, n)
-        return Dataset(name, Normalization.fit(raw).normalize(raw).astype(np.float32), Normalization.fit(raw))
+        norm = Normalization.fit(raw)
+        if labels is None:
+            return Dataset(name, norm.normalize(raw).astype(np.float32), norm)
+        rows = np.load(name, mmap_mode="r").shape[0]
+        y = load_labels(labels, rows)[:raw.shape[0]]
+        return Dataset(name, norm.normalize(raw).astype(np.float32), norm, {"labels": os.fspath(labels)}, y,
+                       int(y.max()) + 1 if y.size else 0)
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}, or a path to a .npy file")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -287,10 +353,11 @@ def load_dataset(name: str, n: int | None = None, *, seed: int = 0, noise: float
     if name == "digits":
         if n is not None:
             n = _check_n(n, name)
-        raw = _digits(n)
+        raw, y = _digits(n)
         norm = Normalization(np.full((1, 1, 1), 8.0), np.full((1, 1, 1), 8.0))
-        return Dataset(name, norm.normalize(raw).astype(np.float32), norm, params)
+        return Dataset(name, norm.normalize(raw).astype(np.float32), norm, params, y, LABELLED[name][0])
     n = _check_n(n, name)
-    raw = draw(name, n, np.random.default_rng(seed), noise)
+    raw, y = draw(name, n, np.random.default_rng(seed), noise, labels=True)
     norm = Normalization.fit(raw)
-    return Dataset(name, norm.normalize(raw).astype(np.float32), norm, params)
+    return Dataset(name, norm.normalize(raw).astype(np.float32), norm, params, y,
+                   LABELLED[name][0] if y is not None else 0)

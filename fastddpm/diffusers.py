@@ -1013,7 +1013,9 @@ class FusedDPMSolverMultistepScheduler(_MultistepScheduler):
                 # diffusers lowers the last orders only for runs of < 15 steps of the whole schedule
                 "lower_order_final": bool(cfg.lower_order_final) and K < 15,
                 "algorithm": "dpmsolver++" if cfg.algorithm_type.endswith("dpmsolver++") else "dpmsolver",
-                "clipped_eps": bool(cfg.thresholding)}
+                "clipped_eps": bool(cfg.thresholding),
+                # a drop-in reproduces diffusers, its 3M SDE D2 term included (kernels/samplers/dpmsolver.py)
+                **({"d2_coefficient": "diffusers"} if self._sampler_name() == "dpmpp3m-sde" else {})}
 
     def _table(self, begin: int = 0):
         if int(self.config.solver_order) != 1:

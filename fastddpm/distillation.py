@@ -210,6 +210,10 @@ def _load_teacher(checkpoint, device):
     if teacher.model.__class__.__name__ not in ckpt_model_classes():
         raise DistillationError(f"the teacher's model class {type(teacher.model).__name__} is not registered in "
                                 "fastddpm.nets.MODEL_CLASSES; the student checkpoint could not be saved")
+    if getattr(teacher.model, "num_classes", 0):
+        raise DistillationError(
+            f"checkpoint {teacher.path} is a class-conditional model ({teacher.model.num_classes} classes); distill "
+            "supports unconditional teachers only (the student would not learn the labels or the guidance)")
     if getattr(teacher.model, "learn_sigma", False):
         raise DistillationError(
             f"checkpoint {teacher.path} has a learned-variance network (learn_sigma); distill a model trained with "

@@ -1,7 +1,7 @@
 """Export an ε-network to ONNX with everything needed to sample from the file alone.
 
-The graph has inputs ``x`` float32 [B, *sample_shape] and ``t`` int64 [B] and one output
-``prediction`` of x's shape; the schedule, prediction type, data normalisation, sample shape and
+The graph has inputs ``x`` float32 [B, *sample_shape] and ``t`` int64 [B] (a conditional network
+also ``labels`` int64 [B], its label set in the metadata) and one output ``prediction`` of x's shape; the schedule, prediction type, data normalisation, sample shape and
 fastddpm version go into ``metadata_props`` (see :mod:`fastddpm.runtime.metadata`).
 
 Shared t: a net with ``accepts_shared_t = True`` (the built-in ones; see
@@ -29,6 +29,7 @@ from .runtime.metadata import check_prediction, check_sample_shape, encode
 from .schedule import Schedule
 
 INPUT_NAMES = ("x", "t")
+LABEL_INPUT = "labels"  # a conditional network's third input: int64 [B] class labels (its "no label" included)
 OUTPUT_NAME = "prediction"
 DEFAULT_OPSET = 17  # supported by onnxruntime >= 1.14 and both torch exporters
 
@@ -56,7 +57,10 @@ def _unpack(model_or_checkpoint):
                              "fastddpm checkpoint directory or a local diffusers pipeline directory")
         obj = loader.load(obj)
     if isinstance(obj, torch.nn.Module):
-        return obj, {"sample_shape": getattr(obj, "sample_shape", None), "model": _model_info(obj)}
+        from .labels import model_labels
+
+        return obj, {"sample_shape": getattr(obj, "sample_shape", None), "model": _model_info(obj),
+                     "labels": model_labels(obj)}
     model = getattr(obj, "model", None)
     if isinstance(model, torch.nn.Module):
         config = getattr(obj, "config", None) or {}
@@ -68,7 +72,12 @@ def _unpack(model_or_checkpoint):
             "model": (config.get("model") if isinstance(config, dict) else None) or _model_info(model),
             # a distilled student's sampler / a learned-variance model's variance (config["sampling"])
             "sampling": getattr(obj, "sampling", None),
+            "labels": getattr(obj, "labels", None),
         }
+        if defaults["labels"] is None:
+            from .labels import model_labels
+
+            defaults["labels"] = model_labels(model)
         if defaults["sample_shape"] is None:
             defaults["sample_shape"] = getattr(model, "sample_shape", None)
         return model, defaults
@@ -140,10 +149,11 @@ def export_onnx(model_or_checkpoint, path, *, opset: int | None = None, dynamic_
     # Shared t needs t on its own axis; the torch.export exporter would specialise the broadcast
     # [B, W] + [R, W] to R == B, so it keeps t [B].
     shared_t = bool(getattr(module, "accepts_shared_t", False)) and not dynamo
+    labels = defaults.get("labels")
     props = encode(schedule=schedule, prediction=prediction, normalization=_jsonable(normalization),
                    sample_shape=sample_shape, version=__version__, model=_jsonable(defaults.get("model")),
-                   shared_t=shared_t, sampling=_sampling(defaults.get("sampling"), schedule))
-    proto = _trace(module, sample_shape, opset, dynamic_batch, dynamo, shared_t)
+                   shared_t=shared_t, sampling=_sampling(defaults.get("sampling"), schedule), labels=labels)
+    proto = _trace(module, sample_shape, opset, dynamic_batch, dynamo, shared_t, conditional=labels is not None)
     del proto.metadata_props[:]
     for key, value in props.items():
         entry = proto.metadata_props.add()
@@ -162,9 +172,11 @@ def _sampling(recorded, schedule):
     return merged or None
 
 
-def _trace(module, sample_shape, opset: int, dynamic_batch: bool, dynamo: bool, shared_t: bool = False):
+def _trace(module, sample_shape, opset: int, dynamic_batch: bool, dynamo: bool, shared_t: bool = False,
+           conditional: bool = False):
     """The exported graph as an onnx ModelProto (no metadata yet); ``shared_t``: t gets its own
-    dynamic axis ``t_rows`` (R = 1 or B) instead of the batch axis."""
+    dynamic axis ``t_rows`` (R = 1 or B) instead of the batch axis; ``conditional``: a third input
+    ``labels`` int64 [B] (traced with a label of every row: the embedding lookup is a Gather)."""
     import onnx
     import torch
 
@@ -176,6 +188,9 @@ def _trace(module, sample_shape, opset: int, dynamic_batch: bool, dynamo: bool, 
     batch = 2 if dynamic_batch else 1  # 2, not 1: a traced size-1 axis can be specialised away
     x = torch.randn((batch, *sample_shape), device=device)
     t = torch.zeros(batch, dtype=torch.int64, device=device)
+    inputs, names = (x, t), list(INPUT_NAMES)
+    if conditional:
+        inputs, names = (x, t, torch.zeros(batch, dtype=torch.int64, device=device)), names + [LABEL_INPUT]
     was_training = module.training
     module.eval()
     try:
@@ -187,25 +202,25 @@ def _trace(module, sample_shape, opset: int, dynamic_batch: bool, dynamo: bool, 
             warnings.filterwarnings("ignore", message=r"Converting a tensor to a Python boolean",
                                     module=r"torch\.nn\.functional")
             if dynamo:
+                batch_dim = torch.export.Dim("batch")
                 program = torch.onnx.export(
-                    module, (x, t), None, dynamo=True, opset_version=opset, input_names=list(INPUT_NAMES),
+                    module, inputs, None, dynamo=True, opset_version=opset, input_names=names,
                     output_names=[OUTPUT_NAME],
-                    dynamic_shapes=({0: torch.export.Dim("batch")}, {0: torch.export.Dim("batch")})
-                    if dynamic_batch else None,
+                    dynamic_shapes=tuple({0: batch_dim} for _ in inputs) if dynamic_batch else None,
                 )
                 return program.model_proto
             buffer = io.BytesIO()
-            axes = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)} if dynamic_batch else None
+            axes = {name: {0: "batch"} for name in (*names, OUTPUT_NAME)} if dynamic_batch else None
             if shared_t:
                 # Traced with a per-sample t [2] (the per-row graph), which broadcasts for R = 1.
                 axes = dict(axes or {}, t={0: "t_rows"})
-            torch.onnx.export(module, (x, t), buffer, dynamo=False, opset_version=opset,
-                              input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=opset,
+                              input_names=names, output_names=[OUTPUT_NAME],
                               dynamic_axes=axes, do_constant_folding=True)
     finally:
         module.train(was_training)
     t_axis = "t_rows" if shared_t else ("batch" if dynamic_batch else batch)
-    return _keep_inputs(onnx.load_from_string(buffer.getvalue()), t_axis)
+    return _keep_inputs(onnx.load_from_string(buffer.getvalue()), t_axis)  # labels are always used: never pruned
 
 
 def _keep_inputs(proto, batch):

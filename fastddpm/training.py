@@ -34,6 +34,13 @@ from .schedule import SCHEDULES, Schedule
 PREDICTIONS = ckpt.PREDICTIONS
 TRAIN_STREAM = 2**30  # noise stream of iteration it is TRAIN_STREAM + it (< 2**31 for Triton)
 DEFAULT_N = 10_000  # samples generated for a synthetic dataset given by name
+# Share of training labels replaced by the "no label" class in a conditional run (classifier-free
+# guidance, Ho & Salimans 2022: 0.1-0.2; DiT 0.1), so that one model is conditional and
+# unconditional. docs/training.md, "Conditional models", has the digits sweep behind it.
+DEFAULT_LABEL_DROPOUT = 0.1
+# The label-dropout draws of iteration it come from NumPy's Philox keyed (seed + 2**32, it): a key of
+# their own, so the batch, t and noise of a conditional run are those of the unconditional run.
+_DROPOUT_KEY = 2**32
 
 # Per-kind defaults: "vector" for [B, D] data (ResMLP), "image" for [B, C, H, W] (UNet).
 DEFAULT_NET = {
@@ -75,7 +82,7 @@ LR_SCHEDULES = ("constant", "cosine")
 DATA_MODES = ("auto", "fresh", "fixed")
 # Settings that must match between a checkpoint and a run resuming from it.
 _RESUME_KEYS = ("dataset", "model", "schedule", "batch_size", "lr", "lr_schedule", "lr_warmup", "ema", "seed",
-                "prediction", "min_snr_gamma", "grad_clip", "data")
+                "prediction", "min_snr_gamma", "grad_clip", "data", "conditional")
 
 
 @dataclasses.dataclass
@@ -140,20 +147,27 @@ def net_class(net, sample_shape) -> str:
     return DEFAULT_NET[data_kind(sample_shape)][0] if net in ("auto", None) else net
 
 
-def training_data(name, n: int | None = None, *, seed: int = 0, noise: float | None = None) -> Dataset:
+def training_data(name, n: int | None = None, *, seed: int = 0, noise: float | None = None,
+                  labels=None) -> Dataset:
     """The dataset ``train(name, n=n, seed=seed)`` trains on: ``n`` defaults to :data:`DEFAULT_N` for
-    the synthetic sets and to all rows of digits or a .npy file. ``noise``: the 2-D toys' noise."""
+    the synthetic sets and to all rows of digits or a .npy file. ``noise``: the 2-D toys' noise;
+    ``labels``: a labels .npy for a .npy data file."""
     name = os.fspath(name) if isinstance(name, os.PathLike) else name
     if n is None and isinstance(name, str) and name != "digits" and not name.endswith(".npy"):
         n = DEFAULT_N
-    return load_dataset(name, n, seed=seed, noise=noise)
+    return load_dataset(name, n, seed=seed, noise=noise, labels=labels)
 
 
-def _resolve_net(net, net_kwargs, dataset: Dataset, num_steps: int):
-    """(model, model_config or None) for net = 'auto' | class name | nn.Module."""
+def _resolve_net(net, net_kwargs, dataset: Dataset, num_steps: int, num_classes: int = 0):
+    """(model, model_config or None) for net = 'auto' | class name | nn.Module; ``num_classes`` > 0:
+    a conditional net over that many classes."""
     if isinstance(net, torch.nn.Module):
         if net_kwargs:
             raise ValueError("net_kwargs only apply when net is a class name")
+        if num_classes and getattr(net, "num_classes", 0) != num_classes:
+            raise ValueError(f"conditional=True: the given module must be conditional over the dataset's "
+                             f"{num_classes} classes (num_classes = {num_classes}, null_label, and "
+                             f"forward(x_t, t, labels)); it has num_classes = {getattr(net, 'num_classes', None)!r}")
         return net, None
     shape = dataset.sample_shape
     kind = data_kind(shape)
@@ -164,6 +178,11 @@ def _resolve_net(net, net_kwargs, dataset: Dataset, num_steps: int):
     kwargs = dict(DEFAULT_NET[kind][1]) if net == DEFAULT_NET[kind][0] else {}
     kwargs.update(net_kwargs or {})
     kwargs.setdefault("num_steps", num_steps)
+    if num_classes:
+        if net == "MLP":
+            raise ValueError("conditional=True: net='MLP' has no label embedding; use 'ResMLP' (vectors) or "
+                             "'UNet' (images)")
+        kwargs["num_classes"] = num_classes
     if net in ("MLP", "ResMLP"):
         if len(shape) != 1:
             raise ValueError(f"the {net} takes vector data [n, D]; dataset {dataset.name!r} has samples of "
@@ -188,13 +207,26 @@ def _batch_indices(seed: int, it: int, n: int, batch_size: int, num_steps: int):
     return rng.integers(0, n, batch_size), rng.integers(0, num_steps, batch_size)
 
 
-def fresh_batch(dataset: Dataset, seed: int, it: int, batch_size: int, num_steps: int):
+def fresh_batch(dataset: Dataset, seed: int, it: int, batch_size: int, num_steps: int, *, labels: bool = False):
     """(x0 float32 [batch_size, …] in model space, t int64 [batch_size]) of iteration ``it``: a pure
-    function of (seed, it) — t, then the points, from NumPy's Philox keyed by (seed, it)."""
+    function of (seed, it) — t, then the points, from NumPy's Philox keyed by (seed, it).
+    ``labels=True``: (x0, t, labels int64 [batch_size]), the points' classes from the same draws."""
     rng = np.random.Generator(np.random.Philox(key=[seed, it]))
     t = rng.integers(0, num_steps, batch_size)
-    raw = draw(dataset.name, batch_size, rng, dataset.params.get("noise"))
-    return dataset.normalization.normalize(raw).astype(np.float32), t
+    raw, y = draw(dataset.name, batch_size, rng, dataset.params.get("noise"), labels=True)
+    x0 = dataset.normalization.normalize(raw).astype(np.float32)
+    return (x0, t, y) if labels else (x0, t)
+
+
+def drop_labels(labels: np.ndarray, seed: int, it: int, p: float, null_label: int) -> np.ndarray:
+    """Iteration ``it``'s labels with a share ``p`` replaced by ``null_label`` (label dropout, so the
+    model also learns the unconditional output that guidance needs): each label independently,
+    from NumPy's Philox keyed (seed + 2**32, it) — a pure function of (seed, it), so resume and the
+    ranks of a distributed run drop the same rows."""
+    if p <= 0:
+        return labels
+    rng = np.random.Generator(np.random.Philox(key=[seed + _DROPOUT_KEY, it]))
+    return np.where(rng.random(labels.shape[0]) < p, np.int64(null_label), labels)
 
 
 def learning_rate(it: int, iters: int, lr: float, schedule: str, warmup: int) -> float:
@@ -296,7 +328,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
           prediction: str | None = None, min_snr_gamma: float | None = None, grad_clip: float | None = 1.0,
           checkpoint_every: int | None = None, resume=False, n: int | None = None,
           num_threads: int | None = DEFAULT_THREADS, progress: bool = True, distributed=False,
-          learn_sigma: bool = False) -> TrainResult:
+          learn_sigma: bool = False, conditional: bool = False, label_dropout: float = DEFAULT_LABEL_DROPOUT,
+          labels=None) -> TrainResult:
     """Train a diffusion network on ``dataset`` and (with ``out``) write a checkpoint there.
 
     dataset: a name of :data:`fastddpm.data.DATASETS`, a ``.npy`` path (loaded with ``n``
@@ -331,6 +364,13 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
       :data:`VLB_WEIGHT`, the paper's 0.001; :func:`vlb_terms`); the checkpoint records
       ``variance="learned_range"`` as its sampling default (the ddpm sampler reads v, the others
       use the prediction half). Whether it pays: docs/training.md, "Learned variances".
+    conditional: train a class-conditional model on the dataset's labels (digits, the labelled toys
+      of :data:`fastddpm.data.LABELLED`, or a .npy with ``labels``, a labels .npy of one integer per
+      row): the net gets a label embedding of K + 1 classes joined with its time embedding, the
+      last being "no label", and ``label_dropout`` (default :data:`DEFAULT_LABEL_DROPOUT`) of the
+      training labels are replaced by it (:func:`drop_labels`), so that one model samples
+      conditionally, unconditionally and with classifier-free guidance. The label set (classes,
+      training counts, dropout) is saved in the checkpoint.
     """
     if num_threads is not None:
         num_threads = _check_positive_int(num_threads, "num_threads")
@@ -340,7 +380,8 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
                          lr_warmup=lr_warmup, ema=ema, data=data, seed=seed, device=device,
                          prediction=prediction, min_snr_gamma=min_snr_gamma, grad_clip=grad_clip,
                          checkpoint_every=checkpoint_every, resume=resume, n=n, progress=progress,
-                         distributed=distributed, num_threads=None, learn_sigma=learn_sigma)
+                         distributed=distributed, num_threads=None, learn_sigma=learn_sigma,
+                         conditional=conditional, label_dropout=label_dropout, labels=labels)
     if iters is not None:
         _check_positive_int(iters, "iters")
     if batch_size is not None:
@@ -361,6 +402,14 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
         raise ValueError(f"min_snr_gamma must be None or a number > 0, got {min_snr_gamma!r}")
     if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
         raise ValueError(f"grad_clip must be None or a number > 0, got {grad_clip!r}")
+    if not isinstance(conditional, bool):
+        raise TypeError(f"conditional must be True or False, got {conditional!r}")
+    if isinstance(label_dropout, bool) or not isinstance(label_dropout, (int, float)) or not 0 <= label_dropout < 1:
+        raise ValueError(f"label_dropout must be a number in [0, 1) (the share of labels replaced by 'no label'), "
+                         f"got {label_dropout!r}")
+    if labels is not None and not conditional:
+        raise ValueError("labels (a labels file) is given but conditional=False: pass conditional=True "
+                         "(--conditional) to train a conditional model on them")
     if checkpoint_every is not None:
         checkpoint_every = _check_positive_int(checkpoint_every, "checkpoint_every")
         if out is None:
@@ -375,8 +424,18 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     if isinstance(dataset, Dataset):
         if n is not None:
             raise ValueError("n applies only when dataset is given by name")
+        if labels is not None:
+            raise ValueError("labels (a labels file) applies when dataset is a .npy path; a Dataset carries its own")
     else:
-        dataset = training_data(str(dataset), n, seed=seed)
+        dataset = training_data(str(dataset), n, seed=seed, labels=labels)
+    num_classes = 0
+    if conditional:
+        if dataset.labels is None:
+            from .data import LABELLED
+
+            raise ValueError(f"conditional=True needs labels: dataset {dataset.name!r} has none (labelled: "
+                             f"{', '.join(LABELLED)}, or a .npy data file with labels=FILE / --labels FILE)")
+        num_classes = int(dataset.num_classes)
     analytic = dataset.name in ANALYTIC and "seed" in dataset.params  # built by load_dataset
     if data == "fresh" and not analytic:
         raise ValueError(f"data='fresh' needs an analytic dataset loaded by name ({', '.join(ANALYTIC)}); "
@@ -400,7 +459,7 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
             raise ValueError(f"learn_sigma needs net='ResMLP' or 'UNet' (their output carries the variance "
                              f"interpolation); got net={net!r}")
         net_kwargs = {**(net_kwargs or {}), "learn_sigma": True}
-    model, model_config = _resolve_net(net, net_kwargs, dataset, schedule.num_steps)
+    model, model_config = _resolve_net(net, net_kwargs, dataset, schedule.num_steps, num_classes)
     if learn_sigma and not getattr(model, "learn_sigma", False):
         raise ValueError("learn_sigma=True needs a net that outputs the variance channel (learn_sigma = True: "
                          "fastddpm.nets.ResMLP / UNet(learn_sigma=True)); this module does not say it does")
@@ -425,6 +484,16 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     }
     if learn_sigma:  # recorded only when set: checkpoints of fixed-variance runs resume as before
         train_config["learn_sigma"] = True
+    label_set = None
+    if conditional:
+        from .data import LABELLED
+        from .labels import LabelSet
+
+        null_label = int(getattr(model, "null_label", num_classes))
+        label_set = LabelSet(num_classes, null_label, tuple(dataset.label_counts()), float(label_dropout),
+                             LABELLED.get(dataset.name, (None, None))[1])
+        train_config["conditional"] = {"num_classes": num_classes, "null_label": null_label,
+                                       "label_dropout": float(label_dropout)}
     if ctx is not None:
         train_config["world_size"] = ctx.world_size
         ctx.check_consistent("training", {**{k: v for k, v in train_config.items() if k != "device"},
@@ -442,6 +511,7 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
             raise ValueError(f"checkpoint {resume_path} is already at iteration {start} > iters={iters}")
 
     data_x = torch.as_tensor(dataset.x, device=device)
+    data_y = dataset.labels if conditional else None
     n_data = data_x.shape[0]
     # Distributed: this rank's rows [lo, hi) of every global batch, their noise at offset lo·D.
     lo, hi = ctx.rows(batch_size) if ctx is not None else (0, batch_size)
@@ -450,20 +520,25 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     def save(step: int):
         return updates.save(out, step, schedule, normalization=dataset.normalization, prediction=prediction,
                             model_config=model_config, train_config=train_config, sample_shape=dataset.sample_shape,
-                            sampling={"variance": "learned_range"} if learn_sigma else None)
+                            sampling={"variance": "learned_range"} if learn_sigma else None, labels=label_set)
 
     def loss_of(it: int):
         if data == "fresh":
-            x0_np, t_np = fresh_batch(dataset, int(seed), it, batch_size, schedule.num_steps)
+            x0_np, t_np, y_np = fresh_batch(dataset, int(seed), it, batch_size, schedule.num_steps, labels=True)
             x0 = torch.from_numpy(x0_np[lo:hi]).to(device)
             t = torch.from_numpy(t_np[lo:hi]).to(device)
         else:
             idx, t_np = _batch_indices(int(seed), it, n_data, batch_size, schedule.num_steps)
             x0 = data_x[torch.from_numpy(idx[lo:hi]).to(device)]
             t = torch.from_numpy(t_np[lo:hi]).to(device)
+            y_np = data_y[idx] if data_y is not None else None
+        inputs = (t,)
+        if conditional:  # the global batch's labels, a share dropped to "no label", then this rank's rows
+            y_np = drop_labels(y_np, int(seed), it, float(label_dropout), label_set.null_label)
+            inputs = (t, torch.from_numpy(np.ascontiguousarray(y_np[lo:hi], dtype=np.int64)).to(device))
         x_t, noise = q_sample(schedule, x0, t, seed=int(seed), stream=TRAIN_STREAM + it, offset=noise_offset)
         target = training_target(schedule, x0, noise, t, prediction)
-        out = updates.forward(x_t, t)
+        out = updates.forward(x_t, *inputs)
         if learn_sigma:  # [prediction | v]
             out, v = out[:, : x0.shape[1]], out[:, x0.shape[1]:]
         per_sample = F.mse_loss(out, target, reduction="none").flatten(1).mean(1)
@@ -483,6 +558,10 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     if ctx is not None:
         ctx.barrier()  # rank 0 has written the checkpoint when any rank returns
     model.eval()
+    if label_set is not None:  # "frequencies" labels of a sampling run read the training counts from the net
+        for net_ in (model, updates.ema_model):
+            if net_ is not None:
+                net_.label_counts = label_set.counts
     done_here = iters - start
     return TrainResult(losses=updates.all_losses(), model=model, ema_model=updates.ema_model, checkpoint=path,
                        schedule=schedule, dataset=dataset, train_config=train_config, seconds=seconds,
@@ -665,6 +744,6 @@ def json_roundtrip(obj):
     return json.loads(json.dumps(obj))
 
 
-__all__ = ["VLB_WEIGHT", "vlb_terms", "DEFAULTS", "DEFAULT_NET", "DEFAULT_NUM_STEPS", "DEFAULT_THREADS", "KIND_DEFAULTS", "TrainResult", "data_kind",
-           "net_class", "training_data", "fresh_batch", "learning_rate", "loss_weights", "train",
-           "training_target"]
+__all__ = ["DEFAULTS", "DEFAULT_LABEL_DROPOUT", "DEFAULT_NET", "DEFAULT_NUM_STEPS", "DEFAULT_THREADS", "KIND_DEFAULTS",
+           "TrainResult", "VLB_WEIGHT", "data_kind", "drop_labels", "net_class", "training_data", "fresh_batch",
+           "learning_rate", "loss_weights", "train", "training_target", "vlb_terms"]

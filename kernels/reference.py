@@ -523,7 +523,14 @@ def _dpm_differences(ms, lam, i, k, dtype):
     return m0, d1, _lincomb(dtype, (1.0 / (r0 + r1), d1_0 - d1_1))
 
 
-def _dpmpp_coefficients(h, k, sde, solver_type):
+def _kdiffusion_phi_3(h_eta):
+    """k-diffusion's φ₃ of sample_dpmpp_3m_sde (h_eta = (η + 1)·h): φ₂ = expm1(−h_eta)/h_eta + 1,
+    φ₃ = φ₂/h_eta − ½; its step adds −φ₃·d2."""
+    phi_2 = np.expm1(-h_eta) / h_eta + 1.0
+    return phi_2 / h_eta - 0.5
+
+
+def _dpmpp_coefficients(h, k, sde, solver_type, d2_coefficient="exact"):
     """DPM-Solver++ (data prediction) step of order k as (c_x, [c_D0 … c_D(k−1)], c_z), with the
     σ′/σ of x and the α′ of the D terms and σ′ of z factored out; φ = e^{−h} − 1 (ODE) or
     1 − e^{−2h} (SDE):
@@ -531,7 +538,8 @@ def _dpmpp_coefficients(h, k, sde, solver_type):
     ODE: x′ = (σ′/σ)·x − α′φ·D0 − ½α′φ·D1 (midpoint) | + α′(φ/h + 1)·D1 (heun, 3rd order)
              − α′((φ + h)/h² − ½)·D2
     SDE: x′ = (σ′/σ)e^{−h}·x + α′φ·D0 + ½α′φ·D1 (midpoint) | + α′(φ/(−2h) + 1)·D1
-             + α′((φ − 2h)/(2h)² − ½)·D2 + σ′√φ·z
+             − α′φ₃(2h)·D2 + σ′√φ·z            (d2_coefficient "exact": k-diffusion, η = 1)
+             + α′((φ − 2h)/(2h)² − ½)·D2         ("diffusers": its multistep third-order SDE step)
     """
     midpoint = k == 2 and solver_type == "midpoint"
     if not sde:
@@ -547,7 +555,8 @@ def _dpmpp_coefficients(h, k, sde, solver_type):
     if k >= 2:
         cs.append(0.5 * phi if midpoint else phi / (-2.0 * h) + 1.0)
     if k == 3:
-        cs.append((phi - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
+        cs.append(-_kdiffusion_phi_3(2.0 * h) if d2_coefficient == "exact"
+                  else (phi - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
     return np.exp(-h), cs, np.sqrt(phi)
 
 
@@ -583,7 +592,7 @@ def _check_dpm_options(algorithm, solver_type, sde, order, alpha_bar):
 
 def sample_dpmsolver_multistep(model, x, t, alpha_bar, noise, prediction, clip, order, sde,
                                algorithm="dpmsolver++", solver_type="midpoint",
-                               lower_order_final=True, euler_at_final=False):
+                               lower_order_final=True, euler_at_final=False, d2_coefficient="exact"):
     """Multistep DPM-Solver++ (Lu et al. 2022b) and DPM-Solver (2022a), ODE or SDE, orders 1–3 —
     diffusers' DPMSolverMultistepScheduler (algorithm_type "dpmsolver++"/"sde-dpmsolver++",
     "dpmsolver"/"sde-dpmsolver"), formulas in _dpmpp_coefficients / _dpm_coefficients, on the
@@ -594,7 +603,11 @@ def sample_dpmsolver_multistep(model, x, t, alpha_bar, noise, prediction, clip, 
     "sigma_min" end with one (their last karras σ is σ_min already); there its third-order step
     (≥ 15 steps, so not lowered) gives NaN: r0 = r1 = h_0/0 = ∞ and r0/(r0 + r1) = ∞/∞
     (scheduling_dpmsolver_multistep.py, ``D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)``).
+    d2_coefficient ("exact" | "diffusers"): the third-order SDE step's D2 term, k-diffusion's
+    −φ₃(2h) or diffusers' (φ − 2h)/(2h)² − ½, which does not vanish as h → 0.
     """
+    if d2_coefficient not in ("exact", "diffusers"):
+        raise ValueError(f"d2_coefficient must be 'exact' or 'diffusers', got {d2_coefficient!r}")
     _check_dpm_options(algorithm, solver_type, sde, order, alpha_bar)
     n, lam = len(t), _half_log_snr(alpha_bar)
     alpha, sigma = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
@@ -615,7 +628,7 @@ def sample_dpmsolver_multistep(model, x, t, alpha_bar, noise, prediction, clip, 
         k = _multistep_order(i, n, order, lower_order_final, alpha_bar[-1] == 1.0 or euler_at_final)
         d0, d1, d2 = _dpm_differences(ms, lam, i, k, x.dtype)
         if algorithm == "dpmsolver++":
-            cx, cs, cz = _dpmpp_coefficients(h, k, sde, solver_type)
+            cx, cs, cz = _dpmpp_coefficients(h, k, sde, solver_type, d2_coefficient)
             cx, scale = cx * sigma[i + 1] / sigma[i], alpha[i + 1]
         else:
             cx, cs, cz = _dpm_coefficients(h, k, sde, solver_type)
@@ -885,3 +898,83 @@ def sample_run(name, model, x_T, t, alpha_bar, noise, prediction="epsilon", clip
         raise ValueError("alpha_bar must be non-decreasing in (0, 1] with only its last entry = 1")
     function, fixed = _SAMPLERS[name]
     return function(model, x, t, alpha_bar, noise, prediction, clip, **fixed, **options)
+
+
+# ----------------------------------------------------------------------------------------
+# Conditioning: class labels and classifier-free guidance (docs/sampling.md, "Guidance")
+# ----------------------------------------------------------------------------------------
+
+# The labels' Philox stream (2³² − 1), restated here: this module imports nothing of fastddpm.
+LABEL_STREAM = 2**32 - 1
+
+
+def _label_words(seed: int, index):
+    """Philox word ``index`` (int64 array) of (seed, LABEL_STREAM): lane index & 3 of block index >> 2."""
+    index = np.asarray(index, dtype=np.int64)
+    lanes = np.stack(randint4x(seed, LABEL_STREAM, index >> 2), axis=0)  # [4, n]
+    return lanes[index & 3, np.arange(index.size)].astype(np.uint64)
+
+
+def labels_categorical(seed: int, first: int, n: int, weights):
+    """Labels of global sample indices first … first+n−1 drawn independently with probabilities
+    ∝ ``weights`` [K]: label = #{k < K−1 : ⌊2³²·(w_0+…+w_k)/Σw⌋ ≤ word(s)}."""
+    w = np.asarray(weights, dtype=np.float64)
+    cum = np.cumsum(w)
+    bounds = np.floor(cum[:-1] / cum[-1] * 2.0**32)
+    words = _label_words(seed, first + np.arange(n, dtype=np.int64)).astype(np.float64)
+    return (words[:, None] >= bounds[None, :]).sum(axis=1).astype(np.int64)
+
+
+def labels_balanced(seed: int, first: int, n: int, num_classes: int):
+    """Labels of global sample indices first … first+n−1: block b = ⌊s/K⌋ of K consecutive indices is
+    the Fisher–Yates permutation of 0 … K−1 with, for j = K−1 down to 1, entries j and
+    ⌊word(bK + j)·(j+1)/2³²⌋ swapped; sample s takes entry s − bK."""
+    k = int(num_classes)
+    out = np.empty(n, dtype=np.int64)
+    for i, s in enumerate(range(first, first + n)):
+        b = s // k
+        perm = list(range(k))
+        words = _label_words(seed, b * k + np.arange(k, dtype=np.int64))
+        for j in range(k - 1, 0, -1):
+            r = (int(words[j]) * (j + 1)) >> 32
+            perm[j], perm[r] = perm[r], perm[j]
+        out[i] = perm[s - b * k]
+    return out
+
+
+def guided_model(model, labels, null_label: int, scale: float, rescale: float = 0.0, interval=None,
+                 variance: bool = False):
+    """The network a guided run steps with, as ``f(x, t)`` for :func:`sample_run`.
+
+    Classifier-free guidance (Ho & Salimans 2022) as the diffusers DiT pipeline writes it, with the
+    two outputs from two separate calls ``model(x, t, labels)`` (c) and ``model(x, t, null)`` (u)
+    on the B rows: m = u + w·(c − u); w = 1 is c, w = 0 is u. ``rescale`` φ > 0 (diffusers'
+    ``rescale_noise_cfg``): m ← φ·m·σ(c)/σ(m) + (1 − φ)·m per sample, σ the standard deviation over
+    the sample with Bessel's correction (float64 here; 1 where σ(m) = 0 or D = 1). ``interval``
+    (t_lo, t_hi): guidance at calls with t_lo ≤ t ≤ t_hi, c elsewhere. ``variance``: the outputs
+    are [B, 2D] (mean | variance channel): the mean is guided, the variance channel is c's.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    null = np.full_like(labels, int(null_label))
+
+    def f(x, t):
+        c = np.asarray(model(x, t, labels))
+        w = scale
+        if interval is not None and not interval[0] <= int(t) <= interval[1]:
+            w = 1.0
+        if w == 1.0:
+            return c
+        u = np.asarray(model(x, t, null))
+        if w == 0.0:
+            return u
+        d = x.shape[1]
+        cm, um = (c[:, :d], u[:, :d]) if variance else (c, u)
+        f32 = cm.dtype.type
+        m = um + f32(w) * (cm - um)
+        if rescale:
+            sc = cm.astype(np.float64).std(axis=1, ddof=1, keepdims=True) if d > 1 else np.ones((len(m), 1))
+            sm = m.astype(np.float64).std(axis=1, ddof=1, keepdims=True) if d > 1 else np.ones((len(m), 1))
+            ratio = np.where(sm > 0, sc / np.where(sm > 0, sm, 1.0), 1.0)
+            m = (rescale * (m * ratio) + (1.0 - rescale) * m).astype(cm.dtype)
+        return np.concatenate([m, c[:, d:]], axis=1) if variance else m
+    return f

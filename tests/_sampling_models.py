@@ -30,6 +30,34 @@ class GaussianEps:
         return eps.astype(x.dtype)
 
 
+class GaussianClassEps:
+    """The exact ε-prediction of a class-conditional Gaussian mixture (no network, no torch):
+    class k ~ N(mu_k, s²) elementwise, the "no label" class (index K) the equal-weight mixture's
+    moment-matched Gaussian (its mean and variance), so guidance pushes towards mu_k.
+    ``num_classes`` K, ``null_label`` K; called ``model(x, t, labels)``."""
+
+    array_api = "numpy"
+
+    def __init__(self, schedule, mus, s):
+        self.ac = np.asarray(schedule.alphas_cumprod, dtype=np.float64)
+        mus = np.asarray(mus, dtype=np.float64)  # [K, D]
+        self.num_classes, self.null_label = mus.shape[0], mus.shape[0]
+        null_mu = mus.mean(0)
+        null_s = np.sqrt(s**2 + ((mus - null_mu) ** 2).mean(0))
+        self.mu = np.concatenate([mus, null_mu[None]])
+        self.s = np.concatenate([np.full_like(mus, s), null_s[None]])
+        self.sample_shape = (mus.shape[1],)
+        self.calls, self.rows = 0, []
+
+    def __call__(self, x, t, labels):
+        self.calls += 1
+        self.rows.append(x.shape[0])
+        ab = self.ac[t].reshape(-1, 1)
+        mu, s = self.mu[labels], self.s[labels]
+        eps = np.sqrt(1 - ab) * (x - np.sqrt(ab) * mu) / (ab * s**2 + 1 - ab)
+        return eps.astype(x.dtype)
+
+
 class FailAt:
     """``inner`` that raises KeyboardInterrupt at its ``fail_call``-th call (an interrupted run)."""
 
@@ -38,12 +66,14 @@ class FailAt:
     def __init__(self, inner, fail_call):
         self.inner, self.fail_call, self.calls = inner, fail_call, 0
         self.sample_shape = inner.sample_shape
+        self.num_classes = getattr(inner, "num_classes", 0)
+        self.null_label = getattr(inner, "null_label", None)
 
-    def __call__(self, x, t):
+    def __call__(self, x, t, *labels):
         self.calls += 1
         if self.calls == self.fail_call:
             raise KeyboardInterrupt
-        return self.inner(x, t)
+        return self.inner(x, t, *labels)
 
 
 _SLOW_PRELUDE = """\

@@ -12,7 +12,9 @@ import matplotlib.image as mpimg  # noqa: E402
 
 from fastddpm import Schedule, plots  # noqa: E402
 from fastddpm.cli import main  # noqa: E402
-from fastddpm.demo import FIGURES  # noqa: E402
+from fastddpm.demo import FIGURES, SAMPLERS  # noqa: E402
+
+NAMES = tuple(f"{s}-{k}" for s, k in SAMPLERS)  # ("ddpm-1000", "dpmpp2m-sde-20")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -50,7 +52,7 @@ def test_demo_ci_writes_everything(demo_run):
     for name in FIGURES:
         assert_real_png(out / f"{name}.png")
     for f in ("model/config.json", "constant_model/config.json", "metrics.json",
-              "samples_ddpm-1000.npy", "samples_dpmpp2m-20.npy"):
+              *(f"samples_{name}.npy" for name in NAMES)):
         assert (out / f).is_file(), f
     assert not list(out.glob(".tmp-*")), "temporary files left behind"
 
@@ -60,9 +62,9 @@ def test_demo_samples_and_metrics(demo_run):
     assert code == 0
     info = json.loads((out / "metrics.json").read_text())
     m = info["metrics"]
-    assert set(m) == {"ddpm-1000", "dpmpp2m-20", "student-4", "student-2"}
+    assert set(m) == set(NAMES) | {"student-4", "student-2"} and NAMES[0] == "ddpm-1000" and len(NAMES) == 2
     assert np.isfinite(info["constant"]["mean"]) and info["constant"]["std"] >= 0
-    for name in ("ddpm-1000", "dpmpp2m-20"):
+    for name in NAMES:
         x = np.load(out / f"samples_{name}.npy")
         assert x.shape == (1000, 2) and x.dtype == np.float32 and np.isfinite(x).all()
         # Samples are in data space: the butterfly spans roughly [-3, 3] on both axes.
@@ -72,7 +74,7 @@ def test_demo_samples_and_metrics(demo_run):
         assert all(np.isfinite(v) for v in m[name].values())
         assert m[name]["sw_ratio"] == pytest.approx(m[name]["sliced_wasserstein"] / m[name]["sw_baseline"])
     # The two samplers drew different numbers (not one array saved twice).
-    assert not np.array_equal(np.load(out / "samples_ddpm-1000.npy"), np.load(out / "samples_dpmpp2m-20.npy"))
+    assert not np.array_equal(np.load(out / f"samples_{NAMES[0]}.npy"), np.load(out / f"samples_{NAMES[1]}.npy"))
 
 
 def test_demo_report_links_every_figure_and_has_the_table(demo_run):
@@ -83,7 +85,7 @@ def test_demo_report_links_every_figure_and_has_the_table(demo_run):
     for link in links:
         assert (out / link).is_file()
     info = json.loads((out / "metrics.json").read_text())
-    for row in ("ddpm-1000", "dpmpp2m-20"):
+    for row in NAMES:
         line = next(l for l in report.splitlines() if l.startswith(f"| {row} |"))
         assert f"{info['metrics'][row]['sliced_wasserstein']:.4f}" in line
 

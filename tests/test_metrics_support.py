@@ -59,6 +59,9 @@ def test_other_supports_closed_form():
 def test_support_quantiles_and_errors():
     q = metrics.support_quantiles(np.array([[5.0]] * 9 + [[6.0]]), "constant")
     assert q["p50"] == 0.0 and q["mean"] == pytest.approx(0.1) and q["p99"] == pytest.approx(0.91)
+    assert q["p99.9"] == pytest.approx(0.991) and q["far"] == pytest.approx(0.1)  # one point of ten is 1.0 out
+    assert metrics.support_quantiles(np.array([[5.0], [5.5], [5.6]]), "constant")["far"] == pytest.approx(1 / 3)
+    assert metrics.quantile_key(0.5) == "p50" and metrics.quantile_key(0.999) == "p99.9"
     with pytest.raises(ValueError, match="dataset must be one of"):
         metrics.support_distance(np.zeros((3, 2)), "gaussian")
     with pytest.raises(ValueError, match=r"shape \[n, 2\]"):
@@ -106,3 +109,18 @@ def test_digits_classifier_held_out():
     noise = np.random.default_rng(0).uniform(0, 1, (1000, 64))
     assert (clf.predict_proba(noise).max(1) >= metrics.CONFIDENCE).mean() < 0.02
     assert 0.0 < clf.temperature_ < 10.0
+
+
+def test_sliced_wasserstein_equal_sizes_is_pots():
+    """The equal-size closed form (sorted projections) equals POT's weighted quantile path on
+    POT's own directions, for p = 1 and 2, 1-D to 64-D; unequal sizes still go through POT."""
+    ot = pytest.importorskip("ot")
+    rng = np.random.default_rng(0)
+    for d, n in ((1, 50), (2, 300), (3, 7), (64, 200)):
+        a, b = rng.standard_normal((n, d)), 1.5 * rng.standard_normal((n, d)) + 0.3
+        for p in (1, 2):
+            want = ot.sliced_wasserstein_distance(a, b, n_projections=40, p=p, seed=3)
+            assert metrics.sliced_wasserstein(a, b, n_projections=40, seed=3, p=p) == pytest.approx(want, rel=1e-10)
+    a, b = rng.standard_normal((30, 2)), rng.standard_normal((45, 2))
+    assert metrics.sliced_wasserstein(a, b, 40, seed=1) == ot.sliced_wasserstein_distance(a, b, n_projections=40, seed=1)
+    assert metrics.sliced_wasserstein(a, a, 40, seed=1) == 0.0

@@ -363,7 +363,8 @@ def dpm_case(order, sde, prediction, steps, final="zero", algorithm="dpmsolver++
         return sch
     name = f"dpmpp{order}m" + ("-sde" if sde else "")
     options = {"algorithm": algorithm, "solver_type": solver_type,
-               "lower_order_final": lower_order_final, "euler_at_final": euler_at_final}
+               "lower_order_final": lower_order_final, "euler_at_final": euler_at_final,
+               **({"d2_coefficient": "diffusers"} if (order, sde) == (3, True) else {})}
     return Case(name, build, options, step_kwargs=_noise_kwarg if sde else None)
 
 

@@ -13,7 +13,7 @@ def add_parser(subparsers, parents):
         "demo", parents=parents, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="train the default model, sample, evaluate, draw the figures, write report.md",
         description="Train the default model on a toy dataset, draw 10,000 samples with "
-                    "ddpm-1000 and dpmpp2m-20, evaluate both against fresh data, train the 1-D "
+                    "ddpm-1000 and the fast sampler (dpmpp2m-sde-20), evaluate both against fresh data, train the 1-D "
                     "constant-5.0 example, and write the figures and report.md.")
     p.add_argument("--dataset", default=library_default(run_demo, "dataset"), choices=[d for d in DATASETS if d != "digits"],
                    help="toy dataset to train on")

@@ -26,6 +26,27 @@ def _spacing(value: str):
             f"must be one of {', '.join(ALL_SPACINGS)} or a comma-separated list of timesteps, got {value!r}") from None
 
 
+def _interval(value: str):
+    """'T_LO,T_HI' → (T_LO, T_HI)."""
+    try:
+        lo, hi = (int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be two timesteps T_LO,T_HI (e.g. 0,600), got {value!r}") from None
+    return lo, hi
+
+
+def _labels_option(args, n: int):
+    """--label / --labels as the library's labels= (a FILE is loaded and checked: one integer per sample)."""
+    if args.label is not None:
+        return args.label
+    value = args.labels
+    if value is None or value in ("balanced", "frequencies"):
+        return value
+    from ..data import load_labels
+
+    return load_labels(value, n, what="--labels")
+
+
 def add_parser(subparsers, parents):
     p = subparsers.add_parser("sample", parents=parents, help="draw samples from a checkpoint into a .npy file",
                               description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -61,6 +82,22 @@ def add_parser(subparsers, parents):
                    help="clip the predicted x0 to [-CLIP, CLIP] (default: for a diffusers directory its scheduler's "
                         "clip_sample_range when clip_sample is set, else no clipping)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="noise seed (same seed, same samples)")
+    labels = p.add_mutually_exclusive_group()
+    labels.add_argument("--label", type=int, default=DEFAULTS.labels,
+                        help="a conditional model: this class label for every sample (labels are written to "
+                             "OUT.labels.npy beside the samples)")
+    labels.add_argument("--labels", default=DEFAULTS.labels, metavar="FILE|balanced|frequencies",
+                        help="a conditional model: an integer .npy with one label per sample, or drawn from the seed: "
+                             "balanced (every block of K samples holds each class once) or frequencies (the training "
+                             "label counts); written to OUT.labels.npy. Neither --label nor --labels: the model's 'no label' class")
+    p.add_argument("--guidance", type=float, default=DEFAULTS.guidance,
+                   help="classifier-free guidance scale w: m = u + w·(c − u), fused into the update (1: conditional "
+                        "only, 0: unconditional only; needs --label/--labels)")
+    p.add_argument("--guidance-rescale", type=float, default=DEFAULTS.guidance_rescale,
+                   help="rescale of the guided output toward the conditional one's std, phi in [0, 1] (diffusers' "
+                        "guidance_rescale)")
+    p.add_argument("--guidance-interval", type=_interval, default=DEFAULTS.guidance_interval, metavar="T_LO,T_HI",
+                   help="guide only the calls with T_LO <= t <= T_HI (the conditional output elsewhere)")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                    help="samples per batch (default: cache-sized on CPU)")
     p.add_argument("--device", default=library_default(Pipeline.load, "device"), help="cpu or cuda[:i]")
@@ -94,7 +131,9 @@ def run(args) -> int:
     options = dict(sampler=args.sampler, steps=args.steps, final=args.final, eta=args.eta, variance=args.variance,
                    order=args.order, solver_type=args.solver_type, seed=args.seed,
                    batch_size=args.batch_size, backend=args.backend, resume=args.resume,
-                   overwrite=args.overwrite, progress=not args.quiet, dtype=args.dtype)
+                   overwrite=args.overwrite, progress=not args.quiet, dtype=args.dtype,
+                   labels=_labels_option(args, args.n), guidance=args.guidance,
+                   guidance_rescale=args.guidance_rescale, guidance_interval=args.guidance_interval)
     # --spacing/--clip only when given: otherwise the Pipeline's defaults apply (a diffusers
     # directory's scheduler settings, Pipeline.from_diffusers; fastddpm's DEFAULTS elsewhere)
     options.update({k: v for k, v in (("spacing", args.spacing), ("clip", args.clip)) if v is not None})
@@ -117,6 +156,10 @@ def run(args) -> int:
     if not args.quiet:
         took = time.perf_counter() - start
         print(f"wrote {args.n} samples to {path} in {took:.1f} s ({args.n / took:,.0f} samples/s)", file=sys.stderr)
+        if options["labels"] is not None:
+            from ..sampling.bulk import labels_paths
+
+            print(f"wrote their labels to {labels_paths(path)[0]}", file=sys.stderr)
     return 0
 
 

@@ -79,6 +79,14 @@ def add_parser(subparsers, parents):
                         "sampler's learned_range variance by default")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out up to --iters iterations (same settings)")
+    p.add_argument("--conditional", action="store_true", default=default("conditional"),
+                   help="train a class-conditional model on the dataset's labels (digits, 8gaussians, moons, "
+                        "checkerboard, or a .npy with --labels): label embedding + a 'no label' class, for sampling "
+                        "with --label/--labels and --guidance")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="labels of a .npy --dataset: an integer .npy with one class label per row (needs --conditional)")
+    p.add_argument("--label-dropout", type=float, default=default("label_dropout"),
+                   help="share of training labels replaced by 'no label' (classifier-free guidance)")
     add_distributed_arguments(p)
     return p
 
@@ -87,7 +95,9 @@ def run(args) -> int:
     from ..training import net_class, train, training_data
 
     check_device(args.device)
-    dataset = training_data(args.dataset, args.n, seed=args.seed, noise=args.noise)
+    if args.labels is not None and not args.conditional:
+        raise ValueError("--labels FILE needs --conditional (train a conditional model on those labels)")
+    dataset = training_data(args.dataset, args.n, seed=args.seed, noise=args.noise, labels=args.labels)
     net = net_class(args.net, dataset.sample_shape)  # "auto": the library's default for this data kind
     net_kwargs = {}
     fourier = (("fourier_features", args.fourier_features), ("fourier_scale", args.fourier_scale))
@@ -120,6 +130,7 @@ def run(args) -> int:
             grad_clip=args.grad_clip or None, checkpoint_every=args.checkpoint_every, resume=args.resume,
             num_threads=args.threads or None, progress=not args.quiet, distributed=ctx or False,
             learn_sigma=args.learn_sigma,
+            conditional=args.conditional, label_dropout=args.label_dropout,
         )
     finally:
         if ctx is not None:

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .._io import OutputLock, atomic_open, crash_point, remove_stale_temps, reserve
-from ..sampling.bulk import complete_npy_header, npy_header, paths as bulk_paths
+from ..labels import describe as describe_labels
+from ..sampling.bulk import complete_npy_header, labels_paths, npy_header, paths as bulk_paths
 from ..sampling.loop import execute
 from ..sampling.models import model_identity, model_kind
 from ..sampling.options import SamplingOptions, check_int
@@ -105,8 +106,11 @@ def sample_distributed(model, schedule, n, *, out, device=None, ctx: RankContext
             "n": n, "out": str(out), "world_size": ctx.world_size,
             "schedule": schedule.to_config() if hasattr(schedule, "to_config") else repr(schedule),
             "model": pipe.model_id if pipe is not None else model_identity(model),
-            **{k: getattr(opts, k) for k in opts.names() if k not in _RANK_LOCAL and k != "out"},
+            **{k: getattr(opts, k) for k in opts.names() if k not in _RANK_LOCAL and k not in ("out", "labels")},
+            "labels": describe_labels(opts.labels),  # an array of n labels by its digest
         }
+        if isinstance(opts.labels, np.ndarray) and opts.labels.shape[0] != n:
+            raise ValueError(f"labels has {opts.labels.shape[0]} entries but n = {n}: give one label per sample")
         ctx.check_consistent("sampling", args)
 
         # Rank 0 holds OUT.lock from here to the end of the assembly: a second job (or a
@@ -118,9 +122,15 @@ def sample_distributed(model, schedule, n, *, out, device=None, ctx: RankContext
         a, b = ctx.rows(n, batch_size)
         shard = shard_path(out, ctx.rank, ctx.world_size)
         header = complete_npy_header(shard) if opts.resume else None
+        labelled = opts.labels is not None
+        if labelled and header is not None:  # a labelled shard is complete with its labels file
+            lab = complete_npy_header(labels_paths(shard)[0])
+            header = header if lab is not None and lab[0][0] == b - a else None
         if b > a and not (header is not None and header[0][0] == b - a):
+            # an array of labels is cut like the rows; drawn labels follow the global index (start=a)
             mine = opts.replace(start=a, out=shard, progress=opts.progress and ctx.is_main,
-                                device=ctx.device if kind == "torch" else None)
+                                device=ctx.device if kind == "torch" else None,
+                                labels=opts.labels[a:b] if isinstance(opts.labels, np.ndarray) else opts.labels)
             try:
                 if pipe is not None:
                     pipe.run(b - a, mine, engine=engine)
@@ -132,7 +142,8 @@ def sample_distributed(model, schedule, n, *, out, device=None, ctx: RankContext
         ctx.wait_all(True, timeout=finish_timeout)
         if ctx.is_main:
             try:
-                assemble(out, n, ctx.world_size, batch_size, keep_shards=keep_shards, lock=False)
+                assemble(out, n, ctx.world_size, batch_size, keep_shards=keep_shards, lock=False,
+                         labels=opts.labels is not None)
             except Exception as exc:
                 _report_failure(ctx, f"assembling {out}: {type(exc).__name__}: {exc}", finish_timeout)
                 raise
@@ -195,7 +206,8 @@ def _output_state(out: Path, n: int, world_size: int, *, resume: bool, overwrite
     return "run"
 
 
-def assemble(out, n: int, world_size: int, block: int = 1, *, keep_shards: bool = False, lock: bool = True) -> Path:
+def assemble(out, n: int, world_size: int, block: int = 1, *, keep_shards: bool = False, lock: bool = True,
+             labels: bool = False) -> Path:
     """Concatenate the W complete shards of ``out`` in rank order into ``out`` (temp file + rename).
 
     ``block``: the batch size the shards were cut with (see :func:`shard_range`). The temp file's
@@ -203,18 +215,31 @@ def assemble(out, n: int, world_size: int, block: int = 1, *, keep_shards: bool 
     with ``pwrite`` (:func:`fastddpm._io.atomic_open`: fsynced, renamed, the folder fsynced);
     the shards are removed only after the rename.
     ``lock``: hold ``OUT.lock`` meanwhile (sample_distributed already holds it).
+    ``labels``: the shards have labels sidecars; ``OUT.labels.npy`` is assembled the same way,
+    first (as a one-process run renames its labels first).
     """
     out = Path(out)
     if lock:
         with OutputLock(out):
-            return assemble(out, n, world_size, block, keep_shards=keep_shards, lock=False)
+            return assemble(out, n, world_size, block, keep_shards=keep_shards, lock=False, labels=labels)
+    if labels:
+        _concatenate(labels_paths(out)[0], n, world_size, block,
+                     lambda r: labels_paths(shard_path(out, r, world_size))[0])
+    _concatenate(out, n, world_size, block, lambda r: shard_path(out, r, world_size))
+    if not keep_shards:
+        shutil.rmtree(shard_dir(out), ignore_errors=True)
+    return out
+
+
+def _concatenate(out: Path, n: int, world_size: int, block: int, shard_of) -> None:
+    """The complete .npy shards ``shard_of(r)`` in rank order into ``out`` (temp file + rename)."""
     bounds = [shard_range(n, r, world_size, block) for r in range(world_size)]
     parts = []
     for r in range(world_size):
         a, b = bounds[r]
         if b == a:
             continue
-        path = shard_path(out, r, world_size)
+        path = shard_of(r)
         header = complete_npy_header(path)
         if header is None or header[0][0] != b - a:
             raise DistributedError(f"shard {path} is missing or incomplete (expected {b - a} samples); rerun with "
@@ -248,6 +273,3 @@ def assemble(out, n: int, world_size: int, block: int = 1, *, keep_shards: bool 
         crash_point("assemble.renamed")
     finally:
         del parts
-    if not keep_shards:
-        shutil.rmtree(shard_dir(out), ignore_errors=True)
-    return out

@@ -73,6 +73,49 @@ def time_rows(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+class LabelEmbedding(nn.Module):
+    """Class labels joined with the time embedding: ``emb + table[labels]`` (improved-diffusion's
+    ``label_emb``; DiT adds its label embedding to the time embedding the same way).
+
+    ``num_classes`` = K real classes plus one "no label" class (index K, :attr:`null_label`), so
+    one model serves conditional and unconditional sampling, and classifier-free guidance
+    (training replaces a share of the labels by K: ``label_dropout``, fastddpm.training). The
+    table starts at zero, so a fresh conditional net computes what the unconditional one would.
+
+    ``labels`` None means "no label" for every sample: the embedding is then one row and the
+    shared-t broadcast is kept ([1, E]); with labels [B] the result is [B, E] (a per-sample
+    condition: the time path itself still runs once).
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = check_int(num_classes, "num_classes")
+        self.null_label = self.num_classes
+        self.table = nn.Embedding(self.num_classes + 1, dim)
+        nn.init.zeros_(self.table.weight)
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if labels is None:
+            labels = torch.full((1,), self.null_label, dtype=torch.int64, device=emb.device)
+        return emb + self.table(labels)
+
+    @classmethod
+    def make(cls, config: dict, num_classes, dim: int):
+        """A LabelEmbedding for ``num_classes`` > 0 (recorded in the net's ``config``), None for 0
+        (an unconditional net: config unchanged, so its checkpoints and export-cache keys are too)."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: unconditional), got {num_classes!r}")
+        if num_classes == 0:
+            return None
+        config["num_classes"] = num_classes
+        return cls(num_classes, dim)
+
+    @staticmethod
+    def attributes(embed) -> tuple:
+        """(num_classes, null_label) a net exposes: (0, None) when it is unconditional."""
+        return (0, None) if embed is None else (embed.num_classes, embed.null_label)
+
+
 def check_int(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -132,10 +132,14 @@ FORMS = {ResMLP: ResMLPForm, MLP: MLPForm, UNet: UNetForm}
 
 
 def export_form(module: nn.Module):
-    """The export form of a built-in net (exact class match: a subclass may change forward),
-    or None for any other module (which is then exported as it is)."""
+    """The export form of a built-in unconditional net (exact class match: a subclass may change
+    forward), or None for any other module (which is then exported as it is)."""
     form = FORMS.get(type(module))
-    return None if form is None else form(module).eval()
+    if form is None or getattr(module, "num_classes", 0):
+        # A conditional net's time embedding has one row per sample (labels), which the folded
+        # norm weights cannot hold: it is exported as it is (fastddpm.export_onnx).
+        return None
+    return form(module).eval()
 
 
 __all__ = ["FORMS", "MLPForm", "ResMLPForm", "UNetForm", "export_form"]

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from .embedding import SinusoidalEmbedding, check_int, time_rows
+from .embedding import LabelEmbedding, SinusoidalEmbedding, check_int, time_rows
 from .mlp import ACTIVATIONS
 
 
@@ -87,13 +87,16 @@ class ResMLP(nn.Module):
     broadcast against the batch; a t with one entry per sample takes the same code with [B] rows.
     ``accepts_shared_t``: the ONNX export gives t its own axis and the ONNX Runtime engine passes
     t [1] (tests/test_shared_t.py checks both, torch and ORT).
+
+    Conditional (``num_classes`` = K > 0): a label embedding of K + 1 classes (the last is "no
+    label") is added to the time embedding (:class:`~fastddpm.nets.embedding.LabelEmbedding`).
     """
 
     accepts_shared_t = True
 
     def __init__(self, dim: int = 2, width: int = 128, depth: int = 3, fourier_features: int = 16,
                  fourier_scale: float = 25.0, activation: str = "silu", num_steps: int = 1000,
-                 time_dim: int = 64, learn_sigma: bool = False):
+                 time_dim: int = 64, learn_sigma: bool = False, num_classes: int = 0):
         super().__init__()
         check_int(dim, "dim")
         check_int(width, "width")
@@ -117,6 +120,8 @@ class ResMLP(nn.Module):
         if learn_sigma:  # recorded only when set, so that configs of fixed-variance nets stay as they were
             self.config["learn_sigma"] = True
         self.learn_sigma = learn_sigma
+        self.label_embed = LabelEmbedding.make(self.config, num_classes, time_dim)
+        self.num_classes, self.null_label = LabelEmbedding.attributes(self.label_embed)
         self.sample_shape = (dim,)
         self.num_steps = num_steps
         self.features = FourierFeatures(dim, fourier_features, float(fourier_scale))
@@ -128,9 +133,13 @@ class ResMLP(nn.Module):
         self.act_out = ACTIVATIONS[activation]()
         self.out = nn.Linear(width, 2 * dim if learn_sigma else dim)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_t: float [B, dim]; t: int64 [B] (or [1], or a stride-0 [B] view) in [0, num_steps)."""
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t: float [B, dim]; t: int64 [B] (or [1], or a stride-0 [B] view) in [0, num_steps);
+        labels (a conditional net, ``num_classes`` > 0): int64 [B] in [0, num_classes], the last
+        being "no label" (None: no label for every sample)."""
         emb = self.time_embed(time_rows(t))  # [1, E] when all samples share t (embedded once), else [B, E]
+        if self.label_embed is not None:
+            emb = self.label_embed(emb, labels)
         h = self.inp(self.features(x_t))
         for block in self.blocks:
             h = block(h, emb)

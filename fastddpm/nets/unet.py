@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embedding import SinusoidalEmbedding, check_int, time_rows
+from .embedding import LabelEmbedding, SinusoidalEmbedding, check_int, time_rows
 
 
 def _groups(channels: int, max_groups: int) -> int:
@@ -70,13 +70,17 @@ class UNet(nn.Module):
 
     Shared t (fastddpm.nets.embedding): the time embedding runs on ``time_rows(t)``; each
     block's scale/shift is then [1, 2C, 1, 1] and broadcasts over the batch.
+
+    Conditional (``num_classes`` = K > 0): a label embedding of K + 1 classes (the last is "no
+    label") is added to the time embedding, so every block's scale/shift sees both
+    (:class:`~fastddpm.nets.embedding.LabelEmbedding`).
     """
 
     accepts_shared_t = True
 
     def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults=(1, 2),
                  num_res_blocks: int = 1, attention: bool = True, num_steps: int = 1000,
-                 dropout: float = 0.0, norm_groups: int = 8, learn_sigma: bool = False):
+                 dropout: float = 0.0, norm_groups: int = 8, learn_sigma: bool = False, num_classes: int = 0):
         super().__init__()
         check_int(in_channels, "in_channels")
         check_int(base_channels, "base_channels")
@@ -102,6 +106,8 @@ class UNet(nn.Module):
         temb = 4 * base_channels
         self.time_embed = nn.Sequential(SinusoidalEmbedding(base_channels), nn.Linear(base_channels, temb),
                                         nn.SiLU(), nn.Linear(temb, temb))
+        self.label_embed = LabelEmbedding.make(self.config, num_classes, temb)
+        self.num_classes, self.null_label = LabelEmbedding.attributes(self.label_embed)
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         chans = [base_channels]
@@ -131,10 +137,13 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x_t: float [B, C, H, W] (H, W divisible by ``downsample_factor``); t: int64 [B], or [1] /
-        stride-0 when shared."""
+        stride-0 when shared; labels (a conditional net): int64 [B] in [0, num_classes] (the last:
+        "no label"; None: no label for every sample)."""
         emb = self.time_embed(time_rows(t))  # [R, 4·base_channels], R = 1 (shared t) or B
+        if self.label_embed is not None:
+            emb = self.label_embed(emb, labels)  # [B, …] with labels, still [R, …] without
         h = self.conv_in(x_t)
         skips = [h]
         for block in self.down:

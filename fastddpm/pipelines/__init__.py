@@ -7,7 +7,7 @@ Imports run one way: this package imports :mod:`fastddpm.sampling`, never the re
 (tests/test_layering.py). ``fastddpm.Pipeline`` and ``fastddpm.OnnxSampler`` are these classes.
 """
 from .loader import KINDS, kind, load
-from .pipeline import OnnxSampler, Pipeline, SampleBatch
+from .pipeline import LabelledBatch, OnnxSampler, Pipeline, SampleBatch
 
 
 def __getattr__(name):
@@ -18,4 +18,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastddpm.pipelines' has no attribute {name!r}")
 
 
-__all__ = ["Pipeline", "OnnxSampler", "SampleBatch", "SampleDataset", "load", "kind", "KINDS"]
+__all__ = ["Pipeline", "OnnxSampler", "SampleBatch", "LabelledBatch", "SampleDataset", "load", "kind", "KINDS"]

@@ -84,6 +84,12 @@ def _session(pipeline, path: str, name: str) -> OnnxModel:
     return session
 
 
+def torch_tensor(array):
+    import torch
+
+    return torch.from_numpy(array)
+
+
 def select(pipeline, engine: str, options: SamplingOptions, n: int | None = None, export=None):
     """(network, identity, options) for a torch network sampled on the CPU in float32.
 
@@ -116,6 +122,11 @@ def select(pipeline, engine: str, options: SamplingOptions, n: int | None = None
     shape = (batch, *pipeline.sample_shape)
 
     x_cal = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    # A conditional net is measured (and checked) with labels, as the run will call it: one per row,
+    # cycling through the classes (the speed does not depend on them).
+    classes = getattr(model, "num_classes", 0) or 0
+    y_cal = (np.arange(batch, dtype=np.int64) % classes) if classes else None
+    y_args = (torch_tensor(y_cal),) if classes else ()
     reference = []
 
     def torch_out():
@@ -125,7 +136,7 @@ def select(pipeline, engine: str, options: SamplingOptions, n: int | None = None
         if not reference:
             with torch.inference_mode():
                 out = model(torch.from_numpy(x_cal.copy()), torch.full((1,), CALIBRATION_T, dtype=torch.int64)
-                            .expand(batch))
+                            .expand(batch), *y_args)
             reference.append(out.detach().float().numpy().copy())
         return reference[0]
 
@@ -137,16 +148,17 @@ def select(pipeline, engine: str, options: SamplingOptions, n: int | None = None
 
         def run():
             with torch.inference_mode():
-                model(x, t)
+                model(x, t, *y_args)
         return run
 
     def onnx_run(name):
         def make():
             x = x_cal.copy()
             session = _session(pipeline, path, name)
-            net = session.bind_batch(x, [CALIBRATION_T])
+            net = session.bind_batch(x, [CALIBRATION_T]) if y_cal is None else \
+                session.bind_batch(x, [CALIBRATION_T], labels=y_cal)
             if net is None:  # cannot happen for a CPU session on a dynamic-batch file; measured the plain way
-                net = (lambda k: session(x, CALIBRATION_T))
+                net = (lambda k: session(x, CALIBRATION_T, y_cal))
             # A traced export can bake in a branch the module takes differently at this batch (a
             # user's module, say): a runtime that does not reproduce the module is not a candidate.
             want = torch_out()

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..sampling.options import check_int
-from .pipeline import SampleBatch
+from .pipeline import LabelledBatch, SampleBatch
 
 
 class SampleDataset(IterableDataset):
@@ -75,7 +75,11 @@ class SampleDataset(IterableDataset):
                                   batches=lambda count: range(shard, count, shards))
         for batch in stream:
             x = batch.x
-            yield SampleBatch(batch.start, x if isinstance(x, torch.Tensor) else torch.from_numpy(x))
+            x = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
+            if isinstance(batch, LabelledBatch):
+                yield LabelledBatch(batch.start, x, torch.from_numpy(batch.labels))
+            else:
+                yield SampleBatch(batch.start, x)
 
 
 __all__ = ["SampleDataset"]

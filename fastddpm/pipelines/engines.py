@@ -55,6 +55,8 @@ def _export_key(pipeline) -> str:
                 getattr(module, "config", None),
                 # issue 26: built-in nets are cached in their export form (fastddpm/onnx_fused.py)
                 fused_form_version(module)]
+    if getattr(module, "num_classes", 0):  # issue 25: a conditional net's export takes a labels input
+        settings.append({"labels_input": 1, "num_classes": module.num_classes, "null_label": module.null_label})
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(model_identity(module).encode())
     return h.hexdigest()[:24]
@@ -130,10 +132,11 @@ def cached_export(pipeline, directory: str | None = None) -> str:
 
 
 def fused_form_version(module):
-    """onnx_fused.FORM_VERSION for a built-in net (exported in its export form), else None."""
-    from ..nets.fused import FORMS
+    """onnx_fused.FORM_VERSION for a built-in net exported in its export form, else None (any other
+    module, and a conditional built-in net: its per-sample label embedding does not fold)."""
+    from ..nets.fused import export_form
 
-    return FORM_VERSION if type(module) in FORMS else None
+    return FORM_VERSION if export_form(module) is not None else None
 
 
 def choose(pipeline, engine: str, options: SamplingOptions, n: int | None = None):

@@ -23,6 +23,15 @@ class SampleBatch(NamedTuple):
     x: Any
 
 
+class LabelledBatch(NamedTuple):
+    """A batch of a stream that was given labels (issue 25): :class:`SampleBatch`'s ``start`` and ``x``,
+    and ``labels`` int64 [len(x)] (NumPy), aligned with the rows."""
+
+    start: int
+    x: Any
+    labels: Any
+
+
 class Pipeline:
     """A loaded network ready to sample: ``Pipeline.load(path).sample(n, ...)`` (a checkpoint, an ONNX
     file or a diffusers directory), ``.stream(n, batch_size=...)`` for a batch at a time,
@@ -177,12 +186,15 @@ class Pipeline:
         if options.out is not None:
             return result
         if options.return_trajectory:
-            x, traj = result
-            x = self._host(x)
+            *head, traj = result  # (x, traj), or (x, labels, traj) for a labelled request
+            x = self._host(head[0])
             traj.x = self._host(traj.x)
             if post is not None:
                 x, traj.x = post(x), post(traj.x)
-            return x, traj
+            return (x, traj) if len(head) == 1 else (x, head[1], traj)
+        if isinstance(result, tuple):  # (x, labels): a labelled request
+            x = self._host(result[0])
+            return (post(x) if post is not None else x), result[1]
         x = self._host(result)
         return post(x) if post is not None else x
 
@@ -196,7 +208,8 @@ class Pipeline:
         Concatenated, the batches are ``sample(n, batch_size=batch_size, start=start, **kwargs)``
         byte for byte (the samples are a pure function of (seed, sample index); the same batch size
         also keeps a network's float results identical — a UNet's can change in the last bit with
-        the batch shape). ``x`` is in data space (``denormalize=False``: model space): a NumPy array
+        the batch shape); with ``labels=`` given the items are :class:`LabelledBatch`
+        ``(start, x, labels)``. ``x`` is in data space (``denormalize=False``: model space): a NumPy array
         on the host, a torch tensor on the GPU (CUDA sampling: no host copy; hand it to other
         frameworks with DLPack, e.g. ``cupy.from_dlpack(x)``, ``jax.dlpack.from_dlpack(x)``).
 
@@ -243,10 +256,15 @@ class Pipeline:
             try:
                 for j in chosen:
                     s0 = j * run.batch_size
-                    x = run.run_batch(s0, min(n, s0 + run.batch_size), pbar=pbar)
+                    s1 = min(n, s0 + run.batch_size)
+                    x = run.run_batch(s0, s1, pbar=pbar)
                     if not on_gpu:
                         x = self._host(x)
-                    yield SampleBatch(run.start + s0, post(x) if post is not None else x)
+                    x = post(x) if post is not None else x
+                    if run.labelled:  # labels given: each batch carries its own
+                        yield LabelledBatch(run.start + s0, x, run.batch_labels(s0, s1))
+                    else:
+                        yield SampleBatch(run.start + s0, x)
             finally:
                 if pbar is not None:
                     pbar.close()

@@ -70,30 +70,46 @@ def torch_module(model: OnnxModel, device_index: int | None = None):
                                  persistent=False)
             self.sample_shape = model.sample_shape
             self.learn_sigma = model.learn_sigma  # the loop then knows the output carries v
+            # a conditional graph (issue 25): model(x, t, labels), labels int64 CUDA [B]
+            self.num_classes, self.null_label = model.num_classes, model.null_label
 
-        def forward(self, x, t):
+        def forward(self, x, t, labels=None):
             if x.dtype != torch.float32 or t.dtype != torch.int64:
                 raise TypeError(f"x must be float32 and t int64 CUDA tensors, got {x.dtype} and {t.dtype}")
             if torch.cuda.current_stream(index).cuda_stream != stream.cuda_stream:
                 raise RuntimeError("the ONNX CUDA session is bound to the stream it was created on; "
                                    "run sampling on that stream")
+            if self.num_classes and labels is None:
+                if self.null_label is None:
+                    raise ValueError(f"{model.path!r} is conditional and has no 'no label' class: pass labels")
+                labels = torch.full((x.shape[0],), self.null_label, dtype=torch.int64, device=x.device)
             batch = x.shape[0]
             if fixed_batch is not None and batch != fixed_batch:
-                return torch.cat([self.forward(*_pad(x[i:i + fixed_batch], t[i:i + fixed_batch], fixed_batch))
-                                  [: min(fixed_batch, batch - i)] for i in range(0, batch, fixed_batch)])
+                if t.shape[0] != batch:
+                    t = t.expand(batch)
+                parts = []
+                for i in range(0, batch, fixed_batch):
+                    xs, ts, ys = _pad(x[i:i + fixed_batch], t[i:i + fixed_batch],
+                                      None if labels is None else labels[i:i + fixed_batch], fixed_batch)
+                    parts.append(self.forward(xs, ts, ys)[: min(fixed_batch, batch - i)])
+                return torch.cat(parts)
             x, t = x.contiguous(), t.contiguous()
             out = x.new_empty(model.output_shape(x))  # twice the channels for a learned-variance net
             binding = session.io_binding()
             binding.bind_input("x", "cuda", index, np.float32, list(x.shape), x.data_ptr())
             binding.bind_input("t", "cuda", index, np.int64, list(t.shape), t.data_ptr())
+            if labels is not None:
+                labels = labels.contiguous()
+                binding.bind_input("labels", "cuda", index, np.int64, list(labels.shape), labels.data_ptr())
             binding.bind_output(output_name, "cuda", index, np.float32, list(out.shape), out.data_ptr())
             session.run_with_iobinding(binding, run_options)
             return out
 
-    def _pad(x, t, n):
+    def _pad(x, t, labels, n):
         if x.shape[0] == n:
-            return x, t
+            return x, t, labels
         pad = n - x.shape[0]
-        return (torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]), torch.cat([t, t.new_zeros(pad)]))
+        return (torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]), torch.cat([t, t.new_zeros(pad)]),
+                None if labels is None else torch.cat([labels, labels.new_zeros(pad)]))
 
     return OrtCudaModule()

@@ -22,6 +22,10 @@ fastddpm.sampling       JSON: ``sample`` defaults of the network (keys among
                         student's {"sampler", "steps", "spacing", ...}, a learned-variance
                         model's {"variance"}; absent when the checkpoint records none
                         (added in format 1: older readers ignore it, and it is optional)
+fastddpm.labels         JSON of a conditional network's label set (fastddpm.labels.LabelSet:
+                        num_classes, null_label, training counts, label dropout, meaning);
+                        its graph then has a third input ``labels`` int64 [B]; absent for an
+                        unconditional network (optional, so format 1 still)
 ======================  ===============================================================
 """
 from __future__ import annotations
@@ -36,7 +40,7 @@ from ..schedule import Schedule, check_sampling
 PREFIX = "fastddpm."
 FORMAT = "1"
 KEYS = ("format", "version", "schedule", "prediction", "normalization", "sample_shape", "model", "shared_t",
-        "sampling")
+        "sampling", "labels")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class OnnxMetadata:
     model: dict | None = None
     shared_t: bool = False
     sampling: dict | None = None
+    labels: Any = None  # fastddpm.labels.LabelSet of a conditional network
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -77,7 +82,7 @@ def check_prediction(prediction) -> str:
 
 def encode(*, schedule: Schedule | None, prediction: str, normalization: Any,
            sample_shape, version: str, model: dict | None = None, shared_t: bool = False,
-           sampling: dict | None = None) -> dict[str, str]:
+           sampling: dict | None = None, labels=None) -> dict[str, str]:
     """The metadata entries as a ``{key: str}`` dict ready for ``metadata_props``."""
     if schedule is not None and not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a fastddpm.Schedule or None, got {type(schedule).__name__}")
@@ -96,6 +101,8 @@ def encode(*, schedule: Schedule | None, prediction: str, normalization: Any,
             props["model"] = json.dumps(model)
         if sampling is not None:
             props["sampling"] = json.dumps(_check_sampling(sampling, "sampling"))
+        if labels is not None:
+            props["labels"] = json.dumps(labels.to_config())
     except TypeError as exc:
         raise TypeError(f"normalization and model config must be JSON-serialisable: {exc}") from exc
     return {PREFIX + k: v for k, v in props.items()}
@@ -126,6 +133,11 @@ def decode(props: dict[str, str], *, source: str = "the ONNX file") -> OnnxMetad
     if sampling is not None:
         sampling = _check_sampling(sampling, f"{source}: metadata entry {PREFIX}sampling")
     prediction = ours.get("prediction")
+    labels = load("labels")
+    if labels is not None:
+        from ..labels import LabelSet
+
+        labels = LabelSet.from_config(labels, where=f"{source}: metadata entry {PREFIX}labels")
     try:
         schedule = None if schedule is None else Schedule.from_config(schedule)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -140,6 +152,7 @@ def decode(props: dict[str, str], *, source: str = "the ONNX file") -> OnnxMetad
         model=load("model"),
         shared_t=ours.get("shared_t") == "1",
         sampling=sampling,
+        labels=labels,
         extra=extra,
     )
 

@@ -12,6 +12,7 @@ import numpy as np
 from .metadata import OnnxMetadata, decode
 
 INPUTS = {"x": "tensor(float)", "t": "tensor(int64)"}
+LABELS = "labels"  # a conditional network's third input, int64 [B] (fastddpm.onnx_export.LABEL_INPUT)
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 
@@ -68,6 +69,10 @@ class OnnxModel:
 
     Attributes read from the file's fastddpm metadata (``None`` when absent): ``schedule``,
     ``prediction``, ``normalization``, ``sample_shape``; ``metadata`` holds all of them.
+
+    A conditional network (a graph with a third input ``labels`` int64 [B] and the label set in
+    its metadata) has ``num_classes`` > 0 and ``null_label``, and is called ``model(x, t, labels)``
+    (labels None: its "no label" class), as the sampling loop calls any conditional model.
     """
 
     array_api = "numpy"
@@ -94,10 +99,23 @@ class OnnxModel:
     def _check_signature(self) -> None:
         where = f"ONNX model {self.path!r}"
         inputs = {i.name: i for i in self.session.get_inputs()}
-        if sorted(inputs) != sorted(INPUTS):
+        conditional = LABELS in inputs
+        want_inputs = dict(INPUTS, **({LABELS: "tensor(int64)"} if conditional else {}))
+        if sorted(inputs) != sorted(want_inputs):
             raise ValueError(f"{where} has inputs {sorted(inputs)}; fastddpm needs exactly "
-                             "'x' (float32 [B, ...]) and 't' (int64 [B]) — export with fastddpm.export_onnx")
-        for name, want in INPUTS.items():
+                             "'x' (float32 [B, ...]) and 't' (int64 [B]), and 'labels' (int64 [B]) for a conditional "
+                             "network — export with fastddpm.export_onnx")
+        labels = self.metadata.labels
+        if conditional and labels is None:
+            raise ValueError(f"{where} takes 'labels' but its metadata has no fastddpm.labels entry (the number of "
+                             "classes and the 'no label' class); export it with fastddpm.export_onnx")
+        if labels is not None and not conditional:
+            raise ValueError(f"{where}: its metadata describes {labels.num_classes} classes but the graph has no "
+                             "'labels' input; export it again with fastddpm.export_onnx")
+        self.num_classes = labels.num_classes if labels is not None else 0
+        self.null_label = labels.null_label if labels is not None else None
+        self.label_counts = labels.counts if labels is not None else None
+        for name, want in want_inputs.items():
             if inputs[name].type != want:
                 raise TypeError(f"{where}: input {name!r} has type {inputs[name].type}, expected {want}")
         x_shape, t_shape = inputs["x"].shape, inputs["t"].shape
@@ -195,25 +213,45 @@ class OnnxModel:
             raise ValueError(f"t must have shape [B] = [{x.shape[0]}] (or [1] / an int for one t), got {list(t.shape)}")
         return x, np.ascontiguousarray(t, dtype=np.int64)
 
-    def __call__(self, x, t) -> np.ndarray:
-        """The network's prediction for x [B, ...] at steps t [B] (float32 NumPy array)."""
+    def check_labels(self, labels, rows: int):
+        """int64 [rows] labels of a conditional network (None: its "no label" class); None for an
+        unconditional one, which refuses labels."""
+        if not self.num_classes:
+            if labels is not None:
+                raise ValueError(f"ONNX model {self.path!r} is unconditional (no 'labels' input); call it without labels")
+            return None
+        if labels is None:
+            if self.null_label is None:
+                raise ValueError(f"ONNX model {self.path!r} is conditional and has no 'no label' class: pass labels")
+            return np.full(rows, self.null_label, dtype=np.int64)
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        if labels.shape != (rows,):
+            raise ValueError(f"labels must have shape [B] = [{rows}], got {list(labels.shape)}")
+        return labels
+
+    def __call__(self, x, t, labels=None) -> np.ndarray:
+        """The network's prediction for x [B, ...] at steps t [B] (float32 NumPy array); ``labels``
+        int64 [B] for a conditional network."""
         x, t = self.check_inputs(x, t)
+        y = self.check_labels(labels, x.shape[0])
         n = self.fixed_batch
         if n is None or x.shape[0] == n:
-            return self._run(x, t)
+            return self._run(x, t, y)
         out = np.empty(self.output_shape(x), np.float32)
         if t.shape[0] != x.shape[0]:
             t = np.full((x.shape[0],), t[0], dtype=np.int64)
         for start in range(0, x.shape[0], n):
             xs, ts = x[start:start + n], t[start:start + n]
+            ys = None if y is None else y[start:start + n]
             m = xs.shape[0]
             if m < n:  # pad the last chunk to the exported batch size
                 xs = np.concatenate([xs, np.zeros((n - m, *xs.shape[1:]), np.float32)])
                 ts = np.concatenate([ts, np.zeros(n - m, np.int64)])
-            out[start:start + m] = self._run(xs, ts)[:m]
+                ys = None if ys is None else np.concatenate([ys, np.zeros(n - m, np.int64)])
+            out[start:start + m] = self._run(xs, ts, ys)[:m]
         return out
 
-    def bind_batch(self, x: np.ndarray, timesteps):
+    def bind_batch(self, x: np.ndarray, timesteps, labels=None):
         """The sampling loop's network for one batch buffer: ``net(k)`` → prediction at
         t = timesteps[k] for the current contents of x (float32 [B, *sample_shape], C-contiguous,
         updated in place between steps).
@@ -222,9 +260,11 @@ class OnnxModel:
         run), of a t buffer ([1] when ``shared_t``, else [B]) that a step only writes, and of one
         output buffer that every step reuses — no per-step allocation or conversion. Returns
         None (the loop then calls ``model(x, t)``) for a fixed-batch graph of another size or a
-        session that is not on the CPU provider.
+        session that is not on the CPU provider. ``labels``: a conditional network's int64 [B]
+        (bound like x; None: its "no label" class).
         """
         x_checked, _ = self.check_inputs(x, 0)
+        y = self.check_labels(labels, x.shape[0])
         if x_checked is not x or (self.fixed_batch is not None and x.shape[0] != self.fixed_batch) \
                 or self.device != "cpu":
             return None
@@ -234,6 +274,8 @@ class OnnxModel:
         binding = self.session.io_binding()
         binding.bind_cpu_input("x", x)
         binding.bind_cpu_input("t", t_buf)
+        if y is not None:
+            binding.bind_cpu_input(LABELS, y)
         binding.bind_output(self.output_name, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
         path = self.path
         # The C++ session's own run: the Python wrapper around it adds ~6 µs per call on the
@@ -255,15 +297,16 @@ class OnnxModel:
                 raise ValueError(f"ONNX model {path!r} failed on x of shape {list(x.shape)} at t={int(ts[k])}: "
                                  f"{exc}") from exc
             return out
-        net.buffers = (x, t_buf, out)  # keep the bound memory alive with the closure
+        net.buffers = (x, t_buf, out, y)  # keep the bound memory alive with the closure
         return net
 
     def output_shape(self, x) -> tuple[int, ...]:
         """The output's shape for input x: x's, with twice the channels for a learned-variance net."""
         return (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if self.learn_sigma else tuple(x.shape)
 
-    def _run(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        out = self.session.run([self.output_name], {"x": x, "t": t})[0]
+    def _run(self, x: np.ndarray, t: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        feeds = {"x": x, "t": t} if labels is None else {"x": x, "t": t, LABELS: labels}
+        out = self.session.run([self.output_name], feeds)[0]
         if out.shape != self.output_shape(x):
             raise ValueError(f"ONNX model {self.path!r} returned shape {list(out.shape)} for x of shape "
                              f"{list(x.shape)}; the prediction must have the shape of x"

@@ -50,6 +50,7 @@ class SplitOnnxModel:
         first = models[0]
         self.path, self.metadata, self.sample_shape = first.path, first.metadata, first.sample_shape
         self.shared_t, self.fixed_batch, self.output_name = first.shared_t, first.fixed_batch, first.output_name
+        self.num_classes, self.null_label, self.label_counts = first.num_classes, first.null_label, first.label_counts
         self._pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="fastddpm-ort") if parts > 1 else None
 
     device = "cpu"
@@ -69,25 +70,28 @@ class SplitOnnxModel:
         bounds = [rows * i // parts for i in range(parts + 1)]
         return list(zip(bounds[:-1], bounds[1:]))
 
-    def __call__(self, x, t) -> np.ndarray:
+    def __call__(self, x, t, labels=None) -> np.ndarray:
         x, t = self.models[0].check_inputs(x, t)
+        y = self.models[0].check_labels(labels, x.shape[0])
         ranges = self._ranges(x.shape[0])
         if len(ranges) == 1:
-            return self.models[0](x, t)
+            return self.models[0](x, t, y)
         per_row = t.shape[0] == x.shape[0] and x.shape[0] != 1
-        futures = [self._pool.submit(m, x[a:b], t[a:b] if per_row else t)
+        futures = [self._pool.submit(m, x[a:b], t[a:b] if per_row else t, None if y is None else y[a:b])
                    for m, (a, b) in zip(self.models[1:], ranges[1:])]
         a, b = ranges[0]
-        parts = [self.models[0](x[a:b], t[a:b] if per_row else t)] + [f.result() for f in futures]
-        return np.concatenate(parts)
+        parts = [self.models[0](x[a:b], t[a:b] if per_row else t, None if y is None else y[a:b])]
+        return np.concatenate(parts + [f.result() for f in futures])
 
-    def bind_batch(self, x: np.ndarray, timesteps):
+    def bind_batch(self, x: np.ndarray, timesteps, labels=None):
         """The sampling loop's per-step call (see :meth:`OnnxModel.bind_batch`): each session
         is bound to its rows of x once per batch; a step runs them concurrently and gathers the
         shares into one output buffer."""
         ranges = self._ranges(x.shape[0])
         timesteps = list(timesteps)
-        nets = [m.bind_batch(x[a:b], timesteps) for m, (a, b) in zip(self.models, ranges)]
+        y = self.models[0].check_labels(labels, x.shape[0])
+        nets = [m.bind_batch(x[a:b], timesteps) if y is None else m.bind_batch(x[a:b], timesteps, labels=y[a:b])
+                for m, (a, b) in zip(self.models, ranges)]
         if any(n is None for n in nets):
             return None
         if len(nets) == 1:

@@ -23,6 +23,15 @@ byte-identical to an uninterrupted run. On completion the partial is fsynced and
 
 An unfinished run (a progress record) is never discarded silently: without ``resume`` it takes
 ``overwrite=True`` to start over.
+
+Labels (a request that gives labels, fastddpm.labels): ``samples.labels.npy`` beside the samples,
+int64 [n] aligned with their rows, written by the same rules — ``samples.labels.npy.partial``
+reserved up front and filled batch by batch, its CRC-32s and geometry in the same progress record
+(``labels``), fdatasynced before the record claims the rows, checked row for row on resume. At
+the end the labels are renamed into place first, then the samples: a kill between the two
+renames leaves ``samples.labels.npy`` beside the partial and its record, and ``resume`` moves it
+back to its partial (its checksums decide) before continuing. ``overwrite`` of a run without
+labels removes a ``.labels.npy`` left by an earlier labelled run (it would describe other rows).
 """
 from __future__ import annotations
 
@@ -61,7 +70,10 @@ def _digest(arr) -> str:
 def run_settings(run) -> dict:
     """Everything that determines the samples of a run (JSON-serialisable)."""
     plan = run.plan
+    cond = getattr(run, "cond", None)
+    extra = cond.settings() if cond is not None else {}
     return {
+        **({"conditioning": extra} if extra else {}),
         "version": PROGRESS_VERSION,
         "n": run.n,
         "start": run.start,
@@ -75,6 +87,17 @@ def run_settings(run) -> dict:
         "schedule": _digest(np.asarray(run.schedule.betas, dtype=np.float64)),
         "model": getattr(run, "model_id", None),
     }
+
+
+LABELS_SUFFIX = ".labels.npy"
+LABEL_DTYPE = np.dtype(np.int64)
+
+
+def labels_paths(out) -> tuple[Path, Path]:
+    """(final, partial) of the labels sidecar of ``out``: samples.npy → samples.labels.npy."""
+    final, _, _ = paths(out)
+    side = final.with_name(final.name[:-len(".npy")] + LABELS_SUFFIX)
+    return side, side.with_name(side.name + ".partial")
 
 
 def paths(out) -> tuple[Path, Path, Path]:
@@ -143,11 +166,12 @@ def check_output_space(out, n: int, sample_shape, dtype="float32") -> None:
 class _Layout:
     """Byte geometry of the output: header, row size, checksum chunks."""
 
-    def __init__(self, run):
+    def __init__(self, run, *, dtype=None, shape=None):
         self.n = run.n
-        self.dtype = run.dtype
-        self.header = npy_header(run.dtype, (run.n,) + run.shape)
-        self.row_bytes = run.D * run.dtype.itemsize
+        self.dtype = np.dtype(run.dtype if dtype is None else dtype)
+        shape = run.shape if shape is None else tuple(shape)
+        self.header = npy_header(self.dtype, (run.n,) + shape)
+        self.row_bytes = int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
         self.size = len(self.header) + run.n * self.row_bytes
         self.chunk_rows = max(1, CHUNK_BYTES // max(1, self.row_bytes))
 
@@ -171,12 +195,26 @@ class _Checksums:
         self.done = end
 
 
-def _record(layout: _Layout, settings: dict, sums: _Checksums) -> dict:
+def _record(layout: _Layout, settings: dict, sums: _Checksums, side=None) -> dict:
     record = {"version": PROGRESS_VERSION, "done": sums.done, "settings": settings,
               "chunk_rows": layout.chunk_rows, "chunk_crc32": sums.crcs, "tail_crc32": sums.tail,
               "file_bytes": layout.size, "header_bytes": len(layout.header)}
+    if side is not None:  # the labels sidecar: its own geometry and checksums, rows [0, done) too
+        record["labels"] = {"chunk_rows": side.layout.chunk_rows, "chunk_crc32": side.sums.crcs,
+                            "tail_crc32": side.sums.tail, "file_bytes": side.layout.size,
+                            "header_bytes": len(side.layout.header)}
     record["tag"] = _tag(record)
     return record
+
+
+class _Side:
+    """The labels sidecar of a labelled run: paths, layout, checksums, open file."""
+
+    def __init__(self, run, final: Path):
+        self.final, self.partial = labels_paths(final)
+        self.layout = _Layout(run, dtype=LABEL_DTYPE, shape=())
+        self.sums = _Checksums(self.layout.chunk_rows)
+        self.fd = None
 
 
 def _is_int(v) -> bool:
@@ -211,16 +249,23 @@ def _check_record(record, layout: _Layout, settings: dict, final: Path, progress
         # Not damage: a different request. Say which settings differ.
         raise ResumeError(f"cannot resume {final}: the unfinished run used different settings "
                           f"({', '.join(diff)}); run with the same settings, or {how}")
-    crcs, tail = record.get("chunk_crc32"), record.get("tail_crc32")
-    if (record.get("chunk_rows") != layout.chunk_rows or record.get("file_bytes") != layout.size
-            or record.get("header_bytes") != len(layout.header)):
-        raise damaged(f"the progress record {progress} describes another file layout (chunk_rows, file_bytes "
-                      f"or header_bytes differ from this run's {layout.chunk_rows}, {layout.size}, "
+    return _verify_partial(record, layout, partial, progress, done, damaged)
+
+
+def _verify_partial(entry: dict, layout: _Layout, partial: Path, progress: Path, done: int, damaged) -> _Checksums:
+    """Check a partial file against its geometry and checksums in a progress record ``entry`` (the
+    record itself for the samples, ``record["labels"]`` for the labels sidecar): the checksums of
+    rows [0, done) to continue with."""
+    crcs, tail = entry.get("chunk_crc32"), entry.get("tail_crc32")
+    if (entry.get("chunk_rows") != layout.chunk_rows or entry.get("file_bytes") != layout.size
+            or entry.get("header_bytes") != len(layout.header)):
+        raise damaged(f"the progress record {progress} describes another layout of {partial.name} (chunk_rows, "
+                      f"file_bytes or header_bytes differ from this run's {layout.chunk_rows}, {layout.size}, "
                       f"{len(layout.header)})")
     if (not isinstance(crcs, list) or len(crcs) != done // layout.chunk_rows
             or not all(_is_int(c) and 0 <= c < 2**32 for c in crcs) or not (_is_int(tail) and 0 <= tail < 2**32)):
-        raise damaged(f"the progress record {progress} has malformed checksums (chunk_crc32 must hold "
-                      f"{done // layout.chunk_rows} CRC-32 values for done = {done})")
+        raise damaged(f"the progress record {progress} has malformed checksums for {partial.name} (chunk_crc32 must "
+                      f"hold {done // layout.chunk_rows} CRC-32 values for done = {done})")
     try:
         size = partial.stat().st_size
     except FileNotFoundError:
@@ -256,6 +301,20 @@ def _check_record(record, layout: _Layout, settings: dict, final: Path, progress
     return sums
 
 
+def _check_side(record: dict, side: _Side, final: Path, progress: Path) -> _Checksums:
+    """The labels sidecar's part of a resume check (the record itself was checked already)."""
+    how = (f"start over with overwrite=True (--overwrite) instead of resume (this discards {side.partial.name} "
+           f"and {progress.name})")
+
+    def damaged(what: str):
+        return ResumeError(f"cannot resume {final}: {what}; {how}")
+
+    entry = record.get("labels")
+    if not isinstance(entry, dict):
+        raise damaged(f"the progress record {progress} has no labels entry for {side.partial.name}")
+    return _verify_partial(entry, side.layout, side.partial, progress, record["done"], damaged)
+
+
 def _pwrite_all(fd: int, data, offset: int, path: Path) -> None:
     view = memoryview(data)
     try:
@@ -282,6 +341,10 @@ def write_samples(run, out, *, resume: bool = False, overwrite: bool = False, po
     # Before the lock file or the partial exist: a request larger than the free space (or than a
     # file may be) is refused naming n, instead of an "[Errno 27] File too large" from the reserve.
     check_output_space(final, run.n, run.shape, run.dtype)
+    if getattr(run, "labelled", False):  # the labels sidecar: int64 [n]
+        side_final, side_partial = labels_paths(final)
+        check_space(side_final, run.n * LABEL_DTYPE.itemsize + 128, what=f"the labels of n = {int(run.n):,} samples (n, --n)",
+                    reusable=side_partial.stat().st_size if side_partial.is_file() else 0)
     with OutputLock(final):
         return _write_locked(run, final, partial, progress, resume=resume, overwrite=overwrite,
                              postprocess=postprocess)
@@ -296,10 +359,22 @@ def _write_locked(run, final: Path, partial: Path, progress: Path, *, resume, ov
                               "(--overwrite) to replace it, or choose another name")
     layout = _Layout(run)
     settings = run_settings(run)
+    side = _Side(run, final) if getattr(run, "labelled", False) else None
+    if side is not None and progress.exists() and partial.exists() and side.final.exists() \
+            and not side.partial.exists():
+        # killed between the labels' rename and the samples': the labels go back to their partial
+        # (a resume checks them against the record like any partial; an overwrite replaces them)
+        os.replace(side.final, side.partial)
+    if side is not None and side.final.exists() and not overwrite:
+        raise FileExistsError(f"{side.final} already exists (the labels of another run); pass overwrite=True "
+                              "(--overwrite) to replace it, or choose another out")
     sums = None
     if progress.exists():
         if resume:
-            sums = _check_record(read_progress(final), layout, settings, final, progress, partial)
+            record = read_progress(final)
+            sums = _check_record(record, layout, settings, final, progress, partial)
+            if side is not None:
+                side.sums = _check_side(record, side, final, progress)
         elif not overwrite:
             raise FileExistsError(f"{final} has an unfinished run ({progress.name}, {partial.name}); pass "
                                   "resume=True (--resume) to continue it, or overwrite=True (--overwrite) to "
@@ -307,35 +382,56 @@ def _write_locked(run, final: Path, partial: Path, progress: Path, *, resume, ov
     fresh = sums is None
     if fresh:
         sums = _Checksums(layout.chunk_rows)
+        if side is not None:
+            side.sums = _Checksums(side.layout.chunk_rows)
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     else:
         fd = os.open(partial, os.O_RDWR)
     try:
+        if side is not None:
+            side.fd = os.open(side.partial, os.O_RDWR | (os.O_CREAT | os.O_TRUNC if fresh else 0), 0o644)
         if fresh:
             crash_point("bulk.created")
             try:
                 reserve(fd, layout.size, partial)
+                if side is not None:
+                    reserve(side.fd, side.layout.size, side.partial)
             except OSError:
                 partial.unlink(missing_ok=True)  # holds nothing yet
+                if side is not None:
+                    side.partial.unlink(missing_ok=True)
                 raise
             crash_point("bulk.reserved")
             _pwrite_all(fd, layout.header, 0, partial)
             os.fsync(fd)
-            write_json(progress, _record(layout, settings, sums), crash="json")
+            if side is not None:
+                _pwrite_all(side.fd, side.layout.header, 0, side.partial)
+                os.fsync(side.fd)
+            write_json(progress, _record(layout, settings, sums, side), crash="json")
             crash_point("bulk.record_started")
-        _fill(run, fd, layout, sums, settings, partial, progress, postprocess)
+        _fill(run, fd, layout, sums, settings, partial, progress, postprocess, side)
         os.fsync(fd)
+        if side is not None:
+            os.fsync(side.fd)
     finally:
         os.close(fd)
+        if side is not None and side.fd is not None:
+            os.close(side.fd)
     crash_point("bulk.before_rename")
+    if side is not None:  # labels first: see the module docstring
+        os.replace(side.partial, side.final)
+        crash_point("bulk.labels_renamed")
     os.replace(partial, final)
     fsync_dir(final.parent)
     crash_point("bulk.renamed")
     progress.unlink(missing_ok=True)
+    if side is None and overwrite:
+        stale, _ = labels_paths(final)
+        stale.unlink(missing_ok=True)  # an earlier labelled run's labels: they do not describe these rows
     return str(final)
 
 
-def _fill(run, fd, layout: _Layout, sums: _Checksums, settings, partial: Path, progress: Path, postprocess):
+def _fill(run, fd, layout: _Layout, sums: _Checksums, settings, partial: Path, progress: Path, postprocess, side=None):
     shape = run.shape
     pbar = run.progress_bar(run.n - sums.done)
     last_write = time.monotonic()
@@ -354,11 +450,19 @@ def _fill(run, fd, layout: _Layout, sums: _Checksums, settings, partial: Path, p
             _pwrite_all(fd, data, len(layout.header) + s0 * layout.row_bytes, partial)
             crash_point("bulk.rows_written")
             sums.feed(data, s1 - s0, layout.row_bytes)
+            if side is not None:
+                labels = np.ascontiguousarray(run.batch_labels(s0, s1), dtype=LABEL_DTYPE)
+                ldata = memoryview(labels.view(np.uint8))
+                _pwrite_all(side.fd, ldata, len(side.layout.header) + s0 * side.layout.row_bytes, side.partial)
+                crash_point("bulk.labels_written")
+                side.sums.feed(ldata, s1 - s0, side.layout.row_bytes)
             now = time.monotonic()
             if now - last_write >= PROGRESS_EVERY_S or s1 == run.n:
                 os.fdatasync(fd)  # the rows are on disk before the record claims them
+                if side is not None:
+                    os.fdatasync(side.fd)
                 crash_point("bulk.rows_synced")
-                write_json(progress, _record(layout, settings, sums), crash="json")
+                write_json(progress, _record(layout, settings, sums, side), crash="json")
                 crash_point("bulk.record_written")
                 last_write = now
     finally:

@@ -35,6 +35,7 @@ from . import graphs
 from .adapters import as_fastddpm_model
 from .bulk import write_samples
 from .guard import finite_check, nonfinite_error
+from .guidance import GUIDED, Conditioning
 from .models import check_output, declares_variance, host_model, model_device, model_kind
 from .options import SamplingOptions, check_int
 from .plan import make_plan
@@ -138,6 +139,10 @@ class SamplingRun:
         self.schedule, self.model = schedule, model
         self.shape = opts.resolved_shape(model)
         _check_shape_fits(model, self.shape)
+        # Labels and guidance, per network call (fastddpm.sampling.guidance): checked here, once.
+        self.cond = Conditioning(model, self.plan.t.tolist(), self.n, self.start, self.seed, labels=opts.labels,
+                                 guidance=opts.guidance, guidance_rescale=opts.guidance_rescale,
+                                 guidance_interval=opts.guidance_interval)
         self.D = int(np.prod(self.shape, dtype=np.int64))
         self.check_finite = bool(opts.check_finite)
         self.progress = opts.progress
@@ -166,6 +171,17 @@ class SamplingRun:
         self.drop_variance = variance and not self.plan.table.variance_channel
         self.out_shape = ((2 * self.shape[0],) + self.shape[1:]) if variance else self.shape
         self.model_id = None  # identifies the weights in a bulk progress record (set by Pipeline)
+        self._doubled = {}  # B → the 2B-row network input of a guided run (host path), reused across batches
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the request gave labels: results then come with them (in memory: (x, labels);
+        a bulk file: its .labels.npy sidecar)."""
+        return self.cond.labels is not None
+
+    def batch_labels(self, s0: int, s1: int):
+        """int64 [s1 − s0]: the labels of samples s0 … s1 − 1 of this run (None when unlabelled)."""
+        return None if self.cond.labels is None else self.cond.labels.batch(s0, s1)
 
     def _torch_setup(self, backend, dtype, cuda_graph) -> None:
         """The on_torch branch of __init__: dtype, stepper (tables built here), graph choice."""
@@ -192,7 +208,7 @@ class SamplingRun:
             if name == "float64":
                 raise TypeError("dtype=float64 does not run on the Triton loop (float32, float16 or bfloat16); "
                                 "use backend='torch', or the host path (device='cpu', backend 'numba')")
-        self.stepper = TorchStepper(self.plan, self.device, self.torch_dtype, self.seed, update)
+        self.stepper = TorchStepper(self.plan, self.device, self.torch_dtype, self.seed, update, self.cond)
         self.model_dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
         default_graph = self.device.type == "cuda" and update == "triton"
         self.cuda_graph = default_graph if cuda_graph is None else bool(cuda_graph)
@@ -246,23 +262,42 @@ class SamplingRun:
         # the network call, the guard's one dot product and the fused kernel, nothing else.
         K = self.plan.num_steps
         B, offset = s1 - s0, (self.start + s0) * self.D
-        if x is None:
-            x = np.empty((B,) + self.shape, dtype=self.dtype)
+        cond = self.cond
+        out = x
+        if cond.doubled:  # guided calls run the network on 2B rows: x is the first half of that input
+            xx = self._doubled.get(B)
+            if xx is None:
+                xx = self._doubled[B] = np.empty((2 * B,) + self.shape, dtype=self.dtype)
+            x, mirror = xx[:B], xx[B:]
+        else:
+            xx = mirror = None
+            if x is None:
+                x = np.empty((B,) + self.shape, dtype=self.dtype)
         if initial is not None:
             x[...] = initial
-        step = self.stepper.begin(x, offset, draw=initial is None)  # x ← x_T
+        step = self.stepper.begin(x, offset, cond, mirror, draw=initial is None)  # x ← x_T
         record = _recorder(traj, s0, s1)
         record(0, x)
         hooks = traj is not None or pbar is not None
-        shape, ts = (B,) + self.out_shape, self.timesteps
+        ts, modes = self.timesteps, cond.modes
+        inputs = cond.call_labels(self.batch_labels(s0, s1), B)
         with (_inference_mode() if self.kind == "torch" else _null()):
-            net = self.network.bind(x)
-            finite = finite_check(np.empty(shape, self.dtype)) if self.check_finite else None
+            nets, shapes, finite = {}, {}, {}
+            for mode in set(modes):
+                rows = 2 * B if mode == GUIDED else B
+                buf = xx if mode == GUIDED else x
+                # an unconditional model's binding keeps its one-argument form
+                nets[mode] = self.network.bind(buf) if inputs[mode] is None else self.network.bind(buf, inputs[mode])
+                shapes[mode] = (rows,) + self.out_shape
+                if self.check_finite and rows not in finite:
+                    finite[rows] = finite_check(np.empty(shapes[mode], self.dtype))
             for k in range(K):
-                m = net(k)
+                mode = modes[k]
+                m = nets[mode](k)
+                shape = shapes[mode]
                 if m.shape != shape:
-                    check_output(m, x, k, ts[k], K, expected=shape)
-                if finite is not None and not finite(m):
+                    check_output(m, xx if mode == GUIDED else x, k, ts[k], K, expected=shape)
+                if finite and not finite[shape[0]](m):
                     raise nonfinite_error(k, ts[k], K, self.start + s0, self.start + s1 - 1)
                 if self.drop_variance:
                     m = np.ascontiguousarray(m[:, : self.shape[0]])
@@ -271,7 +306,22 @@ class SamplingRun:
                     record(k + 1, x)
                     if pbar is not None:
                         pbar.update(B)
-        return x
+        if xx is None:
+            return x
+        if out is None:
+            return x.copy()  # the 2B buffer is reused by the next batch
+        out[...] = x
+        return out
+
+    def torch_labels(self, s0: int, s1: int):
+        """The labels tensor the network gets for samples s0 … s1 − 1 on the torch path (every call
+        of a guided run: [labels | no label], 2B rows), or None (an unconditional model)."""
+        import torch
+
+        cond = self.cond
+        mode = GUIDED if cond.doubled else cond.modes[0]
+        labels = cond.call_labels(self.batch_labels(s0, s1), s1 - s0)[mode]
+        return None if labels is None else torch.as_tensor(labels, device=self.device)
 
     def _torch_batch(self, s0, s1, out, traj, pbar, initial=None):
         import torch
@@ -286,19 +336,24 @@ class SamplingRun:
                 and B == self.batch_size and initial is None else None
             if graphed is not None:
                 return graphs.replay(self, graphed, s0, s1, offset, out, pbar)
-            if out is None or not out.is_contiguous() or out.dtype != self.torch_dtype:
+            labels = self.torch_labels(s0, s1)
+            xx = mirror = None
+            if self.cond.doubled:  # x is the first half of the 2B-row network input
+                xx = torch.empty((2 * B,) + self.shape, dtype=self.torch_dtype, device=self.device)
+                x, mirror = xx[:B], xx[B:]
+            elif out is None or not out.is_contiguous() or out.dtype != self.torch_dtype:
                 x = torch.empty((B,) + self.shape, dtype=self.torch_dtype, device=self.device)
             else:
                 x = out
             state = st.state(x)
             if initial is not None:
                 x.copy_(initial)
-            st.begin(x, state, offset, draw=initial is None)
+            st.begin(x, state, offset, mirror, draw=initial is None)
             record = _recorder(traj, s0, s1)
             record(0, x)
             bad = torch.full((), -1, dtype=torch.int64, device=self.device)
             for k in range(K):
-                self._step(st, x, state, bad, k)
+                self._step(st, x, state, bad, k, xin=xx, labels=labels)
                 record(k + 1, x)
                 if pbar is not None:
                     pbar.update(B)
@@ -306,20 +361,27 @@ class SamplingRun:
             if out is not None and x is not out:
                 out.copy_(x)
                 return out
+            if xx is not None:
+                x = x.clone()
             # .npy files have no bfloat16: a batch handed to a file writer widens (exactly).
             return x.float() if out is None and self.torch_dtype == torch.bfloat16 else x
 
-    def _step(self, st, x, state, bad, k=None):
+    def _step(self, st, x, state, bad, k=None, xin=None, labels=None):
         """One step: network on (x, t_now) → fused update of x in place (step index on the
-        device). ``k`` (host) only for the eager path's output checks; None while capturing."""
+        device). ``k`` (host) only for the eager path's output checks; None while capturing.
+        ``xin``: the 2B-row input of a guided run (x its first half); ``labels``: a conditional
+        model's labels tensor (rows of the input)."""
         import torch
 
-        xin = x if self.model_dtype in (None, x.dtype) else x.to(self.model_dtype)
-        m = self.model(xin, st.t_input(x.shape[0]))
+        src = x if xin is None else xin
+        net_in = src if self.model_dtype in (None, src.dtype) else src.to(self.model_dtype)
+        args = (net_in, st.t_input(src.shape[0])) + (() if labels is None else (labels,))
+        m = self.model(*args)
         if k is not None:
             if not isinstance(m, torch.Tensor):
                 raise TypeError(f"the model must return a torch tensor, got {type(m).__name__}")
-            check_output(m, x, k, int(self.plan.t[k]), self.plan.num_steps, expected=(x.shape[0],) + self.out_shape)
+            check_output(m, src, k, int(self.plan.t[k]), self.plan.num_steps,
+                         expected=(src.shape[0],) + self.out_shape)
         if self.drop_variance:
             m = m[:, : self.shape[0]]
         if not m.is_contiguous():
@@ -380,6 +442,11 @@ def sample(model, schedule, n, **options):
     killed run); returns the path. Otherwise returns a NumPy array (a tensor on CUDA), and with
     ``return_trajectory`` also a :class:`Trajectory` at ``trajectory_steps`` (loop positions,
     default 11 evenly spaced, or "all").
+    labels (a conditional model, fastddpm.labels): with labels given the result is
+    ``(x, labels)`` (``(x, labels, trajectory)``), labels int64 [n] aligned with the rows, and
+    ``out`` also writes them to ``OUT.labels.npy`` beside the samples (same rules: lock,
+    atomic rename, resume, checksums). guidance / guidance_rescale / guidance_interval:
+    classifier-free guidance, fused into the update kernel (docs/sampling.md, "Guidance").
     check_finite: stop with an error naming the step if the model returns NaN/inf.
     dtype: float32 (default) or float64 on the host; float32, float16 or bfloat16 on the Triton
     loop (CUDA; the math is float32, x is stored in dtype; a float32 network is fed x cast to
@@ -465,7 +532,9 @@ def run_in_memory(run: SamplingRun, *, return_trajectory=False, trajectory_steps
     finally:
         if pbar is not None:
             pbar.close()
+    labels = run.batch_labels(0, n) if run.labelled else None
     if not return_trajectory:
-        return result
-    labels = [int(run.plan.t[p]) if p < K else -1 for p in traj[0]]
-    return result, Trajectory(traj[0], labels, traj[1])
+        return result if labels is None else (result, labels)
+    steps = [int(run.plan.t[p]) if p < K else -1 for p in traj[0]]
+    trajectory = Trajectory(traj[0], steps, traj[1])
+    return (result, trajectory) if labels is None else (result, labels, trajectory)

@@ -62,8 +62,9 @@ def declares_variance(model) -> bool:
 
 
 def host_model(model, kind: str, dtype, timesteps=()):
-    """The network of a host run: ``bind(x)`` once per batch → ``net(k)``, the output at
-    t = ``timesteps[k]`` for the current contents of the batch buffer x [B, …].
+    """The network of a host run: ``bind(x, labels=None)`` once per batch → ``net(k)``, the output at
+    t = ``timesteps[k]`` for the current contents of the batch buffer x [B, …] (a conditional
+    model is called ``model(x, t, labels)`` with the int64 [B] ``labels`` given at binding).
 
     ``net(k)`` returns a C-contiguous np.ndarray of x's dtype (the loop checks its shape). x
     is the loop's persistent buffer, updated in place between steps, so everything that does
@@ -93,14 +94,18 @@ class _NumpyNet:
     def __init__(self, model, timesteps):
         self.model, self.timesteps = model, timesteps
 
-    def bind(self, x: np.ndarray):
+    def bind(self, x: np.ndarray, labels=None):
         model, ts, dtype = self.model, self.timesteps, x.dtype
         bind_batch = getattr(model, "bind_batch", None)
         if bind_batch is not None:
-            net = bind_batch(x, ts)
+            net = bind_batch(x, ts) if labels is None else bind_batch(x, ts, labels=labels)
             if net is not None:
                 return net
         B = x.shape[0]
+        if labels is not None:
+            def net(k):
+                return _as_numpy_output(model(x, np.full(B, ts[k], dtype=np.int64), labels), dtype)
+            return net
 
         def net(k):
             return _as_numpy_output(model(x, np.full(B, ts[k], dtype=np.int64)), dtype)
@@ -115,7 +120,7 @@ class _TorchNet:
         self._t = torch.tensor(timesteps, dtype=torch.int64)
         self._views = {}  # batch size → [K] stride-0 t views (a run has at most two sizes)
 
-    def bind(self, x: np.ndarray):
+    def bind(self, x: np.ndarray, labels=None):
         torch, model = self.torch, self.model
         B = x.shape[0]
         tv = self._views.get(B)
@@ -126,6 +131,10 @@ class _TorchNet:
             tv = self._views[B] = self._t.as_strided((len(self.timesteps), B), (1, 0)).unbind(0)
         xt = torch.from_numpy(x)  # shares x's memory: the loop's in-place updates show through
         dt, Tensor = xt.dtype, torch.Tensor
+        if labels is not None:  # a conditional model: model(x, t, labels) with labels int64 [rows of x]
+            yt = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+            plain = model
+            model = lambda x_, t_: plain(x_, t_, yt)  # noqa: E731
 
         def net(k):
             out = model(xt, tv[k])

@@ -57,7 +57,15 @@ class SamplingOptions:
     sampler does not take is an error), ``sampler_options`` any other of them as a dict
     (``fastddpm.kernels.samplers.options(name)`` lists a sampler's);
     prediction / clip: the network's output type, x̂0 clipping;
-    seed: the noise seed in [0, 2**32); batch_size: samples per batch (None: cache-sized on
+    seed: the noise seed in [0, 2**32);
+    labels (a conditional model; fastddpm.labels): None (its "no label" class), an int (every
+    sample), an integer array [n] (one per sample), "balanced" or "frequencies" (drawn from (seed,
+    sample index)); the in-memory result is then (samples, labels) and a bulk ``out`` gets a
+    ``.labels.npy`` sidecar. guidance: the classifier-free guidance scale w (1: conditional only,
+    0: unconditional only; m = u + w·(c − u) fused into the update); guidance_rescale: φ in [0, 1]
+    (diffusers' rescale_noise_cfg); guidance_interval: None or (t_lo, t_hi), guidance only at the
+    calls with t_lo ≤ t ≤ t_hi (the conditional output elsewhere);
+    batch_size: samples per batch (None: cache-sized on
     CPU, device-sized on CUDA; the samples do not depend on it); device / backend / dtype /
     cuda_graph: where and how the loop runs; progress: a progress bar; check_finite: stop at a
     NaN/inf model output; sample_shape: one sample's shape (None: ``model.sample_shape``);
@@ -80,6 +88,10 @@ class SamplingOptions:
     prediction: str = "epsilon"
     clip: float | None = None
     seed: int = 0
+    labels: Any = None
+    guidance: float = 1.0
+    guidance_rescale: float = 0.0
+    guidance_interval: Any = None
     batch_size: int | None = None
     device: Any = None
     backend: str = "auto"
@@ -104,6 +116,14 @@ class SamplingOptions:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
         object.__setattr__(self, "seed", int(seed))
+        from ..labels import check_spec
+        from .guidance import check_options
+
+        object.__setattr__(self, "labels", check_spec(self.labels))
+        w, phi, interval = check_options(self.guidance, self.guidance_rescale, self.guidance_interval)
+        object.__setattr__(self, "guidance", w)
+        object.__setattr__(self, "guidance_rescale", phi)
+        object.__setattr__(self, "guidance_interval", interval)
         object.__setattr__(self, "start", check_int(self.start, "start", 0))
         if self.batch_size is not None:
             object.__setattr__(self, "batch_size", check_int(self.batch_size, "batch_size"))

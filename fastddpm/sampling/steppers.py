@@ -79,46 +79,79 @@ class HostStepper:
                 b.fill(0)
         return s, ring
 
-    def begin(self, x: np.ndarray, offset: int, *, draw: bool = True):
+    def begin(self, x: np.ndarray, offset: int, cond=None, mirror: np.ndarray | None = None, *,
+              draw: bool = True):
         """Start a batch (x C-contiguous [B, …], its first element at global noise offset
         ``offset``): x ← x_T (``draw=False``: x already holds the starting state, e.g. a teacher's
         solve from x_t in fastddpm.distill); returns ``step(k, m)`` updating x in place from the
-        output m of call k."""
+        output m of call k.
+
+        ``cond`` (fastddpm.sampling.guidance.Conditioning): a guided call k reads both halves of a
+        2B-row m; ``mirror`` (like x: the second half of the run's 2B-row network input) receives
+        x′ on the calls before a guided call, and the starting x here when call 0 is guided."""
         if draw:
             draw_initial(x, self.seed, offset, self.backend)
         s, ring = self._buffers(x)
-        per_sample = x.size // max(1, x.shape[0])
+        B = x.shape[0]
+        per_sample = x.size // max(1, B)
         xf = x.reshape(-1)
+        K = self.plan.num_steps
+        guided = [cond is not None and cond.guided(k) for k in range(K)]
+        mf = None if mirror is None else mirror.reshape(-1)
+        mirrors = [mf if cond is not None and cond.mirror[k] else None for k in range(K)]
+        if mf is not None and guided[0]:
+            mf[...] = xf
+        phi = cond.rescale if cond is not None else 0.0
+        w = cond.scale if cond is not None else 1.0
         if self.backend == "numpy":
-            return self._numpy_step(x, s, ring, offset, per_sample)
-        from ..kernels.numba.update import bind, launch_args
+            return self._numpy_step(x, s, ring, offset, per_sample, guided, mirrors, w, phi)
+        from ..kernels.numba.update import bind, guide_scales, launch_args
 
+        rb = np.ones(B, dtype=x.dtype) if phi and any(guided) else None  # guidance_rescale's factors, per call
         calls = []
-        for k in range(self.plan.num_steps):
-            w, hs = self.slots[k, 0], self.slots[k, 1:1 + self.depth]
+        for k in range(K):
+            w_slot, hs = self.slots[k, 0], self.slots[k, 1:1 + self.depth]
             calls.append(bind(*launch_args(xf, xf, self.coef, self._ridx[k], clip=self.plan.clip, s=s,
-                                           h=tuple(ring[j] for j in hs), q=ring[w] if w >= 0 else None,
+                                           h=tuple(ring[j] for j in hs), q=ring[w_slot] if w_slot >= 0 else None,
                                            draw_noise=self.draws[k], seed=self.seed, stream=k + 1, offset=offset,
-                                           per_sample=per_sample, variance=self.variance)))
+                                           per_sample=per_sample, variance=self.variance,
+                                           guidance=w if guided[k] else None,
+                                           rescale=rb if guided[k] and rb is not None else None,
+                                           mirror=mirrors[k])))
+        if rb is None:
+            def step(k, m):
+                calls[k](m.reshape(-1))
+            return step
+        variance = self.variance
 
-        def step(k, m):
-            calls[k](m.reshape(-1))
-        return step
+        def step_rescaled(k, m):
+            mflat = m.reshape(-1)
+            if guided[k]:  # one read of both halves → r [B], then the fused update multiplies by r_b
+                guide_scales(mflat, B, per_sample, w, phi, variance=variance, out=rb)
+            calls[k](mflat)
+        return step_rescaled
 
-    def _numpy_step(self, x, s, ring, offset, per_sample):
+    def _numpy_step(self, x, s, ring, offset, per_sample, guided=(), mirrors=(), w=1.0, phi=0.0):
         """backend="numpy": the same rows with NumPy operators, noise from kernels/reference.py."""
         from ..kernels import reference
 
         xf, dt = x.reshape(-1), x.dtype.type
+        B = x.shape[0]
 
         def step(k, m):
             mf = m.reshape(-1)
             v = None
-            if self.variance is not None:  # [B, 2D] → mean and variance channel
-                halves = mf.reshape(x.shape[0], 2, per_sample)
-                mf, v = halves[:, 0].reshape(-1), halves[:, 1].reshape(-1)
+            rows = 2 * B if guided and guided[k] else B
+            if self.variance is not None:  # [rows, 2D] → mean and variance channel
+                halves = mf.reshape(rows, 2, per_sample)
+                mf, v = halves[:, 0].reshape(-1), halves[:B, 1].reshape(-1)
+            if rows == 2 * B:  # the guided output, as the fused kernel forms it
+                c, u = mf[:B * per_sample], mf[B * per_sample:]
+                mf = c + dt(w - 1.0) * (c - u)
+                if phi:
+                    mf = mf * np.repeat(_rescale_factors(c, mf, B, per_sample, phi).astype(x.dtype), per_sample)
             z = reference.randn(xf.size, self.seed, k + 1, offset).astype(dt) if self.draws[k] else None
-            w, hs = self.slots[k, 0], self.slots[k, 1:1 + self.depth]
+            w_slot, hs = self.slots[k, 0], self.slots[k, 1:1 + self.depth]
             row = self.coef[k]
             if self.variance == "sqrt" and z is not None:
                 z, v = z * np.sqrt(v), None
@@ -126,12 +159,24 @@ class HostStepper:
                 row[KC.COL["vg"]] = row[KC.COL["vb"]] = 0
             y, s_new, q = KC.apply_row(row, xf, mf, clip=None if self.plan.clip is None else dt(self.plan.clip),
                                        s=s, h=tuple(ring[j] for j in hs), z=z, v=v)
-            if w >= 0:
-                ring[w] = q if q is not None else 0
+            if w_slot >= 0:
+                ring[w_slot] = q if q is not None else 0
             if s is not None:
                 s[...] = s_new if s_new is not None else 0
             xf[...] = y
+            if mirrors and mirrors[k] is not None:
+                mirrors[k][...] = y
         return step
+
+
+def _rescale_factors(c, g, B: int, D: int, phi: float) -> np.ndarray:
+    """guidance_rescale's r_b = φ·σ(c_b)/σ(g_b) + 1 − φ (float64; 1 where σ(g_b) = 0 or D = 1) —
+    what kernels/numba/update.guide_scales computes, in NumPy operators."""
+    if D < 2:
+        return np.ones(B)
+    sc = c.reshape(B, D).astype(np.float64).std(axis=1, ddof=1)
+    sg = g.reshape(B, D).astype(np.float64).std(axis=1, ddof=1)
+    return np.where(sg > 0, phi * sc / np.where(sg > 0, sg, 1.0) + (1.0 - phi), 1.0)
 
 
 class TorchStepper:
@@ -148,7 +193,7 @@ class TorchStepper:
     applied with torch operators, noise from fastddpm.randn (host call counter; never captured).
     """
 
-    def __init__(self, plan, device, dtype, seed: int, backend: str = "triton"):
+    def __init__(self, plan, device, dtype, seed: int, backend: str = "triton", cond=None):
         import torch
 
         if backend not in ("triton", "torch"):
@@ -172,6 +217,15 @@ class TorchStepper:
         else:  # rounded to the data dtype once, as the CPU kernels do
             self.coef = rows.to(device=self.device, dtype=dtype)
         self.draws = [bool(v) for v in tab.rows[:, KC.COL["yz"]] != 0]
+        # A guided run (fastddpm.sampling.guidance): on the device every call runs the network over
+        # 2B rows — one captured step fits every call — and call k's w_k − 1 comes from a device
+        # table (0 outside guidance_interval: m = c exactly), so graph replays need no host work.
+        self.guided_run = cond is not None and cond.doubled
+        self.rescale = cond.rescale if self.guided_run else 0.0
+        self.w1 = [cond.scale - 1.0 if cond.guided(k) else 0.0 for k in range(tab.calls)] if self.guided_run else None
+        self.gw = torch.tensor(self.w1, dtype=torch.float32, device=self.device) \
+            if self.guided_run and backend == "triton" else None
+        self._mirror = None
 
     def state(self, like):
         """Per-batch buffers (state s and history ring, as the table needs; noise for backend torch)."""
@@ -182,12 +236,17 @@ class TorchStepper:
                 "ring": torch.zeros((self.depth + 1,) + tuple(like.shape), dtype=like.dtype, device=like.device)
                 if self.depth else None}
 
-    def begin(self, x, state, offset: int, *, draw: bool = True) -> None:
+    def begin(self, x, state, offset: int, mirror=None, *, draw: bool = True) -> None:
         """Start a batch whose first element has global noise offset ``offset``: x ← x_T (stream 0;
         ``draw=False`` keeps x as the starting state), call index 0, t_now = t[0], state and ring
-        zeroed. Device writes only (no sync)."""
+        zeroed. Device writes only (no sync). ``mirror`` (a guided run): the second half of the
+        2B-row network input, x being its first half; it gets the starting x here and x′ from every
+        update."""
         if draw:
             draw_initial(x, self.seed, offset, "triton" if self.backend == "triton" else "auto")
+        self._mirror = mirror
+        if mirror is not None:
+            mirror.copy_(x)
         self.ctl[0].fill_(0)
         self.ctl[1].fill_(offset)
         self.ctl[2].fill_(self.seed)
@@ -224,7 +283,7 @@ class TorchStepper:
             fn = self._launchers[key] = LoopUpdate(
                 self.coef, self.slots_dev, self.ctl, x.numel(), x.numel() // max(1, x.shape[0]), clip=self.plan.clip,
                 noise=self.plan.noisy, has_state=self.has_state, depth=self.depth, variance=self.variance,
-                shift=self.offset & 3)
+                shift=self.offset & 3, guidance=self.gw, rescale=self.rescale)
         return fn
 
     def _torch_update(self, x, m, state) -> None:
@@ -234,9 +293,19 @@ class TorchStepper:
         torch, k = self.torch, self.k
         m = m.to(self.dtype)
         v = None
-        if self.variance is not None:  # [B, 2C, …] → mean and variance channel
-            halves = m.reshape(x.shape[0], 2, -1)
-            m, v = halves[:, 0].reshape(x.shape), halves[:, 1].reshape(x.shape)
+        B = x.shape[0]
+        rows = 2 * B if self.guided_run else B
+        if self.variance is not None:  # [rows, 2C, …] → mean and variance channel (the conditional rows')
+            halves = m.reshape(rows, 2, -1)
+            m, v = halves[:, 0].reshape((rows,) + tuple(x.shape[1:])), halves[:B, 1].reshape(x.shape)
+        if self.guided_run:  # the guided output, as the fused kernel forms it
+            c, u = m[:B], m[B:]
+            m = c + self.w1[k] * (c - u)
+            if self.rescale and self.w1[k] != 0.0:
+                dims = tuple(range(1, m.dim()))
+                sc, sg = c.double().std(dim=dims, keepdim=True), m.double().std(dim=dims, keepdim=True)
+                r = torch.where(sg > 0, self.rescale * sc / torch.where(sg > 0, sg, 1.0) + (1.0 - self.rescale), 1.0)
+                m = m * r.to(m.dtype)
         z = randn(tuple(x.shape), seed=self.seed, stream=k + 1, offset=self.offset, dtype=self.dtype, like=x,
                   backend="auto") if self.draws[k] else None
         row = self.coef[k]
@@ -252,3 +321,5 @@ class TorchStepper:
         if s is not None:
             s.copy_(s_new) if s_new is not None else s.zero_()
         x.copy_(y)
+        if self._mirror is not None:
+            self._mirror.copy_(y)

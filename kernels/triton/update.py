@@ -24,6 +24,14 @@ what its sampler needs.
 
 Bytes per element (float32): 12 for ddpm/ddim (x, m in; x′ out), +4 per history value read,
 +4 for a pushed q, +8 for the state s.
+
+Classifier-free guidance (``GUIDE``, the loop only; docs/sampling.md, "Guidance"): the network ran
+once over 2B rows (conditional outputs c first, unconditional u ``u_off`` elements later) and the
+kernel uses m = (c + (w_k − 1)·(c − u))·r_b, w_k − 1 read from the device table ``gw`` [K] at the
+call index (0 outside a guidance interval: exactly c), r_b guidance_rescale's per-sample factor
+(``RESCALE``: ``gr`` [B], written just before by :func:`_guide_scales_kernel` from the same
+table). ``MIRROR``: x′ is also stored n elements after x, the second half of the 2B-row network
+input whose first half x is. +4 bytes per element for u, +4 for the mirror.
 """
 from __future__ import annotations
 
@@ -70,10 +78,11 @@ def _c(coef_ptr, r, j: tl.constexpr, mask, ROW_PER_SAMPLE: tl.constexpr):
 
 @triton.jit(do_not_specialize=NO_SPECIALIZE + ["last_row"])
 def _update_kernel(x_ptr, m_ptr, out_ptr, s_ptr, ring_ptr, slots_ptr, noise_ptr, coef_ptr, ctl_ptr, key_ptr,
-                   n, per_sample, last_row, seed_word, stream_word, ctr_lo, ctr_hi, clip,
+                   gw_ptr, gr_ptr, n, per_sample, last_row, seed_word, stream_word, ctr_lo, ctr_hi, clip, u_off,
                    HAS_CLIP: tl.constexpr, C: tl.constexpr, ROW_PER_SAMPLE: tl.constexpr, HAS_S: tl.constexpr,
                    H: tl.constexpr, NOISE: tl.constexpr, VAR: tl.constexpr, LOOP: tl.constexpr,
-                   KEY_ON_DEVICE: tl.constexpr, SHIFT: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
+                   KEY_ON_DEVICE: tl.constexpr, SHIFT: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
+                   GUIDE: tl.constexpr = False, RESCALE: tl.constexpr = False, MIRROR: tl.constexpr = False):
     if LOOP:
         step = tl.minimum(tl.maximum(tl.load(ctl_ptr), 0), last_row)
         k, mask, counters = tile_at(n, tl.load(ctl_ptr + 1) >> 2, SHIFT, IDX64, BLOCK)
@@ -93,7 +102,13 @@ def _update_kernel(x_ptr, m_ptr, out_ptr, s_ptr, ring_ptr, slots_ptr, noise_ptr,
         m = tl.load(m_ptr + mk, mask=mask).to(tl.float32)
         v = tl.load(m_ptr + mk + per_sample, mask=mask, other=1.0).to(tl.float32)
     else:
+        mk = k
         m = tl.load(m_ptr + k, mask=mask).to(tl.float32)
+    if GUIDE:  # the unconditional half of the same output; m = c + (w − 1)·(c − u) (· r_b)
+        u = tl.load(m_ptr + mk + u_off, mask=mask).to(tl.float32)
+        m = m + tl.load(gw_ptr + step) * (m - u)
+        if RESCALE:
+            m = m * tl.load(gr_ptr + k // per_sample, mask=mask, other=1.0)
     x0 = _c(coef_ptr, r, 0, mask, ROW_PER_SAMPLE) * x + _c(coef_ptr, r, 1, mask, ROW_PER_SAMPLE) * m
     if HAS_CLIP:
         x0 = tl.minimum(tl.maximum(x0, -clip), clip)
@@ -140,7 +155,45 @@ def _update_kernel(x_ptr, m_ptr, out_ptr, s_ptr, ring_ptr, slots_ptr, noise_ptr,
             tl.store(ring_ptr + w * n + k, q.to(ring_ptr.dtype.element_ty), mask=mask)
     if HAS_S:
         tl.store(s_ptr + k, sn.to(s_ptr.dtype.element_ty), mask=mask)
+    if MIRROR:  # the second half of the 2B-row network input
+        tl.store(out_ptr + n + k, y.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + k, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["per_sample", "row", "u_off", "last_row"])
+def _guide_scales_kernel(m_ptr, gw_ptr, ctl_ptr, gr_ptr, per_sample, row, u_off, last_row, phi,
+                         BLOCK: tl.constexpr):
+    """gr[b] = φ·σ(c_b)/σ(g_b) + 1 − φ for sample b = program id, g = c + (w_k − 1)·(c − u) with
+    w_k − 1 = gw[ctl[0]]: guidance_rescale's factors (Bessel-corrected σ; float64 sums; 1 where
+    σ(g) = 0 or D = 1). One read of both halves of the call's output."""
+    b = tl.program_id(0).to(tl.int64)
+    step = tl.minimum(tl.maximum(tl.load(ctl_ptr), 0), last_row)
+    w1 = tl.load(gw_ptr + step)
+    base = b * row
+    sc = tl.zeros((BLOCK,), dtype=tl.float64)
+    sc2 = tl.zeros((BLOCK,), dtype=tl.float64)
+    sg = tl.zeros((BLOCK,), dtype=tl.float64)
+    sg2 = tl.zeros((BLOCK,), dtype=tl.float64)
+    for j0 in range(0, per_sample, BLOCK):
+        j = j0 + tl.arange(0, BLOCK)
+        mask = j < per_sample
+        c = tl.load(m_ptr + base + j, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(m_ptr + base + u_off + j, mask=mask, other=0.0).to(tl.float32)
+        g = c + w1 * (c - u)
+        c64 = c.to(tl.float64)
+        g64 = g.to(tl.float64)
+        sc += c64
+        sc2 += c64 * c64
+        sg += g64
+        sg2 += g64 * g64
+    d = per_sample.to(tl.float64)
+    tc = tl.sum(sc, axis=0)
+    tg = tl.sum(sg, axis=0)
+    var_c = tl.maximum((tl.sum(sc2, axis=0) - tc * tc / d) / (d - 1.0), 0.0)
+    var_g = tl.maximum((tl.sum(sg2, axis=0) - tg * tg / d) / (d - 1.0), 0.0)
+    ok = (var_g > 0.0) & (d > 1.0)
+    r = tl.where(ok, phi * tl.sqrt(var_c / tl.where(ok, var_g, 1.0)) + (1.0 - phi), 1.0)
+    tl.store(gr_ptr + b, r.to(tl.float32))
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,8 +241,8 @@ def step_update(row_fn, launch, *, clip=None, **options) -> None:
             p = t - 1 if L.prev_is_t_minus_1 else L.prev_t.to(torch.int64).clamp(-1, L.last_step)
             rows = _rows_of(row_fn, L.alphas_cumprod, t, p, options)
         _update_kernel[L.grid](
-            L.x, L.m, L.out, L.x, L.x, L.x, L.noise, rows, L.key, L.key, L.n, L.per_sample, rows.shape[0] - 1,
-            L.seed_word, L.stream_word, L.ctr_lo, L.ctr_hi, float(clip or 0.0),
+            L.x, L.m, L.out, L.x, L.x, L.x, L.noise, rows, L.key, L.key, rows, rows, L.n, L.per_sample,
+            rows.shape[0] - 1, L.seed_word, L.stream_word, L.ctr_lo, L.ctr_hi, float(clip or 0.0), 0,
             HAS_CLIP=clip is not None, C=KC.NUM_COLUMNS, ROW_PER_SAMPLE=rows.shape[0] > 1, HAS_S=False, H=0,
             NOISE=L.noise_mode, VAR=0, LOOP=False, KEY_ON_DEVICE=L.key_on_device, SHIFT=L.shift, IDX64=L.idx64,
             BLOCK=L.block, num_warps=L.num_warps)
@@ -224,11 +277,15 @@ class LoopUpdate:
     The table's properties say which buffers exist (``has_state``, ``depth``, ``noise``,
     ``variance``). ``noise="given"``: the call's normals come as a tensor like x (``__call__``'s
     ``noise``; the drop-in schedulers' ``variance_noise``) instead of being drawn from stream k + 1.
+    ``guidance``: float32 [K] on coef's device, w_k − 1 of call k (a guided run: every call's
+    output has 2B rows, x is the first half of the 2B-row network input and the update mirrors x′
+    into its second half); ``rescale``: guidance_rescale's φ (0: off).
     Arguments are validated by the caller once per run; a call does no checks.
     """
 
     def __init__(self, coef: torch.Tensor, slots: torch.Tensor, ctl: torch.Tensor, numel: int, per_sample: int, *,
-                 clip=None, noise: bool | str, has_state: bool, depth: int, variance=None, shift: int = 0):
+                 clip=None, noise: bool | str, has_state: bool, depth: int, variance=None, shift: int = 0,
+                 guidance: torch.Tensor | None = None, rescale: float = 0.0):
         if coef.dtype != torch.float32 or coef.ndim != 2 or coef.shape[1] != KC.NUM_COLUMNS:
             raise ValueError(f"coef must be float32 [K, {KC.NUM_COLUMNS}], got {coef.dtype} {tuple(coef.shape)}")
         if slots.dtype != torch.int64 or slots.shape != (coef.shape[0], 4) or slots.device != coef.device:
@@ -244,12 +301,25 @@ class LoopUpdate:
         self.clip = float(clip or 0.0)
         block, warps = launch_config(self.numel)
         self.grid = grid_size(self.numel, shift, block)
+        guided = guidance is not None
+        if guided and (guidance.dtype != torch.float32 or guidance.shape != (coef.shape[0],)
+                       or guidance.device != coef.device):
+            raise ValueError(f"guidance must be float32 [K] = [{coef.shape[0]}] (w_k − 1) on coef's device")
+        self.guidance, self.rescale = guidance, float(rescale) if guided else 0.0
+        # the furthest element a launch touches: the ring's slots, or a guided output's second half
+        # (4n with a variance channel), or the mirror (2n)
+        reach = max(1, depth + 1, (4 if variance is not None else 2) if guided else 1)
+        self.u_off = (2 * self.numel if variance is not None else self.numel) if guided else 0
         self.kwargs = dict(HAS_CLIP=clip is not None, C=KC.NUM_COLUMNS, ROW_PER_SAMPLE=False, HAS_S=has_state,
                            H=depth, NOISE=NOISE_GIVEN if noise == "given" else (NOISE_DRAWN if noise else NOISE_NONE),
                            VAR=VAR_MODES[variance], LOOP=True,
-                           KEY_ON_DEVICE=False, SHIFT=shift, IDX64=index_bits(self.numel * max(1, depth + 1), shift),
-                           BLOCK=block, num_warps=warps)
+                           KEY_ON_DEVICE=False, SHIFT=shift, IDX64=index_bits(self.numel * reach, shift),
+                           BLOCK=block, num_warps=warps, GUIDE=guided, RESCALE=guided and self.rescale != 0.0,
+                           MIRROR=guided)
         self.last_row = coef.shape[0] - 1
+        self.batch = self.numel // max(1, self.per_sample)
+        self.scales = torch.ones(max(1, self.batch), dtype=torch.float32, device=coef.device) \
+            if self.kwargs["RESCALE"] else None
 
     def buffers(self, like: torch.Tensor) -> LoopBuffers:
         """Zeroed per-batch buffers for x = ``like`` (state and ring, as this run needs)."""
@@ -264,7 +334,14 @@ class LoopUpdate:
         if self.numel == 0:
             return
         with on_device(x):
+            gw = self.coef if self.guidance is None else self.guidance
+            if self.scales is not None:  # guidance_rescale: one read of both halves → r [B] first
+                row = 2 * self.per_sample if self.kwargs["VAR"] else self.per_sample
+                _guide_scales_kernel[(self.batch,)](model_output, gw, self.ctl, self.scales, self.per_sample, row,
+                                                    self.u_off, self.last_row, self.rescale,
+                                                    BLOCK=min(1024, triton.next_power_of_2(max(16, self.per_sample))))
             _update_kernel[self.grid](
                 x, model_output, x, x if bufs.s is None else bufs.s, x if bufs.ring is None else bufs.ring,
-                self.slots, x if noise is None else noise, self.coef, self.ctl, self.ctl, self.numel, self.per_sample, self.last_row, 0, 0, 0,
-                0, self.clip, **self.kwargs)
+                self.slots, x if noise is None else noise, self.coef, self.ctl, self.ctl, gw,
+                gw if self.scales is None else self.scales, self.numel, self.per_sample, self.last_row, 0, 0, 0,
+                0, self.clip, self.u_off, **self.kwargs)

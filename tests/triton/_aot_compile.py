@@ -12,12 +12,13 @@ from triton.compiler import ASTSource
 
 TARGET = GPUTarget("cuda", 90, 32)
 STEP_TYPES = dict(x_ptr="*fp32", m_ptr="*fp32", out_ptr="*fp32", s_ptr="*fp32", ring_ptr="*fp32",
-                  slots_ptr="*i64", noise_ptr="*fp32", coef_ptr="*fp32", ctl_ptr="*i64", key_ptr="*i64", n="i32",
+                  slots_ptr="*i64", noise_ptr="*fp32", coef_ptr="*fp32", ctl_ptr="*i64", key_ptr="*i64",
+                  gw_ptr="*fp32", gr_ptr="*fp32", n="i32",
                   per_sample="i32", last_row="i32", seed_word="i32", stream_word="i32", ctr_lo="i32", ctr_hi="i32",
-                  clip="fp32")
+                  clip="fp32", u_off="i32")
 # What the launcher's specialisation gives for 16-byte aligned tensors and n % 16 == 0.
 ALIGNED = ("x_ptr", "m_ptr", "out_ptr", "s_ptr", "ring_ptr", "slots_ptr", "noise_ptr", "x0_ptr", "t_ptr", "coef_ptr",
-           "ctl_ptr", "key_ptr", "n")
+           "ctl_ptr", "key_ptr", "n", "u_off", "gw_ptr", "gr_ptr")
 
 
 def _kernel(module, name):
@@ -35,7 +36,8 @@ def compile_one(fn, types, constexprs, num_warps=8):
 
 
 def main():
-    step = dict(HAS_CLIP=True, LOOP=False, KEY_ON_DEVICE=False, BLOCK=4096, C=22, HAS_S=False, H=0, VAR=0)
+    step = dict(HAS_CLIP=True, LOOP=False, KEY_ON_DEVICE=False, BLOCK=4096, C=22, HAS_S=False, H=0, VAR=0,
+                GUIDE=False, RESCALE=False, MIRROR=False)
     update = _kernel("update", "_update_kernel")
     out = {
         # ddpm_step/ddim_step with a scalar t: one row, noise drawn, aligned.
@@ -57,6 +59,15 @@ def main():
             step, ROW_PER_SAMPLE=False, NOISE=0, SHIFT=0, IDX64=False, LOOP=True, H=3, HAS_S=True)),
         "ddpm_learned_range_loop": compile_one(update, STEP_TYPES, dict(
             step, ROW_PER_SAMPLE=False, NOISE=2, SHIFT=0, IDX64=False, LOOP=True, VAR=1)),
+        # Classifier-free guidance (issue 25): both halves of a 2B-row output read, x′ mirrored.
+        "ddpm_guided_loop": compile_one(update, STEP_TYPES, dict(
+            step, ROW_PER_SAMPLE=False, NOISE=2, SHIFT=0, IDX64=False, LOOP=True, GUIDE=True, MIRROR=True)),
+        "dpmpp2m_guided_rescaled_loop": compile_one(update, STEP_TYPES, dict(
+            step, ROW_PER_SAMPLE=False, NOISE=0, SHIFT=0, IDX64=False, LOOP=True, H=1, GUIDE=True, RESCALE=True,
+            MIRROR=True)),
+        "guide_scales": compile_one(_kernel("update", "_guide_scales_kernel"), dict(
+            m_ptr="*fp32", gw_ptr="*fp32", ctl_ptr="*i64", gr_ptr="*fp32", per_sample="i32", row="i32",
+            u_off="i32", last_row="i32", phi="fp32"), dict(BLOCK=1024)),
         "q_sample": compile_one(_kernel("q_sample", "_q_sample_kernel"), dict(
             x0_ptr="*fp32", noise_ptr="*fp32", out_ptr="*fp32", t_ptr="*i64", sqrt_ab_ptr="*fp32",
             sqrt_1mab_ptr="*fp32", key_ptr="*i64", n="i32", per_sample="i32", last_step="i32",

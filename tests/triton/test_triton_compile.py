@@ -27,7 +27,8 @@ def compiled():
 
 def test_all_kernels_compile_for_sm90(compiled):
     assert set(compiled) == {"ddpm_scalar_t", "ddpm_per_sample", "ddim_per_sample", "ddpm_loop", "dpmpp3m_loop",
-                             "unipc3_loop", "ddpm_learned_range_loop", "q_sample", "randn_bf16"}
+                             "unipc3_loop", "ddpm_learned_range_loop", "ddpm_guided_loop",
+                             "dpmpp2m_guided_rescaled_loop", "guide_scales", "q_sample", "randn_bf16"}
 
 
 def test_sampling_step_is_vectorised(compiled):
@@ -41,3 +42,8 @@ def test_sampling_step_is_vectorised(compiled):
     assert compiled["dpmpp3m_loop"]["ld_v4"] == 16 and compiled["dpmpp3m_loop"]["st_v4"] == 8
     # unipc-3: x, m, s and three ring buffers in; x, s and the pushed slot out
     assert compiled["unipc3_loop"]["ld_v4"] == 24 and compiled["unipc3_loop"]["st_v4"] == 12
+    # guided (issue 25): x, c and u in (u = n elements after c: aligned when n is); x′ and its mirror out
+    assert compiled["ddpm_guided_loop"]["ld_v4"] == 12 and compiled["ddpm_guided_loop"]["st_v4"] == 8
+    # + one history value in and the pushed slot out (the rescale factor is one load per sample)
+    assert compiled["dpmpp2m_guided_rescaled_loop"]["ld_v4"] == 16
+    assert compiled["dpmpp2m_guided_rescaled_loop"]["st_v4"] == 12
