@@ -191,29 +191,66 @@ def test_grids_nest():
     assert grid(1000, 4).tolist() == [999, 749, 499, 249]
 
 
-def test_distillation_works_at_small_scale(tmp_path):
-    """A 2-step student of a small 8gaussians model is far better than the teacher's own 2 DDIM steps
-    on the same timesteps, and close to the teacher's 64-step DDIM (what it learns to imitate).
+@pytest.fixture(scope="module")
+def gaussians(tmp_path_factory):
+    """A small 8gaussians ResMLP (v-prediction), trained for the quality tests below."""
+    path = tmp_path_factory.mktemp("gaussians") / "t"
+    fastddpm.train("8gaussians", path, net_kwargs={"width": 64, "depth": 2, "fourier_features": 8}, iters=600,
+                   batch_size=256, progress=False)
+    return path
 
-    Measured (one thread, 2-core EPYC, load 6): teacher ddim-2 mean distance to the nearest centre
-    1.52, ddim-32 0.18, the student 0.26; 42 s in all. A student target with the wrong sign of the
-    σ-ratio term, or the student's parametrisation mixed up, leaves it at the teacher's ddim-2 or worse."""
+
+def _mean_distance(t, model, sampler, steps, spacing, n=2000):
     from fastddpm.metrics import support_distance
 
-    fastddpm.train("8gaussians", tmp_path / "t", net_kwargs={"width": 64, "depth": 2, "fourier_features": 8},
-                   iters=600, batch_size=256, progress=False)
-    r = distill(tmp_path / "t", steps=2, method="progressive", teacher_steps=32, iters=150, batch_size=256,
+    x = fastddpm.sample(model, t.schedule, n, sampler=sampler, steps=steps, spacing=spacing,
+                        prediction=t.prediction, seed=7, progress=False)
+    return float(support_distance(t.normalization.denormalize(np.asarray(x)), "8gaussians").mean())
+
+
+def test_progressive_distillation_works_at_small_scale(gaussians):
+    """A 2-step progressive student of a small 8gaussians model is far better than the teacher's own
+    2 DDIM steps on the same timesteps, and close to the teacher's 32-step DDIM (the first round's
+    teacher, what it learns to imitate). A student target with the wrong sign of the σ-ratio term,
+    or the student's parametrisation mixed up, leaves it at the teacher's ddim-2 or worse."""
+    r = distill(gaussians, steps=2, method="progressive", teacher_steps=32, iters=150, batch_size=256,
                 progress=False)
-    t = fastddpm.load(tmp_path / "t")
+    t = fastddpm.load(gaussians)
     spacing = r.sampling["spacing"]
-
-    def dist(model, steps, spacing):
-        x = fastddpm.sample(model, t.schedule, 2000, sampler="ddim", steps=steps, spacing=spacing,
-                            prediction=t.prediction, seed=7, progress=False)
-        return float(support_distance(t.normalization.denormalize(np.asarray(x)), "8gaussians").mean())
-
-    teacher_2, teacher_64 = dist(t.model, 2, spacing), dist(t.model, 32, grid(1000, 32).tolist())
-    student_2 = dist(r.student.eval(), 2, spacing)
-    print(f"teacher ddim-2 {teacher_2:.3f}, ddim-32 {teacher_64:.3f}, student-2 {student_2:.3f}")
+    teacher_2 = _mean_distance(t, t.model, "ddim", 2, spacing)
+    teacher_32 = _mean_distance(t, t.model, "ddim", 32, grid(1000, 32).tolist())
+    student_2 = _mean_distance(t, r.student.eval(), "ddim", 2, spacing)
+    print(f"teacher ddim-2 {teacher_2:.3f}, ddim-32 {teacher_32:.3f}, student-2 {student_2:.3f}")
     assert student_2 < 0.5 * teacher_2
-    assert student_2 < 2.0 * teacher_64 + 0.05
+    assert student_2 < 2.0 * teacher_32 + 0.05
+
+
+def test_consistency_distillation_works_at_small_scale(gaussians):
+    """The default method: a 2-step consistency student samples far closer to the eight centres
+    than the teacher sampled the same way (its x̂0 at t = 999 is the mean of all centres, so its
+    2-step samples fall between them), and close to the teacher's dpmpp2m-20. A wrong ODE-end
+    target (e.g. the teacher's one-call x̂0), or a student trained at other timesteps than it
+    samples at, leaves it near the teacher's 2-step samples."""
+    r = distill(gaussians, steps=2, method="consistency", iters=150, batch_size=256, progress=False)
+    t = fastddpm.load(gaussians)
+    spacing = r.sampling["spacing"]
+    assert r.sampling["sampler"] == "consistency"
+    teacher_2 = _mean_distance(t, t.model, "consistency", 2, spacing)
+    teacher_ode = _mean_distance(t, t.model, "dpmpp2m", 20, None)
+    student_2 = _mean_distance(t, r.student.eval(), "consistency", 2, spacing)
+    print(f"teacher consistency-2 {teacher_2:.3f}, dpmpp2m-20 {teacher_ode:.3f}, student-2 {student_2:.3f}")
+    assert student_2 < 0.5 * teacher_2
+    assert student_2 < 2.0 * teacher_ode + 0.05
+
+
+def test_a_conditional_teacher_is_refused_in_one_line(tmp_path):
+    from fastddpm.data import Normalization
+    from fastddpm.labels import LabelSet
+    from fastddpm.nets import ResMLP
+
+    path = tmp_path / "cond"
+    ckpt.save(path, ResMLP(dim=2, width=16, depth=1, num_classes=3), fastddpm.Schedule.linear(1000),
+              normalization=Normalization([0.0, 0.0], [1.0, 1.0]), labels=LabelSet(3, 3, (5, 3, 2)))
+    with pytest.raises(DistillationError, match="class-conditional model") as info:
+        distill(path, steps=2, **TINY)
+    assert "\n" not in str(info.value)

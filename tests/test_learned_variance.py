@@ -121,3 +121,40 @@ def test_learn_sigma_resumes_and_refuses_nets_without_a_variance_output(tmp_path
         train("butterfly", tmp_path / "half", iters=30, lr_schedule="constant", resume=True, **SMALL)
     with pytest.raises(ValueError, match="learn_sigma needs net='ResMLP' or 'UNet'"):
         train("butterfly", iters=2, net="MLP", learn_sigma=True, progress=False)
+
+
+def test_a_conditional_learned_variance_model_samples_with_guidance(tmp_path):
+    """learn_sigma and labels together (issues 24 and 25): the guided update reads the variance
+    channel where the sampler does (ddpm, learned_range) and gets the prediction half elsewhere —
+    the same samples as the net cut to its prediction half, labels and guidance unchanged."""
+    r = train("8gaussians", tmp_path / "cls", iters=20, learn_sigma=True, conditional=True, **SMALL)
+    ck = fastddpm.load(r.checkpoint)
+    assert ck.model.learn_sigma and ck.model.num_classes == 8 and ck.labels is not None
+    assert ck.sampling == {"variance": "learned_range"}
+    pipe = fastddpm.Pipeline.from_checkpoint(r.checkpoint)
+    labels = np.arange(64) % 8
+    kw = dict(seed=2, progress=False, labels=labels, guidance=2.0)
+    got = pipe.sample(64, steps=20, engine="torch", **kw)
+    x = got[0] if isinstance(got, tuple) else got
+    assert np.isfinite(x).all()
+    fixed = pipe.sample(64, steps=20, engine="torch", variance="fixed_small", **kw)
+    assert np.abs((fixed[0] if isinstance(fixed, tuple) else fixed) - x).max() > 1e-3  # v is read
+
+    class MeanHalf(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.sample_shape = net, (2,)
+            self.num_classes, self.null_label = net.num_classes, net.null_label
+
+        def forward(self, x, t, labels=None):
+            return self.net(x, t, labels)[:, :2]
+
+    half = MeanHalf(ck.model)
+    half.label_counts = getattr(ck.model, "label_counts", None)
+    got = pipe.sample(64, sampler="dpmpp2m", steps=8, engine="torch", **kw)
+    want = fastddpm.sample(half, ck.schedule, 64, sampler="dpmpp2m", steps=8, prediction=ck.prediction, **kw)
+    got = got[0] if isinstance(got, tuple) else got
+    want = want[0] if isinstance(want, tuple) else want
+    np.testing.assert_array_equal(got, ck.normalization.denormalize(np.asarray(want)))
+    onnx = pipe.sample(64, sampler="dpmpp2m", steps=8, engine="onnx", **kw)
+    np.testing.assert_allclose(onnx[0] if isinstance(onnx, tuple) else onnx, got, rtol=0, atol=1e-4)
