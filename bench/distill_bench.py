@@ -16,7 +16,8 @@ quality-matched throughput of the butterfly student — each in one process, sid
 - ``digits``: distil the default digits model (consistency, 4 steps) and score 2000 samples of the
   student and of the teacher's ddpm-250 with fastddpm.metrics.digit_scores.
 - ``throughput``: ``--throughput-n`` butterfly samples in alternating rounds, batch 8192 for all:
-  the 4-step consistency student and the teacher's dpmpp2m-20 through ``Pipeline.sample``
+  the 4-step consistency student, the teacher's dpmpp2m-20 and the demo's fast sampler
+  (fastddpm.demo.FAST_SAMPLER, dpmpp2m-sde-20) through ``Pipeline.sample``
   (engine="auto": the measured fastest runtime) and diffusers' DPMSolverMultistepScheduler-20
   (dpmsolver++, order 2, log-SNR) on the same torch net handed a stride-0 t; medians, samples/s,
   ratios; each path's quality scored on the first ``--n`` samples of its own output.
@@ -46,10 +47,10 @@ def butterfly_scores(x, n_ref=20000) -> dict:
     from fastddpm import metrics
 
     x = np.asarray(x)[:n_ref]
-    d = metrics.support_distance(x, "butterfly")
+    q = metrics.support_quantiles(x, "butterfly")  # p50 … p99.9, mean, far (share beyond 0.5)
     ev = metrics.evaluate(x, "butterfly", n_ref=min(len(x), n_ref), seed=0)
-    return {"p50": float(np.quantile(d, 0.5)), "p90": float(np.quantile(d, 0.9)),
-            "beyond_0.5": float((d > 0.5).mean()), "max": float(d.max()), "sw_ratio": ev["sw_ratio"]}
+    return {"p50": q["p50"], "p90": q["p90"], "p99": q["p99"], "p99.9": q["p99.9"], "beyond_0.5": q["far"],
+            "max": float(metrics.support_distance(x, "butterfly").max()), "sw_ratio": ev["sw_ratio"]}
 
 
 def ensure(path, dataset, workdir, log):
@@ -131,6 +132,38 @@ def section_quality(teacher, methods, n, workdir, log):
     return rows
 
 
+def section_score(teacher, workdir, n, log):
+    """Score the students a ``quality`` run left in ``workdir`` again (same seed and n), with the
+    teacher's references: for re-scoring without distilling again."""
+    import fastddpm
+    from fastddpm.distillation import consistency_timesteps
+
+    rows = []
+    pipe_t = fastddpm.Pipeline.from_checkpoint(teacher)
+    for sampler, steps in (("ddpm", 1000), ("dpmpp2m", 20), ("dpmpp2m-sde", 20), ("ddim", 4), ("dpmpp2m", 4)):
+        x = pipe_t.sample(n, sampler=sampler, steps=steps, seed=1, progress=False)
+        rows.append({"section": "score", "path": f"teacher {sampler}-{steps}", "steps": steps, **butterfly_scores(x),
+                     "load": load()})
+        print(rows[-1], file=log, flush=True)
+    cons = os.path.join(workdir, "student-consistency")
+    if os.path.isdir(cons):
+        pipe = fastddpm.Pipeline.from_checkpoint(cons)
+        for steps in (4, 2, 1):
+            x = pipe.sample(n, seed=1, progress=False, sampler="consistency", steps=steps,
+                            spacing=consistency_timesteps(1000, steps))
+            rows.append({"section": "score", "path": "consistency student", "steps": steps, **butterfly_scores(x),
+                         "load": load()})
+            print(rows[-1], file=log, flush=True)
+    for steps, name in ((4, "student-progressive-4"), (2, "student-progressive-2"), (1, "student-progressive")):
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+            x = fastddpm.Pipeline.from_checkpoint(path).sample(n, seed=1, progress=False)
+            rows.append({"section": "score", "path": "progressive student", "steps": steps, **butterfly_scores(x),
+                         "load": load()})
+            print(rows[-1], file=log, flush=True)
+    return rows
+
+
 def section_digits(teacher, workdir, log, method="consistency", n=2000):
     import fastddpm
     from fastddpm.metrics import digit_scores
@@ -154,6 +187,7 @@ def section_throughput(teacher, student, n, n_score, rounds, log):
 
     import fastddpm
     from bench.net_throughput import diffusers_dpm_loop
+    from fastddpm.demo import FAST_SAMPLER
 
     t = fastddpm.load(teacher)
     pipe_t, pipe_s = fastddpm.Pipeline(t), fastddpm.Pipeline.from_checkpoint(student)
@@ -163,22 +197,27 @@ def section_throughput(teacher, student, n, n_score, rounds, log):
         "student consistency-4 (Pipeline, engine auto)": lambda: pipe_s.sample(n, batch_size=batch, progress=False),
         "teacher dpmpp2m-20 (Pipeline, engine auto)": lambda: pipe_t.sample(n, sampler="dpmpp2m", steps=20,
                                                                            batch_size=batch, progress=False),
+        f"teacher {FAST_SAMPLER[0]}-{FAST_SAMPLER[1]} (Pipeline, engine auto; the demo's fast sampler)":
+            lambda: pipe_t.sample(n, sampler=FAST_SAMPLER[0], steps=FAST_SAMPLER[1], batch_size=batch, progress=False),
         "diffusers DPMSolverMultistep-20, torch net, shared t": lambda: t.normalization.denormalize(
             diffusers_dpm_loop(t.model, t.schedule, n, 20, batch, t.prediction).numpy()),
     }
     for pipe in (pipe_s, pipe_t):  # warm-up: engine choice (measured once, cached), JIT
         pipe.sample(64, batch_size=batch, progress=False)
     times = {k: [] for k in fns}
+    cpus = {k: [] for k in fns}
     for r in range(rounds):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outs[k] = fn()
             times[k].append(time.perf_counter() - t0)
+            cpus[k].append(time.process_time() - c0)
         print(f"  throughput round {r + 1}/{rounds} (load {load()})", file=log, flush=True)
     rows = []
     med = {k: float(np.median(v)) for k, v in times.items()}
     for k in fns:
-        rows.append({"section": "throughput", "path": k, "n": n, "s_median": med[k], "samples_per_s": n / med[k],
+        rows.append({"section": "throughput", "path": k, "n": n, "s_median": med[k], "s_min": min(times[k]),
+                     "s_all": times[k], "cpu_s_median": float(np.median(cpus[k])), "samples_per_s": n / med[k],
                      "x_vs_dpmpp2m20": med["teacher dpmpp2m-20 (Pipeline, engine auto)"] / med[k],
                      "x_vs_diffusers": med["diffusers DPMSolverMultistep-20, torch net, shared t"] / med[k],
                      **butterfly_scores(np.asarray(outs[k])[:n_score]), "load": load(), "rounds": rounds,
@@ -197,6 +236,8 @@ def main(argv=None):
     p.add_argument("--throughput-n", type=int, default=1_000_000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--student", default=None, help="throughput: the 4-step student checkpoint (default: "
+                   "WORKDIR/student-consistency, distilled when absent)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     from fastddpm import machine
@@ -209,13 +250,16 @@ def main(argv=None):
     print(json.dumps(info), file=log)
     sections = args.sections.split(",")
     rows = []
-    butterfly = ensure(args.butterfly, "butterfly", workdir, log) if {"quality", "throughput"} & set(sections) else None
+    butterfly = ensure(args.butterfly, "butterfly", workdir, log) if {"quality", "score", "throughput"} & set(sections) \
+        else None
     if "quality" in sections:
         rows += section_quality(butterfly, args.methods.split(","), args.n, workdir, log)
+    if "score" in sections:
+        rows += section_score(butterfly, workdir, args.n, log)
     if "digits" in sections:
         rows += section_digits(ensure(args.digits, "digits", workdir, log), workdir, log)
     if "throughput" in sections:
-        student = os.path.join(workdir, "student-consistency")
+        student = args.student or os.path.join(workdir, "student-consistency")
         if not os.path.isdir(student):
             timed_distill(butterfly, student, method="consistency", steps=4)
         rows += section_throughput(butterfly, student, args.throughput_n, args.n, args.rounds, log)

@@ -21,8 +21,8 @@ hundred iterations and 2,000 samples, for tests; same files, rougher figures).
 (fastddpm.distill's default method) and samples it at 4 and 2 steps beside ddpm-1000 and
 the fast sampler (``student/``, ``samples_student-4.npy``, ``samples_student-2.npy``, in the report,
 the samples figure and metrics.json). It is off by default: the distillation alone takes about
-as long as the training (docs/training.md, "Distillation": ~2.6 CPU minutes for the butterfly),
-which would take the demo past its 3-minute budget on two cores.
+five times as long as the training (docs/training.md, "Distillation": 303 CPU s, 277 s wall for
+the butterfly on the 2-core EPYC), which takes the demo past its 3-minute budget on two cores.
 """
 from __future__ import annotations
 

@@ -75,10 +75,12 @@ METHODS = ("progressive", "consistency", "consistency-bootstrap")
 # range, so a distillation with the teacher's training seed never reuses its training noise).
 DISTILL_STREAM = 2**29
 MAX_ITERATIONS = 2**29
-# The default method, by measurement (docs/training.md, "Distillation"): on the default butterfly
-# model, 4 steps, 2-core EPYC: consistency p50 0.0082 / p90 0.046 / SW 0.91 / 0.015 % beyond 0.5
-# (all four targets); progressive p50 0.0092 / p90 0.053 / SW 0.92 / 0.22 % beyond 0.5 — the
-# deterministic student keeps the ODE's outliers (the teacher's own dpmpp2m-20: 0.22 %).
+# The default method, by measurement (docs/training.md, "Distillation"; bench/distill_bench.py, 20,000
+# samples, seed 1): on the default butterfly model, 4 steps, 2-core EPYC: consistency p50 0.0080 / p90
+# 0.047 / SW 1.09× the floor / 0.015 % beyond 0.5 (all four targets) in 303 CPU s; progressive p50
+# 0.0096 / p90 0.053 / SW 0.92× / 0.22 % beyond 0.5 in 358 CPU s — the deterministic student keeps
+# the ODE's outliers (the teacher's own dpmpp2m-20: 0.28 %). At 1–2 steps progressive is the closer
+# to the curve (docs/training.md).
 DEFAULT_METHOD = "consistency"
 DEFAULT_STEPS = 4
 STUDENT_PREDICTION = "v_prediction"  # Salimans & Ho: ε-prediction fails at 1–2 steps (x̂0 divides by α ≈ 0)

@@ -24,7 +24,7 @@ def add_parser(subparsers, parents):
     p.add_argument("--device", default=library_default(run_demo, "device"), help="torch device for training and sampling")
     p.add_argument("--distill", action="store_true", default=library_default(run_demo, "distill"),
                    help="also distil the model into a 4-step student (fastddpm distill) and show it at 4 and 2 steps; "
-                        "about as long again as the training (past the 3-minute budget on 2 cores)")
+                        "adds ~5 minutes on 2 cores (past the 3-minute budget; docs/training.md, \"Distillation\")")
     return p
 
 

@@ -30,8 +30,9 @@ def add_parser(subparsers, parents):
     p.add_argument("--steps", type=int, default=default("steps"), help="network calls of the student's sampler")
     p.add_argument("--method", choices=METHODS, default=default("method"), help="distillation method")
     p.add_argument("--teacher-steps", type=int, default=default("teacher_steps"),
-                   help="progressive: DDIM steps of the first teacher (steps·2^R, R halving rounds); consistency: "
-                        "points of the consistency grid (default per method and data kind)")
+                   help="progressive: DDIM steps of the first teacher (steps·2^R, R halving rounds); "
+                        "consistency-bootstrap: points of its grid; not for consistency, whose teacher solves the ODE "
+                        "to the end (default per method and data kind)")
     p.add_argument("--iters", type=int, default=default("iters"),
                    help="iterations per round (progressive) or in all (consistency) (default per method)")
     p.add_argument("--batch-size", type=int, default=default("batch_size"), help="samples per iteration")
@@ -40,7 +41,7 @@ def add_parser(subparsers, parents):
     p.add_argument("--ema", default=default("ema"),
                    help="EMA decay of the student's weights ('auto': per method; 0 or none: no EMA)")
     p.add_argument("--target-ema", type=float, default=default("target_ema"),
-                   help="consistency: decay μ of the target network (default per data kind)")
+                   help="consistency-bootstrap: decay μ of the target network (default per data kind)")
     p.add_argument("--dataset", default=default("dataset"), metavar="NAME",
                    help="x0 to distil on: a dataset name or .npy (default: the teacher's training data)")
     p.add_argument("--data", default=default("data"), choices=("auto", "fresh", "fixed"),
