@@ -89,11 +89,13 @@ STUDENT_PREDICTION = "v_prediction"  # Salimans & Ho: ε-prediction fails at 1�
 # ``min_points``) from lower t. dpmpp2m-20 (log-SNR) on the default butterfly model: p90 0.047
 # against 0.045 for dpmpp2m-100 (docs/sampling.md), so the targets are the ODE's ends to ~5 %.
 TEACHER_SOLVER = {"sampler": "dpmpp2m", "points": 20, "min_points": 4}
-# consistency: where a K-step student samples (and so where it is trained), by measurement on the
-# butterfly (docs/training.md): T = 1000 values, scaled to other T. Other K: log-spaced from T − 1 to T/20.
+# consistency: where a K-step student samples (and so where it is trained): T = 1000 values, scaled to
+# other T; other K: log-spaced from T − 1 to T/20. docs/training.md ("Distillation") measures the
+# students at these timesteps; no sweep over other timesteps is recorded there.
 CONSISTENCY_TIMESTEPS = {1: [999], 2: [999, 199], 3: [999, 499, 99], 4: [999, 499, 199, 49]}
-# Per method and data kind (fastddpm.training.data_kind): the settings not given. Why these:
-# docs/training.md, "Distillation" (measured on the default butterfly and digits models).
+# Per method and data kind (fastddpm.training.data_kind): the settings not given. docs/training.md
+# ("Distillation") measures the default butterfly and digits models distilled with these; the
+# individual settings were not swept there.
 # teacher_steps: progressive — the first round's teacher DDIM steps (steps·2^R, R rounds);
 # consistency-bootstrap — the N points of its grid; iters: per round (progressive) or in all.
 METHOD_DEFAULTS = {
