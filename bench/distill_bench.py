@@ -182,7 +182,7 @@ def section_digits(teacher, workdir, log, method="consistency", n=2000):
     return rows
 
 
-def section_throughput(teacher, student, n, n_score, rounds, log):
+def section_throughput(teacher, student, n, n_score, rounds, log, spacings=()):
     import torch
 
     import fastddpm
@@ -195,6 +195,9 @@ def section_throughput(teacher, student, n, n_score, rounds, log):
     outs = {}
     fns = {
         "student consistency-4 (Pipeline, engine auto)": lambda: pipe_s.sample(n, batch_size=batch, progress=False),
+        **{f"student consistency-{len(sp)} at {sp} (Pipeline, engine auto)":
+           (lambda sp=sp: pipe_s.sample(n, batch_size=batch, progress=False, sampler="consistency", steps=len(sp),
+                                        spacing=list(sp))) for sp in spacings},
         "teacher dpmpp2m-20 (Pipeline, engine auto)": lambda: pipe_t.sample(n, sampler="dpmpp2m", steps=20,
                                                                            batch_size=batch, progress=False),
         f"teacher {FAST_SAMPLER[0]}-{FAST_SAMPLER[1]} (Pipeline, engine auto; the demo's fast sampler)":
@@ -235,6 +238,8 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--throughput-n", type=int, default=1_000_000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--student-spacing", action="append", default=[], metavar="T1,T2,...",
+                   help="throughput: also the student at these of its timesteps (repeatable), e.g. 999,199,49")
     p.add_argument("--workdir", default=None)
     p.add_argument("--student", default=None, help="throughput: the 4-step student checkpoint (default: "
                    "WORKDIR/student-consistency, distilled when absent)")
@@ -262,7 +267,8 @@ def main(argv=None):
         student = args.student or os.path.join(workdir, "student-consistency")
         if not os.path.isdir(student):
             timed_distill(butterfly, student, method="consistency", steps=4)
-        rows += section_throughput(butterfly, student, args.throughput_n, args.n, args.rounds, log)
+        rows += section_throughput(butterfly, student, args.throughput_n, args.n, args.rounds, log,
+                                   [tuple(int(v) for v in sp.split(",")) for sp in args.student_spacing])
     for r in rows:
         print(json.dumps({**r, "cpu": info["cpu"], "family": info.get("family"), "model": info.get("model")}))
     if args.json:
