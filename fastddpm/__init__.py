@@ -16,6 +16,7 @@ _LAZY = {
     "load": "fastddpm.checkpoint",
     "save": "fastddpm.checkpoint",
     "train": "fastddpm.training",
+    "distill": "fastddpm.distillation",
     "export_onnx": "fastddpm.onnx_export",
     "OnnxSampler": "fastddpm.pipelines",
     # The drop-in diffusers schedulers (need diffusers). Top-level names because a diffusers

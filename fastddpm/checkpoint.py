@@ -48,7 +48,7 @@ from . import __version__
 from ._io import OutputLock, crash_point, fsync_dir, fsync_file, sha256_file
 from .data import Normalization
 from .kernels.coefficients import PREDICTIONS
-from .schedule import Schedule
+from .schedule import SAMPLING_KEYS, Schedule, check_sampling  # noqa: F401 (SAMPLING_KEYS: re-exported)
 
 FORMAT = "fastddpm-checkpoint"
 FORMAT_VERSION = 1
@@ -85,6 +85,13 @@ class Checkpoint:
     path: Path
     weights: str  # "ema" or "model": which weights ``model`` holds
     labels: Any = None  # fastddpm.labels.LabelSet of a conditional model (config.json "labels"), else None
+
+    @property
+    def sampling(self) -> dict | None:
+        """The sampling defaults the checkpoint records (a distilled student's sampler, steps and
+        timesteps; a learned-variance model's variance), or None: ``config["sampling"]``."""
+        value = self.config.get("sampling") if isinstance(self.config, dict) else None
+        return dict(value) if isinstance(value, dict) else None
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -150,7 +157,8 @@ def _is_checkpoint_dir(path: Path) -> bool:
 def save(path, model: torch.nn.Module, schedule: Schedule, *, ema_model: torch.nn.Module | None = None,
          normalization: Normalization, prediction: str = "epsilon", model_config: dict | None = None,
          train_config: dict | None = None, train_state: dict | None = None,
-         sample_shape=None, labels=None) -> Path:
+         sample_shape=None, sampling: dict | None = None, extra_weights: dict | None = None,
+         labels=None) -> Path:
     """Write a checkpoint directory at ``path`` atomically and return its path.
 
     The files go to a temporary sibling directory first, which then takes ``path``'s name by
@@ -158,9 +166,15 @@ def save(path, model: torch.nn.Module, schedule: Schedule, *, ema_model: torch.n
     ``model_config`` = ``{"class": NAME, "kwargs": {...}}`` (default: from a built-in net's
     ``config``); ``train_state`` = ``{"step": int, "optimizer": optimizer.state_dict(),
     "losses": [float, ...], ...}`` for resume; ``sample_shape`` defaults to the model's
-    ``sample_shape`` attribute and must be given for nets without one (e.g. UNet). ``labels``: the
-    :class:`fastddpm.labels.LabelSet` of a conditional model (its classes, "no label" class,
-    training label counts and dropout), written as config.json ``labels``.
+    ``sample_shape`` attribute and must be given for nets without one (e.g. UNet).
+    ``sampling``: how the model samples by default — a distilled student's sampler, steps and
+    timesteps (``{"sampler": "ddim", "steps": 4, "spacing": [999, 749, 499, 249], ...}``, keywords of
+    ``fastddpm.sample``; :data:`SAMPLING_KEYS`), or a learned-variance model's ``variance``; Pipeline,
+    ``fastddpm sample`` and the ONNX export take them as their defaults. ``extra_weights``:
+    ``{NAME: module}`` written as ``NAME.safetensors`` beside the model (a distillation's teacher,
+    for resuming mid-round). ``labels``: the :class:`fastddpm.labels.LabelSet` of a conditional
+    model (its classes, "no label" class, training label counts and dropout), written as config.json
+    ``labels``.
     """
     from .nets import build  # noqa: F401  (fail early if the nets cannot be imported)
 
@@ -189,6 +203,13 @@ def save(path, model: torch.nn.Module, schedule: Schedule, *, ema_model: torch.n
         "sample_shape": sample_shape,
         "train": _jsonable(train_config, "train_config") if train_config is not None else None,
     }
+    if sampling is not None:
+        config["sampling"] = check_sampling(sampling, "sampling")
+    extra = {}
+    for name, module in (extra_weights or {}).items():
+        if not isinstance(name, str) or not name.isidentifier() or f"{name}.safetensors" in (MODEL, EMA, OPTIMIZER):
+            raise ValueError(f"extra_weights names must be identifiers other than model, ema and optimizer; got {name!r}")
+        extra[f"{name}.safetensors"] = module
     if labels is not None:
         if getattr(model, "num_classes", None) != labels.num_classes:
             raise CheckpointError(f"labels.num_classes = {labels.num_classes} but the model has num_classes = "
@@ -198,11 +219,11 @@ def save(path, model: torch.nn.Module, schedule: Schedule, *, ema_model: torch.n
     with OutputLock(path, "saving"):
         _recover(path)
         _remove_leftovers(path)
-        _write_and_switch(path, config, model, ema_model, train_state)
+        _write_and_switch(path, config, model, ema_model, train_state, extra)
     return path
 
 
-def _write_and_switch(path: Path, config: dict, model, ema_model, train_state) -> None:
+def _write_and_switch(path: Path, config: dict, model, ema_model, train_state, extra=None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         from safetensors.torch import save_file
@@ -211,6 +232,8 @@ def _write_and_switch(path: Path, config: dict, model, ema_model, train_state) -
         files = {MODEL: _state_tensors(model)}
         if ema_model is not None:
             files[EMA] = _state_tensors(ema_model)
+        for name, module in (extra or {}).items():
+            files[name] = _state_tensors(module)
         json_files = {}
         if train_state is not None:
             state = dict(train_state)
@@ -356,6 +379,11 @@ def read_config(path) -> dict[str, Any]:
         raise CheckpointError(f"{cfg_path}: prediction {config['prediction']!r} is not one of {PREDICTIONS}")
     if not isinstance(config["files"], dict) or MODEL not in config["files"]:
         raise CheckpointError(f"{cfg_path} lists no {MODEL}")
+    if config.get("sampling") is not None:
+        try:
+            check_sampling(config["sampling"], "sampling")
+        except ValueError as exc:
+            raise CheckpointError(f"{cfg_path}: {exc}") from None
     shape = config["sample_shape"]
     if (not isinstance(shape, list) or not shape
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):

@@ -16,6 +16,13 @@ from x_T to x_0, and writes into ``out``:
 
 Budgets: ``full`` (the default model, under 3 minutes on two CPU cores) and ``ci`` (a few
 hundred iterations and 2,000 samples, for tests; same files, rougher figures).
+
+``distill=True`` (``fastddpm demo --distill``) also distils the model into a 4-step student
+(fastddpm.distill's default method) and samples it at 4 and 2 steps beside ddpm-1000 and
+the fast sampler (``student/``, ``samples_student-4.npy``, ``samples_student-2.npy``, in the report,
+the samples figure and metrics.json). It is off by default: the distillation alone takes about
+five times as long as the training (docs/training.md, "Distillation": 303 CPU s, 277 s wall for
+the butterfly on the 2-core EPYC), which takes the demo past its 3-minute budget on two cores.
 """
 from __future__ import annotations
 
@@ -70,12 +77,14 @@ class Budget:
     n_eval: int
     constant_iters: int
     constant_samples: int
+    distill_iters: int | None = None  # None: fastddpm.distill's default
 
 
 BUDGETS = {
     "full": Budget(iters=None, n_samples=10_000, n_eval=10_000, constant_iters=2000, constant_samples=2000),
-    "ci": Budget(iters=300, n_samples=1000, n_eval=1000, constant_iters=200, constant_samples=200),
+    "ci": Budget(iters=300, n_samples=1000, n_eval=1000, constant_iters=200, constant_samples=200, distill_iters=40),
 }
+STUDENT_STEPS = (4, 2)  # the distilled student is sampled at these steps (--distill)
 
 
 @dataclasses.dataclass
@@ -177,9 +186,10 @@ def reverse_positions(num_steps: int, panels: int = 6) -> list[int]:
 
 
 def run_demo(dataset: str = "butterfly", out="runs/demo", budget: str = "full", *, seed: int = 0,
-             device: str = "cpu", progress: bool = True, log: Callable[[str], None] | None = None
-             ) -> DemoResult:
-    """Train, sample (ddpm-1000 and FAST_SAMPLER), evaluate, draw and report; see the module doc."""
+             device: str = "cpu", progress: bool = True, log: Callable[[str], None] | None = None,
+             distill: bool = False) -> DemoResult:
+    """Train, sample (ddpm-1000 and FAST_SAMPLER), evaluate, draw and report; see the module doc.
+    ``distill``: also a 4-step distilled student, sampled at 4 and 2 steps."""
     from .training import train
 
     if budget not in BUDGETS:
@@ -220,6 +230,28 @@ def run_demo(dataset: str = "butterfly", out="runs/demo", budget: str = "full", 
         samples[name] = np.asarray(x)
         sample_files[name] = out / f"samples_{name}.npy"
         _atomic_save_npy(sample_files[name], samples[name])
+
+    if distill:  # the model distilled into a few-step student (fastddpm.distill's default method)
+        from .distillation import consistency_timesteps, distill as distill_model
+
+        log(f"[2/5] distilling the model into a {STUDENT_STEPS[0]}-step student and sampling it")
+        tic = time.perf_counter()
+        dres = distill_model(res.checkpoint, out / "student", steps=STUDENT_STEPS[0], seed=seed, device=device,
+                             progress=progress, **({} if b.distill_iters is None else {"iters": b.distill_iters}))
+        timings["distill_s"] = time.perf_counter() - tic
+        spipe = Pipeline.from_checkpoint(dres.checkpoint, device=device)
+        for steps in STUDENT_STEPS:
+            name = f"student-{steps}"
+            spec = {} if steps == STUDENT_STEPS[0] else (
+                {"steps": steps, "spacing": consistency_timesteps(res.schedule.num_steps, steps)}
+                if dres.sampling["sampler"] == "consistency" else None)
+            if spec is None:  # a progressive student samples at its own steps only
+                continue
+            tic = time.perf_counter()
+            samples[name] = np.asarray(spipe.sample(b.n_samples, seed=seed, progress=progress, **spec))
+            timings[f"sample_{name}_s"] = time.perf_counter() - tic
+            sample_files[name] = out / f"samples_{name}.npy"
+            _atomic_save_npy(sample_files[name], samples[name])
 
     # 3. Evaluate against fresh data (seeds training did not use); fastddpm.metrics also
     #    measures two fresh data sets against each other: the floor a perfect model reaches.
@@ -267,6 +299,8 @@ def run_demo(dataset: str = "butterfly", out="runs/demo", budget: str = "full", 
                   "model": res.train_config.get("model"), "schedule": schedule.to_config(),
                   "samples_per_s": res.samples_per_s, "final_loss": float(np.mean(res.losses[-100:]))},
         "timings_s": timings, "metrics": metrics, "constant": constant,
+        "student": None if not distill else {"sampling": dres.sampling, "method": dres.config["method"],
+                                             "iters": len(dres.losses), "checkpoint": "student/"},
         "machine": machine_name(), "fastddpm_version": _version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -341,6 +375,12 @@ def _report(info: dict, figures: dict, sample_files: dict, out: Path) -> str:
         sup = (f"{v['support_p50']:.4f} | {v['support_p90']:.4f}" if "support_p50" in v else "– | –")
         lines.append(f"| {k} | {v['sliced_wasserstein']:.4f} | {v['sw_baseline']:.4f} | {v['sw_ratio']:.2f} "
                      f"| {v['precision']:.3f} | {v['recall']:.3f} | {sup} | {t[f'sample_{k}_s']:.1f} |")
+    if info.get("student"):
+        st = info["student"]
+        lines += ["", f"`student-K`: the model distilled into a {st['sampling']['steps']}-step student "
+                      f"(`fastddpm distill`, method {st['method']}, {st['iters']:,} iterations, "
+                      f"{t['distill_s']:.1f} s; checkpoint [`student/`](student/)) sampled with K network calls "
+                      f"at timesteps {st['sampling']['spacing']} (or the first of them)."]
     c = info["constant"]
     lines += ["", "## The constant-5.0 example", "",
               f"A 1-D model trained on data that is always {CONSTANT_VALUE} (schedule "

@@ -70,6 +70,8 @@ def _unpack(model_or_checkpoint):
             "normalization": getattr(obj, "normalization", None),
             "sample_shape": getattr(obj, "sample_shape", None),
             "model": (config.get("model") if isinstance(config, dict) else None) or _model_info(model),
+            # a distilled student's sampler / a learned-variance model's variance (config["sampling"])
+            "sampling": getattr(obj, "sampling", None),
             "labels": getattr(obj, "labels", None),
         }
         if defaults["labels"] is None:
@@ -118,7 +120,8 @@ def export_onnx(model_or_checkpoint, path, *, opset: int | None = None, dynamic_
     ``DDPMPipeline.save_pretrained`` directory (its UNet2DModel, schedule and [-1, 1]
     normalisation; needs ``fastddpm[diffusers]``; the scheduler's variance, clip and spacing are
     recorded as the file's ``sample`` defaults, so ``fastddpm sample FILE`` samples as
-    ``fastddpm sample DIR``). Keyword arguments
+    ``fastddpm sample DIR``). A checkpoint's own sampling record (a distilled student's sampler,
+    steps and timesteps; ``config["sampling"]``) goes into the file the same way. Keyword arguments
     override what the checkpoint says; for a bare module ``sample_shape`` is required, and
     without ``schedule`` the file cannot sample on its own (the runtime then asks for one).
     ``dynamic_batch=False`` fixes B = 1 in the graph (the runtime then runs in chunks).
@@ -149,8 +152,7 @@ def export_onnx(model_or_checkpoint, path, *, opset: int | None = None, dynamic_
     labels = defaults.get("labels")
     props = encode(schedule=schedule, prediction=prediction, normalization=_jsonable(normalization),
                    sample_shape=sample_shape, version=__version__, model=_jsonable(defaults.get("model")),
-                   shared_t=shared_t, sampling=None if schedule is None else schedule.sampler_defaults(),
-                   labels=labels)
+                   shared_t=shared_t, sampling=_sampling(defaults.get("sampling"), schedule), labels=labels)
     proto = _trace(module, sample_shape, opset, dynamic_batch, dynamo, shared_t, conditional=labels is not None)
     del proto.metadata_props[:]
     for key, value in props.items():
@@ -160,6 +162,14 @@ def export_onnx(model_or_checkpoint, path, *, opset: int | None = None, dynamic_
     if check:
         onnx.checker.check_model(proto, full_check=True)
     return _write(proto.SerializeToString(), os.fspath(path))
+
+
+def _sampling(recorded, schedule):
+    """The ``sample`` defaults the file records: the checkpoint's own (a distilled student's sampler,
+    a learned-variance model's variance) over a diffusers scheduler's settings; None when neither."""
+    merged = dict(schedule.sampler_defaults() or {}) if schedule is not None else {}
+    merged.update(recorded or {})
+    return merged or None
 
 
 def _trace(module, sample_shape, opset: int, dynamic_batch: bool, dynamo: bool, shared_t: bool = False,

@@ -115,6 +115,32 @@ def _check_betas(betas, zero_terminal_snr: bool = False) -> np.ndarray:
 # The sample() keywords a diffusers scheduler config implies besides the prediction type
 # (Schedule.sampler_defaults; the ONNX metadata entry fastddpm.sampling holds the same keys).
 SAMPLER_DEFAULT_KEYS = ("variance", "clip", "spacing")
+# Every sample() keyword a model may carry as its own default: a diffusers scheduler's settings
+# (SAMPLER_DEFAULT_KEYS), a distilled student's sampler (sampler, steps, timesteps as the spacing,
+# final, eta; fastddpm.distill), a learned-variance model's variance. A checkpoint holds them in
+# config.json ("sampling"), an ONNX file in its fastddpm.sampling metadata; Pipeline and
+# `fastddpm sample` sample with them unless told otherwise.
+SAMPLING_KEYS = ("sampler", "steps", "spacing", "final", "eta", "variance", "clip")
+
+
+def check_sampling(sampling, name: str = "sampling") -> dict:
+    """``sampling`` (a dict of :data:`SAMPLING_KEYS`) checked for types; a copy, or a ValueError
+    naming ``name`` and the offending key."""
+    if not isinstance(sampling, dict) or not set(sampling) <= set(SAMPLING_KEYS):
+        raise ValueError(f"{name} must be a dict with keys among {', '.join(SAMPLING_KEYS)}; got {sampling!r}")
+    out = dict(sampling)
+    for key, value in out.items():
+        if value is None:
+            continue
+        ok = {"sampler": isinstance(value, str), "final": isinstance(value, str), "variance": isinstance(value, str),
+              "steps": isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+              "eta": isinstance(value, (int, float)) and not isinstance(value, bool),
+              "clip": isinstance(value, (int, float)) and not isinstance(value, bool),
+              "spacing": isinstance(value, str) or (isinstance(value, list) and bool(value) and all(
+                  isinstance(v, int) and not isinstance(v, bool) for v in value))}[key]
+        if not ok:
+            raise ValueError(f"{name}[{key!r}] = {value!r} is not a valid {key} (see fastddpm.sample)")
+    return out
 # The diffusers scheduler classes whose math fastddpm reproduces: variance-preserving DDPM betas,
 # sampled by fastddpm's ddpm / ddim / dpmpp2m (docs/diffusers.md). A config naming another class
 # (a variance-exploding KarrasVeScheduler or ScoreSdeVeScheduler, PNDM, Euler, …) is refused by

@@ -333,7 +333,7 @@ def dpmpp2m_update(x_t, model_output, x0_prev, cx, cm, a, b, c, prediction, clip
 
 SAMPLER_NAMES = (
     "ddpm", "ddim", "dpmpp2m", "dpmpp3m", "dpmpp2m-sde", "dpmpp3m-sde", "unipc", "deis",
-    "euler", "euler-ancestral", "heun",
+    "euler", "euler-ancestral", "heun", "consistency",
 )
 DDPM_VARIANCES = ("fixed_small", "fixed_large", "learned_range", "learned")
 DPM_ALGORITHMS = ("dpmsolver++", "dpmsolver")
@@ -827,6 +827,24 @@ def sample_heun(model, x, t, alpha_bar, noise, prediction, clip):
     return x
 
 
+def sample_consistency(model, x, t, alpha_bar, noise, prediction, clip):
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1; openai/consistency_models
+    ``stochastic_iterative_sampler`` in variance-preserving form), step ᾱ → ᾱ′:
+
+        x′ = √ᾱ′·x̂0 + √(1−ᾱ′)·z   (no noise when ᾱ′ = 1, the end of a run to a clean sample).
+
+    The state is forgotten: each step keeps only the network's x̂0 and re-noises it to ᾱ′.
+    """
+    f = x.dtype.type
+    for i in range(len(t)):
+        a, a_next = alpha_bar[i], alpha_bar[i + 1]
+        x0 = _denoised(x, _network(model, x, t[i]), a, prediction, clip)
+        x = _lincomb(x.dtype, (np.sqrt(a_next), x0))
+        if a_next < 1.0:
+            x = x + f(np.sqrt(1.0 - a_next)) * _normal(noise, i, x)
+    return x
+
+
 # name → (function, the options it fixes)
 _SAMPLERS = {
     "ddpm": (sample_ddpm, {}),
@@ -840,6 +858,7 @@ _SAMPLERS = {
     "euler": (sample_euler, {}),
     "euler-ancestral": (sample_euler_ancestral, {}),
     "heun": (sample_heun, {}),
+    "consistency": (sample_consistency, {}),
 }
 
 

@@ -40,7 +40,7 @@ def demo_run(tmp_path_factory):
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main(["demo", "--budget", "ci", "--out", str(out)])
+        code = main(["demo", "--budget", "ci", "--out", str(out), "--distill"])
     return out, code, stdout.getvalue(), stderr.getvalue()
 
 
@@ -62,7 +62,7 @@ def test_demo_samples_and_metrics(demo_run):
     assert code == 0
     info = json.loads((out / "metrics.json").read_text())
     m = info["metrics"]
-    assert set(m) == set(NAMES) and NAMES[0] == "ddpm-1000" and len(NAMES) == 2
+    assert set(m) == set(NAMES) | {"student-4", "student-2"} and NAMES[0] == "ddpm-1000" and len(NAMES) == 2
     assert np.isfinite(info["constant"]["mean"]) and info["constant"]["std"] >= 0
     for name in NAMES:
         x = np.load(out / f"samples_{name}.npy")
@@ -88,6 +88,25 @@ def test_demo_report_links_every_figure_and_has_the_table(demo_run):
     for row in NAMES:
         line = next(l for l in report.splitlines() if l.startswith(f"| {row} |"))
         assert f"{info['metrics'][row]['sliced_wasserstein']:.4f}" in line
+
+
+def test_demo_distill_shows_the_student_beside_the_teacher_samplers(demo_run):
+    """--distill (off by default: the 3-minute budget) adds the 4-step student at 4 and 2 steps; the
+    module's run uses it, so the rest of the demo is checked with the student in place."""
+    from fastddpm.demo import run_demo
+    import inspect
+
+    assert inspect.signature(run_demo).parameters["distill"].default is False
+    out = demo_run[0]
+    info = json.loads((out / "metrics.json").read_text())
+    assert info["student"]["sampling"]["steps"] == 4 and info["timings_s"]["distill_s"] > 0
+    assert (out / "student" / "config.json").is_file()
+    for name in ("student-4", "student-2"):
+        x = np.load(out / f"samples_{name}.npy")
+        assert x.shape == (1000, 2) and np.isfinite(x).all() and 1.0 < np.abs(x).max() < 10.0
+    report = (out / "report.md").read_text()
+    assert "| student-4 |" in report and "| student-2 |" in report and "(student/)" in report
+    assert not np.array_equal(np.load(out / "samples_student-4.npy"), np.load(out / "samples_student-2.npy"))
 
 
 # ----------------------------------------------------------------------------- plots alone

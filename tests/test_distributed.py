@@ -257,6 +257,36 @@ def test_two_ranks_with_a_multistep_sampler_write_the_single_process_file(ckpt, 
     assert two.read_bytes() == one.read_bytes()
 
 
+@pytest.mark.parametrize("method", ["progressive", "consistency"])
+def test_ddp_distillation_matches_one_process_and_its_student_shards(tmp_path, method):
+    """`fastddpm distill --distributed` under torchrun: the same global batches and noise as one
+    process (each rank its rows, the teacher's targets computed on them), rank 0 saves; the student
+    then samples over two ranks with no sampler flags and writes the one-process file."""
+    from fastddpm import checkpoint
+
+    teacher = tmp_path / "teacher"
+    _ok(_fastddpm(["train", "--dataset", "moons", "--n", 256, "--iters", 6, "--batch-size", 16, "--seed", 3,
+                   "--num-steps", T, "--width", 16, "--depth", 2, "--quiet", "--out", teacher]))
+    args = ["distill", teacher, "--steps", 2, "--method", method, "--iters", 3, "--batch-size", 15, "--seed", 5,
+            "--quiet", *(["--teacher-steps", 8] if method == "progressive" else [])]
+    _ok(_torchrun([*args, "--out", tmp_path / "ddp", "--distributed", "--dist-timeout", 60], env=_tests_env(),
+                  module="_rank_threads"))
+    _ok(_fastddpm([*args, "--out", tmp_path / "one"]))
+    ddp, one = checkpoint.load(tmp_path / "ddp", ema=False), checkpoint.load(tmp_path / "one", ema=False)
+    assert ddp.config["train"]["world_size"] == 2 and ddp.sampling == one.sampling
+    # Only the float summation order of the gradient differs (B = 15 splits 7 + 8); as for training,
+    # 1e-5 is ~1 % of one Adam step at these learning rates.
+    for (name, w_ddp), w_one in zip(ddp.model.state_dict().items(), one.model.state_dict().values()):
+        np.testing.assert_allclose(w_ddp.numpy(), w_one.numpy(), rtol=0, atol=1e-5, err_msg=name)
+    if method == "progressive":
+        single, sharded = tmp_path / "single.npy", tmp_path / "sharded.npy"
+        _ok(_fastddpm(["sample", tmp_path / "one", "--n", N, "--batch-size", BATCH, "--seed", 7, "--out", single,
+                       "--quiet", "--engine", "torch"]))
+        _ok(_torchrun(["sample", tmp_path / "one", "--n", N, "--batch-size", BATCH, "--seed", 7, "--out", sharded,
+                       "--distributed", "--engine", "torch", "--dist-timeout", 60, "--quiet"]))
+        assert sharded.read_bytes() == single.read_bytes()
+
+
 @pytest.fixture(scope="module")
 def cond_ckpt(tmp_path_factory):
     """A tiny conditional checkpoint (ResMLP over 3 classes, label table perturbed so labels matter)."""

@@ -173,13 +173,15 @@ def test_onnx_schedule_metadata_names_the_file():
 def test_onnx_sampling_metadata_names_the_entry():
     from fastddpm.runtime.metadata import FORMAT, PREFIX, decode, encode
 
-    for bad in ('{"spacing": "leading", "eta": 1}', '["leading"]'):
+    for bad in ('{"spacing": "leading", "colour": 1}', '["leading"]'):
         with pytest.raises(ValueError, match=r"'m\.onnx': metadata entry fastddpm\.sampling must be a dict with "
-                                             r"keys among variance, clip, spacing"):
+                                             r"keys among sampler, steps, spacing, final, eta, variance, clip"):
             decode({PREFIX + "format": FORMAT, PREFIX + "sampling": bad}, source="'m.onnx'")
+    with pytest.raises(ValueError, match=r"fastddpm\.sampling\['steps'\] = 0 is not a valid steps"):
+        decode({PREFIX + "format": FORMAT, PREFIX + "sampling": '{"steps": 0}'}, source="'m.onnx'")
     with pytest.raises(ValueError, match="sampling must be a dict"):
         encode(schedule=None, prediction="epsilon", normalization=None, sample_shape=(2,), version="0",
-               sampling={"steps": 3})
+               sampling={"teacher": 3})
     good = {"variance": "fixed_large", "clip": None, "spacing": "linspace"}
     props = encode(schedule=None, prediction="epsilon", normalization=None, sample_shape=(2,), version="0",
                    sampling=good)

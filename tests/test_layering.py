@@ -20,7 +20,8 @@ FLOORS = [
     ("sampling", ["fastddpm.sampling"]),
     ("diffusers interop", ["fastddpm.diffusers"]),
     ("pipelines", ["fastddpm.pipelines", "fastddpm.onnx_export", "fastddpm.onnx_fused"]),
-    ("on top", ["fastddpm.distributed", "fastddpm.training", "fastddpm.benchmark", "fastddpm.demo"]),
+    ("on top", ["fastddpm.distributed", "fastddpm.training", "fastddpm.distillation", "fastddpm.benchmark",
+                "fastddpm.demo"]),
     ("cli", ["fastddpm.cli", "fastddpm.__main__"]),
 ]
 

@@ -692,6 +692,41 @@ def test_ddim_eta_0_draws_no_noise_and_ddpm_is_ddim_eta_1_fixed_small():
     np.testing.assert_allclose(ddim, ddpm, rtol=0, atol=1e-11)
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("final", ["zero", "sigma_min"])
+def test_consistency_equals_openai_stochastic_iterative_sampler(prediction, final):
+    # No diffusers scheduler: the anchor is openai/consistency_models' stochastic_iterative_sampler,
+    # written in its variance-exploding variable X = x/√ᾱ with σ = √((1−ᾱ)/ᾱ): x0 = denoiser(X, σ);
+    # X = x0 + √(σ′² − σ_end²)·z, the last denoised x0 the sample (σ_end = 0 at a clean end; with
+    # final="sigma_min" the run ends re-noised to σ(t = 0)). The VP reference must agree up to rounding.
+    alphas = np.cumprod(1.0 - np.linspace(1e-4, 0.02, T))
+    t = np.array([999, 700, 400, 120, 30])
+    ab = np.append(alphas[t], 1.0 if final == "zero" else alphas[0])
+    net = Net(prediction, alphas, torch.float64)
+    x_T, zs = x_T_and_noise(len(t))
+    x_T, zs = x_T.astype(np.float64), [z.astype(np.float64) for z in zs]
+    got = R.sample_run("consistency", numpy_model(net, []), x_T, t, ab, lambda k, shape: zs[k], prediction)
+
+    def denoiser(X, i):  # the VP network's x̂0 at the VE point X (fed x = √ᾱ·X)
+        x = np.sqrt(ab[i]) * X
+        out = net(torch.from_numpy(x), int(t[i])).numpy()
+        if prediction == "epsilon":
+            return (x - np.sqrt(1 - ab[i]) * out) / np.sqrt(ab[i])
+        return np.sqrt(ab[i]) * x - np.sqrt(1 - ab[i]) * out if prediction == "v_prediction" else out
+
+    sig = np.sqrt((1 - ab) / ab)
+    X = x_T / np.sqrt(ab[0])
+    for i in range(len(t)):
+        x0 = denoiser(X, i)
+        X = x0 + np.sqrt(sig[i + 1] ** 2) * zs[i]  # σ_end = 0: the VP form carries the end point in ᾱ
+    want = np.sqrt(ab[-1]) * X
+    assert np.abs(want).max() > 0.5
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    one = R.sample_run("consistency", numpy_model(net, []), x_T, t[:1], np.array([ab[0], 1.0]),
+                       lambda k, shape: zs[k], prediction)
+    np.testing.assert_allclose(one, denoiser(x_T / np.sqrt(ab[0]), 0), rtol=0, atol=1e-12)  # one step: x̂0
+
+
 @pytest.mark.parametrize("name", [n for n in R.SAMPLER_NAMES if n != "deis"])
 def test_clip_bounds_x0_for_every_sampler(name):
     # No anchor clips for dpmpp*, unipc, euler and euler-ancestral; all of them end at σ = 0 on

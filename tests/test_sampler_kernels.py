@@ -86,7 +86,7 @@ def _close(a, b):
 # name, steps, options: every sampler, the multistep ones at an order that fills the ring
 CASES = [("ddpm", 6, {}), ("ddim", 6, dict(eta=0.5)), ("dpmpp2m", 6, {}), ("dpmpp3m", 7, {}),
          ("dpmpp2m-sde", 6, {}), ("dpmpp3m-sde", 7, {}), ("unipc", 7, dict(order=3)), ("deis", 7, dict(order=3)),
-         ("euler", 6, {}), ("euler-ancestral", 6, {}), ("heun", 5, {})]
+         ("euler", 6, {}), ("euler-ancestral", 6, {}), ("heun", 5, {}), ("consistency", 6, {})]
 assert {c[0] for c in CASES} == set(SAMPLERS), "every sampler has a case here"
 
 

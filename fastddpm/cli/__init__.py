@@ -26,7 +26,7 @@ import sys
 from .. import __version__
 from ..distributed.context import DEFAULT_TIMEOUT
 
-ORDER = ("train", "sample", "eval", "export", "plot", "bench", "demo", "info")
+ORDER = ("train", "distill", "sample", "eval", "export", "plot", "bench", "demo", "info")
 # Exceptions that carry a message meant for the user. Anything else is a bug: traceback.
 USER_ERRORS = (ValueError, TypeError, OSError, KeyError, ImportError, FloatingPointError,
                RuntimeError)

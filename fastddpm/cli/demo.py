@@ -22,6 +22,9 @@ def add_parser(subparsers, parents):
                    help="full: the default model (< 3 min on 2 CPU cores); ci: a quick, rough run")
     p.add_argument("--seed", type=int, default=library_default(run_demo, "seed"), help="seed for training, sampling and data")
     p.add_argument("--device", default=library_default(run_demo, "device"), help="torch device for training and sampling")
+    p.add_argument("--distill", action="store_true", default=library_default(run_demo, "distill"),
+                   help="also distil the model into a 4-step student (fastddpm distill) and show it at 4 and 2 steps; "
+                        "adds ~5 minutes on 2 cores (past the 3-minute budget; docs/training.md, \"Distillation\")")
     return p
 
 
@@ -31,7 +34,7 @@ def run(args) -> int:
     check_device(args.device)
     tic = time.perf_counter()
     res = run_demo(args.dataset, args.out, args.budget, seed=args.seed, device=args.device,
-                   progress=progress(args), log=lambda msg: say(args, msg))
+                   progress=progress(args), log=lambda msg: say(args, msg), distill=args.distill)
     say(args, "")
     say(args, f"  {'sampler':12s} {'sliced W':>9s} {'floor':>7s} {'ratio':>6s} {'p50':>7s} {'p90':>7s}"
               "  (sliced Wasserstein to fresh data; floor = data vs data; p50/p90 distance to the support)")

@@ -9,7 +9,7 @@ from . import UserError, add_distributed_arguments, check_device, library_defaul
 from ..distributed import init, sample_distributed
 from ..pipelines import Pipeline, loader
 from ..pipelines.engines import ENGINES
-from ..sampling.options import DEFAULTS, LOOP_BACKENDS
+from ..sampling.options import DEFAULT_SAMPLER, DEFAULTS, LOOP_BACKENDS, SamplingOptions
 from ..sampling.plan import SAMPLERS
 from ..kernels import samplers as _samplers
 from ..sampling.timesteps import ALL_SPACINGS
@@ -54,8 +54,11 @@ def add_parser(subparsers, parents):
                    help="checkpoint directory (fastddpm train output), or an ONNX file from fastddpm export")
     p.add_argument("--n", type=int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output .npy file (data space, float32 [n, ...])")
-    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS.sampler,
-                   help="sampling method: " + "; ".join(f"{n}: {_samplers.description(n)}" for n in SAMPLERS))
+    # None: the model's recorded sampler, else DEFAULT_SAMPLER (SamplingOptions resolves it)
+    p.add_argument("--sampler", choices=SAMPLERS, default=SamplingOptions.__dataclass_fields__["sampler"].default,
+                   help=f"sampling method (default: the one the checkpoint records — a distilled student's, "
+                        f"fastddpm distill — else {DEFAULT_SAMPLER}): "
+                        + "; ".join(f"{n}: {_samplers.description(n)}" for n in SAMPLERS))
     p.add_argument("--steps", type=int, default=DEFAULTS.steps,
                    help="sampler steps (default: the sampler's: " + ", ".join(
                        f"{n} {_samplers.defaults(n)['steps'] or 'T'}" for n in SAMPLERS) + "; a sampler with two "

@@ -73,6 +73,10 @@ def add_parser(subparsers, parents):
     p.add_argument("--grad-clip", type=float, default=default("grad_clip"), help="gradient-norm clip (0: off)")
     p.add_argument("--checkpoint-every", type=int, default=default("checkpoint_every"), metavar="ITERS",
                    help="also save to --out every so many iterations")
+    p.add_argument("--learn-sigma", action="store_true", default=default("learn_sigma"),
+                   help="learned variances (Nichol & Dhariwal 2021): ResMLP/UNet output the variance "
+                        "interpolation too, trained with L_simple + 0.001·L_vlb; sampled with the ddpm "
+                        "sampler's learned_range variance by default")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out up to --iters iterations (same settings)")
     p.add_argument("--conditional", action="store_true", default=default("conditional"),
@@ -125,6 +129,7 @@ def run(args) -> int:
             prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
             grad_clip=args.grad_clip or None, checkpoint_every=args.checkpoint_every, resume=args.resume,
             num_threads=args.threads or None, progress=not args.quiet, distributed=ctx or False,
+            learn_sigma=args.learn_sigma,
             conditional=args.conditional, label_dropout=args.label_dropout,
         )
     finally:

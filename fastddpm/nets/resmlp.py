@@ -73,7 +73,9 @@ class ResBlock(nn.Module):
 
 
 class ResMLP(nn.Module):
-    """ε̂ = ResMLP(x_t, t) for x_t float [B, dim], t int64 [B]; output [B, dim].
+    """ε̂ = ResMLP(x_t, t) for x_t float [B, dim], t int64 [B]; output [B, dim] — or, with
+    ``learn_sigma``, [B, 2·dim] = [prediction | v], v the variance interpolation of Nichol & Dhariwal
+    (2021; ``variance="learned_range"`` of the ddpm sampler, trained by fastddpm.train's L_hybrid).
 
     x_t → Fourier features (``fourier_features`` frequencies from 1 to ``fourier_scale`` rad per
     normalised unit, 0 = off) → Linear to ``width`` → ``depth`` residual blocks, each modulated
@@ -94,7 +96,7 @@ class ResMLP(nn.Module):
 
     def __init__(self, dim: int = 2, width: int = 128, depth: int = 3, fourier_features: int = 16,
                  fourier_scale: float = 25.0, activation: str = "silu", num_steps: int = 1000,
-                 time_dim: int = 64, num_classes: int = 0):
+                 time_dim: int = 64, learn_sigma: bool = False, num_classes: int = 0):
         super().__init__()
         check_int(dim, "dim")
         check_int(width, "width")
@@ -110,9 +112,14 @@ class ResMLP(nn.Module):
                              f"normalised unit), got {fourier_scale!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}; got {activation!r}")
+        if not isinstance(learn_sigma, bool):
+            raise ValueError(f"learn_sigma must be True or False, got {learn_sigma!r}")
         self.config = dict(dim=dim, width=width, depth=depth, fourier_features=fourier_features,
                            fourier_scale=float(fourier_scale), activation=activation, num_steps=num_steps,
                            time_dim=time_dim)
+        if learn_sigma:  # recorded only when set, so that configs of fixed-variance nets stay as they were
+            self.config["learn_sigma"] = True
+        self.learn_sigma = learn_sigma
         self.label_embed = LabelEmbedding.make(self.config, num_classes, time_dim)
         self.num_classes, self.null_label = LabelEmbedding.attributes(self.label_embed)
         self.sample_shape = (dim,)
@@ -124,7 +131,7 @@ class ResMLP(nn.Module):
         self.blocks = nn.ModuleList(ResBlock(width, time_dim, activation) for _ in range(depth))
         self.norm_out = nn.LayerNorm(width)
         self.act_out = ACTIVATIONS[activation]()
-        self.out = nn.Linear(width, dim)
+        self.out = nn.Linear(width, 2 * dim if learn_sigma else dim)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x_t: float [B, dim]; t: int64 [B] (or [1], or a stride-0 [B] view) in [0, num_steps);

@@ -59,7 +59,9 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    """ε̂ = UNet(x_t, t) for x_t float [B, in_channels, H, W], t int64 [B]; output like x_t.
+    """ε̂ = UNet(x_t, t) for x_t float [B, in_channels, H, W], t int64 [B]; output like x_t — or, with
+    ``learn_sigma``, [B, 2·in_channels, H, W] = [prediction | v] (Nichol & Dhariwal 2021's variance
+    interpolation; ``variance="learned_range"``).
 
     Levels ``channel_mults`` (×base_channels) with ``num_res_blocks`` residual blocks each and a
     stride-2 downsample between levels, so H and W must be divisible by 2^(len(channel_mults)−1).
@@ -78,7 +80,7 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults=(1, 2),
                  num_res_blocks: int = 1, attention: bool = True, num_steps: int = 1000,
-                 dropout: float = 0.0, norm_groups: int = 8, num_classes: int = 0):
+                 dropout: float = 0.0, norm_groups: int = 8, learn_sigma: bool = False, num_classes: int = 0):
         super().__init__()
         check_int(in_channels, "in_channels")
         check_int(base_channels, "base_channels")
@@ -94,6 +96,11 @@ class UNet(nn.Module):
                            channel_mults=list(channel_mults), num_res_blocks=num_res_blocks,
                            attention=bool(attention), num_steps=num_steps, dropout=float(dropout),
                            norm_groups=norm_groups)
+        if not isinstance(learn_sigma, bool):
+            raise ValueError(f"learn_sigma must be True or False, got {learn_sigma!r}")
+        if learn_sigma:  # recorded only when set, so that configs of fixed-variance nets stay as they were
+            self.config["learn_sigma"] = True
+        self.learn_sigma = learn_sigma
         self.num_steps = num_steps
         self.downsample_factor = 2 ** (len(channel_mults) - 1)
         temb = 4 * base_channels
@@ -126,7 +133,7 @@ class UNet(nn.Module):
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                              nn.Conv2d(ch, ch, 3, padding=1)))
         self.norm_out = nn.GroupNorm(_groups(ch, norm_groups), ch)
-        self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, 2 * in_channels if learn_sigma else in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 

@@ -68,6 +68,9 @@ class Pipeline:
         config = getattr(checkpoint, "config", None)
         if isinstance(config, dict) and "diffusers" in config:  # a diffusers directory: its scheduler's settings
             self.sampling_defaults = self.schedule.sampler_defaults()
+        recorded = getattr(checkpoint, "sampling", None)
+        if recorded:  # a distilled student's sampler and timesteps, a learned-variance model's variance
+            self.sampling_defaults = {**(getattr(self, "sampling_defaults", None) or {}), **recorded}
 
     def _from_onnx_model(self, model: OnnxModel, schedule, prediction, sample_shape) -> None:
         """The parts from the file's fastddpm metadata; the arguments override them."""
@@ -294,7 +297,9 @@ class Pipeline:
 
     def options(self, kwargs: dict) -> SamplingOptions:
         """``Pipeline.sample``'s keywords as SamplingOptions: prediction and sample_shape are the
-        checkpoint's; a diffusers pipeline's scheduler settings are the defaults."""
+        checkpoint's; the defaults are what the model records (``sampling_defaults``): a diffusers
+        pipeline's scheduler settings, a distilled student's sampler, steps and timesteps
+        (fastddpm.distill), a learned-variance model's variance."""
         return SamplingOptions.from_kwargs(
             kwargs, where="Pipeline.sample", defaults=getattr(self, "sampling_defaults", None),
             fixed={"prediction": "comes from the checkpoint", "sample_shape": "comes from the checkpoint"})

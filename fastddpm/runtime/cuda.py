@@ -69,6 +69,7 @@ def torch_module(model: OnnxModel, device_index: int | None = None):
             self.register_buffer("_device_anchor", torch.empty(0, device=torch.device("cuda", index)),
                                  persistent=False)
             self.sample_shape = model.sample_shape
+            self.learn_sigma = model.learn_sigma  # the loop then knows the output carries v
             # a conditional graph (issue 25): model(x, t, labels), labels int64 CUDA [B]
             self.num_classes, self.null_label = model.num_classes, model.null_label
 
@@ -93,7 +94,7 @@ def torch_module(model: OnnxModel, device_index: int | None = None):
                     parts.append(self.forward(xs, ts, ys)[: min(fixed_batch, batch - i)])
                 return torch.cat(parts)
             x, t = x.contiguous(), t.contiguous()
-            out = torch.empty_like(x)
+            out = x.new_empty(model.output_shape(x))  # twice the channels for a learned-variance net
             binding = session.io_binding()
             binding.bind_input("x", "cuda", index, np.float32, list(x.shape), x.data_ptr())
             binding.bind_input("t", "cuda", index, np.int64, list(t.shape), t.data_ptr())

@@ -16,10 +16,12 @@ fastddpm.sample_shape   JSON list: the shape of one sample, without the batch ax
 fastddpm.model          JSON of the model class and arguments (informational)
 fastddpm.shared_t       "1": the graph takes t of shape [1] for a batch that shares t (its
                         time path runs once and broadcasts); "0" or absent: t must be [B]
-fastddpm.sampling       JSON {"variance", "clip", "spacing"}: ``sample`` defaults of a network
-                        exported from a diffusers directory (its scheduler's settings);
-                        absent for fastddpm checkpoints (added in format 1: older readers
-                        ignore it, and it is optional)
+fastddpm.sampling       JSON: ``sample`` defaults of the network (keys among
+                        fastddpm.schedule.SAMPLING_KEYS) — a diffusers directory's
+                        scheduler settings {"variance", "clip", "spacing"}, a distilled
+                        student's {"sampler", "steps", "spacing", ...}, a learned-variance
+                        model's {"variance"}; absent when the checkpoint records none
+                        (added in format 1: older readers ignore it, and it is optional)
 fastddpm.labels         JSON of a conditional network's label set (fastddpm.labels.LabelSet:
                         num_classes, null_label, training counts, label dropout, meaning);
                         its graph then has a third input ``labels`` int64 [B]; absent for an
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kernels.coefficients import PREDICTIONS
-from ..schedule import SAMPLER_DEFAULT_KEYS, Schedule
+from ..schedule import Schedule, check_sampling
 
 PREFIX = "fastddpm."
 FORMAT = "1"
@@ -156,6 +158,4 @@ def decode(props: dict[str, str], *, source: str = "the ONNX file") -> OnnxMetad
 
 
 def _check_sampling(sampling, name: str) -> dict:
-    if not isinstance(sampling, dict) or not set(sampling) <= set(SAMPLER_DEFAULT_KEYS):
-        raise ValueError(f"{name} must be a dict with keys among {', '.join(SAMPLER_DEFAULT_KEYS)}; got {sampling!r}")
-    return dict(sampling)
+    return check_sampling(sampling, name)

@@ -170,6 +170,14 @@ class OnnxModel:
         return self.metadata.normalization
 
     @property
+    def learn_sigma(self) -> bool:
+        """Whether the network outputs a variance channel ([B, 2C, …]: prediction | v), as the
+        fastddpm model record in the file says (a net trained with learn_sigma)."""
+        model = self.metadata.model or {}
+        kwargs = model.get("kwargs", model.get("config")) if isinstance(model, dict) else None
+        return bool(isinstance(kwargs, dict) and kwargs.get("learn_sigma"))
+
+    @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
@@ -229,7 +237,7 @@ class OnnxModel:
         n = self.fixed_batch
         if n is None or x.shape[0] == n:
             return self._run(x, t, y)
-        out = np.empty_like(x)
+        out = np.empty(self.output_shape(x), np.float32)
         if t.shape[0] != x.shape[0]:
             t = np.full((x.shape[0],), t[0], dtype=np.int64)
         for start in range(0, x.shape[0], n):
@@ -262,13 +270,13 @@ class OnnxModel:
             return None
         ts = np.asarray(list(timesteps), dtype=np.int64)
         t_buf = np.empty(1 if self.shared_t else x.shape[0], dtype=np.int64)
-        out = np.empty_like(x)
+        out = np.empty(self.output_shape(x), np.float32)
         binding = self.session.io_binding()
         binding.bind_cpu_input("x", x)
         binding.bind_cpu_input("t", t_buf)
         if y is not None:
             binding.bind_cpu_input(LABELS, y)
-        binding.bind_output(self.output_name, "cpu", 0, np.float32, list(x.shape), out.ctypes.data)
+        binding.bind_output(self.output_name, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
         path = self.path
         # The C++ session's own run: the Python wrapper around it adds ~6 µs per call on the
         # 2-core EPYC (a WebGPU capture check); the public method where those names are absent.
@@ -292,10 +300,15 @@ class OnnxModel:
         net.buffers = (x, t_buf, out, y)  # keep the bound memory alive with the closure
         return net
 
+    def output_shape(self, x) -> tuple[int, ...]:
+        """The output's shape for input x: x's, with twice the channels for a learned-variance net."""
+        return (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if self.learn_sigma else tuple(x.shape)
+
     def _run(self, x: np.ndarray, t: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         feeds = {"x": x, "t": t} if labels is None else {"x": x, "t": t, LABELS: labels}
         out = self.session.run([self.output_name], feeds)[0]
-        if out.shape != x.shape:
+        if out.shape != self.output_shape(x):
             raise ValueError(f"ONNX model {self.path!r} returned shape {list(out.shape)} for x of shape "
-                             f"{list(x.shape)}; the prediction must have the shape of x")
+                             f"{list(x.shape)}; the prediction must have the shape of x"
+                             + (" with twice the channels (learn_sigma)" if self.learn_sigma else ""))
         return out

@@ -58,6 +58,7 @@ class SplitOnnxModel:
     schedule = property(lambda self: self.models[0].schedule)
     prediction = property(lambda self: self.models[0].prediction)
     normalization = property(lambda self: self.models[0].normalization)
+    learn_sigma = property(lambda self: self.models[0].learn_sigma)
 
     def __repr__(self) -> str:
         return f"SplitOnnxModel({self.path!r}, parts={len(self.models)})"
@@ -95,7 +96,7 @@ class SplitOnnxModel:
             return None
         if len(nets) == 1:
             return nets[0]
-        out = np.empty_like(x)
+        out = np.empty(self.models[0].output_shape(x), np.float32)  # twice the channels with learn_sigma
         pool, first, rest = self._pool, nets[0], list(zip(nets[1:], ranges[1:]))
         a0, b0 = ranges[0]
 

@@ -36,7 +36,7 @@ from .adapters import as_fastddpm_model
 from .bulk import write_samples
 from .guard import finite_check, nonfinite_error
 from .guidance import GUIDED, Conditioning
-from .models import check_output, host_model, model_device, model_kind
+from .models import check_output, declares_variance, host_model, model_device, model_kind
 from .options import SamplingOptions, check_int
 from .plan import make_plan
 from .steppers import HostStepper, TorchStepper
@@ -166,7 +166,10 @@ class SamplingRun:
             self.cuda_graph = False
         self.batch_size = opts.resolved_batch_size(self.D, self.n, self.device.type if self.on_torch else "cpu")
         # A network with a variance channel (learned variances) returns twice the channels: [B, 2C, …].
-        self.out_shape = ((2 * self.shape[0],) + self.shape[1:]) if self.plan.table.variance_channel else self.shape
+        # A sampler that does not read it (all but ddpm's learned variances) gets the prediction half.
+        variance = self.plan.table.variance_channel or declares_variance(model)
+        self.drop_variance = variance and not self.plan.table.variance_channel
+        self.out_shape = ((2 * self.shape[0],) + self.shape[1:]) if variance else self.shape
         self.model_id = None  # identifies the weights in a bulk progress record (set by Pipeline)
         self._doubled = {}  # B → the 2B-row network input of a guided run (host path), reused across batches
 
@@ -243,16 +246,18 @@ class SamplingRun:
 
     # -- one batch --------------------------------------------------------------------------
 
-    def run_batch(self, s0: int, s1: int, out=None, traj=None, pbar=None):
+    def run_batch(self, s0: int, s1: int, out=None, traj=None, pbar=None, *, initial=None):
         """Samples s0 … s1−1 as [s1−s0, …] (into ``out`` when given: a host array or a tensor).
 
         ``traj``: (positions, array [P, n, …]) to fill rows s0:s1 at those loop positions.
+        ``initial``: the state the run starts from instead of x_T (rows s0:s1 of the request, at
+        the plan's first timestep): :func:`solve`.
         """
         if self.on_torch:
-            return self._torch_batch(s0, s1, out, traj, pbar)
-        return self._host_batch(s0, s1, out, traj, pbar)
+            return self._torch_batch(s0, s1, out, traj, pbar, initial)
+        return self._host_batch(s0, s1, out, traj, pbar, initial)
 
-    def _host_batch(self, s0, s1, x, traj, pbar):
+    def _host_batch(self, s0, s1, x, traj, pbar, initial=None):
         # Per batch: buffers, x_T, the network binding and the guard; the per-call path below is
         # the network call, the guard's one dot product and the fused kernel, nothing else.
         K = self.plan.num_steps
@@ -268,7 +273,9 @@ class SamplingRun:
             xx = mirror = None
             if x is None:
                 x = np.empty((B,) + self.shape, dtype=self.dtype)
-        step = self.stepper.begin(x, offset, cond, mirror)  # x ← x_T
+        if initial is not None:
+            x[...] = initial
+        step = self.stepper.begin(x, offset, cond, mirror, draw=initial is None)  # x ← x_T
         record = _recorder(traj, s0, s1)
         record(0, x)
         hooks = traj is not None or pbar is not None
@@ -292,6 +299,8 @@ class SamplingRun:
                     check_output(m, xx if mode == GUIDED else x, k, ts[k], K, expected=shape)
                 if finite and not finite[shape[0]](m):
                     raise nonfinite_error(k, ts[k], K, self.start + s0, self.start + s1 - 1)
+                if self.drop_variance:
+                    m = np.ascontiguousarray(m[:, : self.shape[0]])
                 step(k, m)
                 if hooks:
                     record(k + 1, x)
@@ -314,7 +323,7 @@ class SamplingRun:
         labels = cond.call_labels(self.batch_labels(s0, s1), s1 - s0)[mode]
         return None if labels is None else torch.as_tensor(labels, device=self.device)
 
-    def _torch_batch(self, s0, s1, out, traj, pbar):
+    def _torch_batch(self, s0, s1, out, traj, pbar, initial=None):
         import torch
 
         K, st = self.plan.num_steps, self.stepper
@@ -324,7 +333,7 @@ class SamplingRun:
             # Graphs replay on fixed buffers: full batches replay, a smaller last batch and
             # trajectory runs (host copies between steps) run the same steps eagerly.
             graphed = graphs.graphed(self, B, offset & 3) if self.cuda_graph and traj is None \
-                and B == self.batch_size else None
+                and B == self.batch_size and initial is None else None
             if graphed is not None:
                 return graphs.replay(self, graphed, s0, s1, offset, out, pbar)
             labels = self.torch_labels(s0, s1)
@@ -337,7 +346,9 @@ class SamplingRun:
             else:
                 x = out
             state = st.state(x)
-            st.begin(x, state, offset, mirror)
+            if initial is not None:
+                x.copy_(initial)
+            st.begin(x, state, offset, mirror, draw=initial is None)
             record = _recorder(traj, s0, s1)
             record(0, x)
             bad = torch.full((), -1, dtype=torch.int64, device=self.device)
@@ -371,6 +382,8 @@ class SamplingRun:
                 raise TypeError(f"the model must return a torch tensor, got {type(m).__name__}")
             check_output(m, src, k, int(self.plan.t[k]), self.plan.num_steps,
                          expected=(src.shape[0],) + self.out_shape)
+        if self.drop_variance:
+            m = m[:, : self.shape[0]]
         if not m.is_contiguous():
             m = m.contiguous()
         if self.check_finite:  # first bad step index, on the device (one sync per batch, after the loop)
@@ -463,6 +476,38 @@ def execute(model, schedule, n, options: SamplingOptions, *, model_id=None, post
                              postprocess=postprocess)
     return run_in_memory(run, return_trajectory=options.return_trajectory,
                          trajectory_steps=options.trajectory_steps)
+
+
+class Solver:
+    """Runs of one plan started from given states instead of x_T: ``Solver(model, schedule, options,
+    n)(x)`` → the end state of x [m ≤ n, …] after the plan's calls, through the same loop and fused
+    kernels as :func:`fastddpm.sample` (validation, plan and kernel binding once, here). The
+    options' spacing is a list of timesteps starting at the timestep of x. Noise, if the sampler
+    draws any, comes from stream k + 1 at the rows' offsets as in a sampling run.
+
+    What fastddpm.distill's consistency teacher uses to solve the probability-flow ODE from x_t to x_0.
+    """
+
+    def __init__(self, model, schedule, options: SamplingOptions, n: int, sample_shape):
+        self.run = SamplingRun(model, schedule, check_int(n, "n"),
+                               options.replace(sample_shape=tuple(sample_shape), progress=False))
+
+    def __call__(self, x):
+        run, m = self.run, int(x.shape[0])
+        if m > run.n:
+            raise ValueError(f"x has {m} rows; this Solver was built for at most {run.n}")
+        if run.on_torch:
+            import torch
+
+            out = torch.empty(x.shape, dtype=run.torch_dtype, device=run.device)
+        else:
+            out = np.empty((m,) + run.shape, dtype=run.dtype)
+            if hasattr(x, "detach"):
+                x = x.detach().cpu().numpy()
+        for s0 in range(0, m, run.batch_size):
+            s1 = min(m, s0 + run.batch_size)
+            run.run_batch(s0, s1, out=out[s0:s1], initial=x[s0:s1])
+        return out
 
 
 def run_in_memory(run: SamplingRun, *, return_trajectory=False, trajectory_steps=None):

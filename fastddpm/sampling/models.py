@@ -54,6 +54,13 @@ def check_output(out, x, k: int, t: int, num_steps: int, expected=None):
                      f"at call {k + 1}/{num_steps} (t={t}); it must return one value per input element")
 
 
+def declares_variance(model) -> bool:
+    """Whether the network outputs a variance channel besides its prediction ([B, 2C, …] =
+    prediction | v): a built-in net made with ``learn_sigma`` (fastddpm.nets), or an ONNX file
+    exported from one (:attr:`fastddpm.runtime.OnnxModel.learn_sigma`)."""
+    return bool(getattr(model, "learn_sigma", False))
+
+
 def host_model(model, kind: str, dtype, timesteps=()):
     """The network of a host run: ``bind(x, labels=None)`` once per batch → ``net(k)``, the output at
     t = ``timesteps[k]`` for the current contents of the batch buffer x [B, …] (a conditional

@@ -13,6 +13,9 @@ import numbers
 from typing import Any
 
 LOOP_BACKENDS = ("auto", "numpy", "numba", "torch", "triton")
+# The sampler of a request that names none, for a model that records none (a distilled student
+# records its own): ancestral DDPM over all T steps, diffusers' DDPMPipeline default.
+DEFAULT_SAMPLER = "ddpm"
 
 # Default CPU batch: the number of elements (B·D) per batch, one number for both engines.
 # `fastddpm bench --sections batch` (default butterfly net: ResMLP, v-prediction; n = 32768,
@@ -45,7 +48,8 @@ class SamplingOptions:
     """Everything of a sampling request but the model, the schedule and n.
 
     sampler: one of ``fastddpm.SAMPLERS`` (each sampler's own module in fastddpm.kernels.samplers
-    documents it); steps: its steps (None: the sampler's default; Heun's N steps are 2N − 1
+    documents it; None: the sampler the model records — a distilled student's — else
+    :data:`DEFAULT_SAMPLER`); steps: its steps (None: the sampler's default; Heun's N steps are 2N − 1
     network calls); spacing: None (the sampler's default) | "leading" | "trailing" | "linspace" |
     "logsnr" | "karras" | "exponential" | a list of timesteps; final: "zero" | "sigma_min" (None:
     the sampler's default end point);
@@ -72,7 +76,7 @@ class SamplingOptions:
     Trajectory at ``trajectory_steps``.
     """
 
-    sampler: str = "ddpm"
+    sampler: str | None = None
     steps: int | None = None
     spacing: Any = None
     final: str | None = None
@@ -104,6 +108,8 @@ class SamplingOptions:
     trajectory_steps: Any = None
 
     def __post_init__(self):
+        if self.sampler is None:
+            object.__setattr__(self, "sampler", DEFAULT_SAMPLER)
         if self.backend not in LOOP_BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, LOOP_BACKENDS))}; got {self.backend!r}")
         seed = self.seed
@@ -148,7 +154,10 @@ class SamplingOptions:
 
         fixed: ``{name: reason}`` of keywords the caller sets itself (e.g. a checkpoint's
         prediction); passing one is a TypeError with that reason. defaults: the caller's own
-        defaults (e.g. a diffusers scheduler's settings), under the given keywords.
+        defaults (e.g. a diffusers scheduler's settings, a distilled student's sampler), under the
+        given keywords; a keyword given as None (clip aside) keeps such a default, and a recorded
+        sampler's run (:data:`RECORDED_RUN`) is dropped whole when another sampler or other steps
+        are asked for.
         """
         for key, reason in (fixed or {}).items():
             if key in kwargs:
@@ -158,10 +167,19 @@ class SamplingOptions:
         if unknown:
             raise TypeError(f"{where}: unexpected keyword argument(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
         defaults = dict(defaults or {})
-        if defaults:  # a default the chosen sampler does not take (a diffusers DDPM dir's variance) is dropped
+        if defaults:
             from ..kernels import samplers
 
-            sampler = kwargs.get("sampler", defaults.get("sampler", cls.sampler))
+            # None asks for "the default" of these keywords, so it leaves the model's own in place
+            # (clip=None is a choice — no clipping — and overrides a diffusers scheduler's clip).
+            kwargs = {k: v for k, v in kwargs.items() if not (v is None and k in defaults and k != "clip")}
+            # A recorded sampler (a distilled student's) is one run: its steps, timesteps, end point and
+            # eta go with it. Asking for another sampler or other steps drops them all.
+            if "sampler" in defaults and any(k in kwargs and kwargs[k] != defaults.get(k) for k in ("sampler", "steps")):
+                for key in RECORDED_RUN:
+                    defaults.pop(key, None)
+            # a default the chosen sampler does not take (a diffusers DDPM dir's variance) is dropped
+            sampler = kwargs.get("sampler", defaults.get("sampler")) or DEFAULT_SAMPLER
             if sampler in samplers.NAMES:
                 takes = samplers.options(sampler)
                 defaults = {k: v for k, v in defaults.items() if k not in SAMPLER_OPTION_FIELDS or k in takes}
@@ -190,6 +208,9 @@ class SamplingOptions:
 
 
 OUTPUT_OPTIONS = ("out", "resume", "overwrite", "return_trajectory", "trajectory_steps")
+# The keywords of a sampler a model records as its own (fastddpm.distill's students): they apply
+# together or not at all (SamplingOptions.from_kwargs).
+RECORDED_RUN = ("sampler", "steps", "spacing", "final", "eta")
 # Fields that are the sampler's own options (passed to its table when not None).
 SAMPLER_OPTION_FIELDS = ("eta", "variance", "order", "solver_type")
 

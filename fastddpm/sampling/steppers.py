@@ -79,14 +79,18 @@ class HostStepper:
                 b.fill(0)
         return s, ring
 
-    def begin(self, x: np.ndarray, offset: int, cond=None, mirror: np.ndarray | None = None):
+    def begin(self, x: np.ndarray, offset: int, cond=None, mirror: np.ndarray | None = None, *,
+              draw: bool = True):
         """Start a batch (x C-contiguous [B, …], its first element at global noise offset
-        ``offset``): x ← x_T; returns ``step(k, m)`` updating x in place from the output m of call k.
+        ``offset``): x ← x_T (``draw=False``: x already holds the starting state, e.g. a teacher's
+        solve from x_t in fastddpm.distill); returns ``step(k, m)`` updating x in place from the
+        output m of call k.
 
         ``cond`` (fastddpm.sampling.guidance.Conditioning): a guided call k reads both halves of a
         2B-row m; ``mirror`` (like x: the second half of the run's 2B-row network input) receives
-        x′ on the calls before a guided call, and x_T here when call 0 is guided."""
-        draw_initial(x, self.seed, offset, self.backend)
+        x′ on the calls before a guided call, and the starting x here when call 0 is guided."""
+        if draw:
+            draw_initial(x, self.seed, offset, self.backend)
         s, ring = self._buffers(x)
         B = x.shape[0]
         per_sample = x.size // max(1, B)
@@ -232,12 +236,14 @@ class TorchStepper:
                 "ring": torch.zeros((self.depth + 1,) + tuple(like.shape), dtype=like.dtype, device=like.device)
                 if self.depth else None}
 
-    def begin(self, x, state, offset: int, mirror=None) -> None:
-        """Start a batch whose first element has global noise offset ``offset``: x ← x_T (stream 0),
-        call index 0, t_now = t[0], state and ring zeroed. Device writes only (no sync).
-        ``mirror`` (a guided run): the second half of the 2B-row network input, x being its first
-        half; it gets x_T here and x′ from every update."""
-        draw_initial(x, self.seed, offset, "triton" if self.backend == "triton" else "auto")
+    def begin(self, x, state, offset: int, mirror=None, *, draw: bool = True) -> None:
+        """Start a batch whose first element has global noise offset ``offset``: x ← x_T (stream 0;
+        ``draw=False`` keeps x as the starting state), call index 0, t_now = t[0], state and ring
+        zeroed. Device writes only (no sync). ``mirror`` (a guided run): the second half of the
+        2B-row network input, x being its first half; it gets the starting x here and x′ from every
+        update."""
+        if draw:
+            draw_initial(x, self.seed, offset, "triton" if self.backend == "triton" else "auto")
         self._mirror = mirror
         if mirror is not None:
             mirror.copy_(x)
