@@ -63,12 +63,11 @@ import torch.nn.functional as F
 
 from . import __version__, checkpoint as ckpt
 from .data import ANALYTIC, Dataset, draw
-from .distributed import RankContext, init
 from .nets import build
 from .ops import ddim_step, q_sample
 from .schedule import Schedule
-from .training import (DATA_MODES, DEFAULT_THREADS, PREDICTIONS, Updates, _check_positive_int, _resolve_device,
-                       _threads, check_resume, data_kind, training_data, training_target)
+from .training import (DATA_MODES, DEFAULT_THREADS, Updates, _check_positive_int, _threads, check_resume,
+                       data_kind, run_context, training_data, training_target)
 
 METHODS = ("progressive", "consistency", "consistency-bootstrap")
 # Noise stream of iteration it: DISTILL_STREAM + it (< 2**30, below fastddpm.train's TRAIN_STREAM
@@ -305,17 +304,10 @@ def distill(checkpoint, out=None, *, steps: int = DEFAULT_STEPS, method: str = D
         raise ValueError(f"target_ema must be None or a decay in [0, 1), got {target_ema!r}")
     if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
         raise ValueError(f"grad_clip must be None or a number > 0, got {grad_clip!r}")
-    if checkpoint_every is not None:
-        checkpoint_every = _check_positive_int(checkpoint_every, "checkpoint_every")
-        if out is None:
-            raise ValueError("checkpoint_every needs out (the student's checkpoint directory)")
     if resume and out is None and resume is True:
         raise ValueError("resume=True resumes from out; give out or a checkpoint path")
-    ctx = None
-    if distributed:
-        ctx = distributed if isinstance(distributed, RankContext) else init(device)
-        device = ctx.device
-    device = _resolve_device(device)
+    checkpoint_every, ctx, device = run_context(device, distributed, checkpoint_every, out,
+                                                "the student's checkpoint directory")
 
     teacher = _load_teacher(checkpoint, device)
     schedule, T = teacher.schedule, teacher.schedule.num_steps

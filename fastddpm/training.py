@@ -321,6 +321,21 @@ def _ema_update(ema_params, params, decay: float) -> None:
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
 
+def run_context(device, distributed, checkpoint_every, out, out_name: str):
+    """The set-up of a training run (train and distill): ``checkpoint_every`` checked (it needs
+    ``out``, described as ``out_name`` in the error), the rank context (a RankContext given, or
+    initialised when ``distributed`` is true) and the device. Returns (checkpoint_every, ctx, device)."""
+    if checkpoint_every is not None:
+        checkpoint_every = _check_positive_int(checkpoint_every, "checkpoint_every")
+        if out is None:
+            raise ValueError(f"checkpoint_every needs out ({out_name})")
+    ctx = None
+    if distributed:
+        ctx = distributed if isinstance(distributed, RankContext) else init(device)
+        device = ctx.device
+    return checkpoint_every, ctx, _resolve_device(device)
+
+
 def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, schedule="linear",
           num_steps: int | None = None, iters: int | None = None, batch_size: int | None = None,
           lr: float | None = None, lr_schedule: str | None = None, lr_warmup: int | None = None,
@@ -410,15 +425,7 @@ def train(dataset, out=None, *, net="auto", net_kwargs: dict | None = None, sche
     if labels is not None and not conditional:
         raise ValueError("labels (a labels file) is given but conditional=False: pass conditional=True "
                          "(--conditional) to train a conditional model on them")
-    if checkpoint_every is not None:
-        checkpoint_every = _check_positive_int(checkpoint_every, "checkpoint_every")
-        if out is None:
-            raise ValueError("checkpoint_every needs out (the checkpoint directory)")
-    ctx = None
-    if distributed:
-        ctx = distributed if isinstance(distributed, RankContext) else init(device)
-        device = ctx.device
-    device = _resolve_device(device)
+    checkpoint_every, ctx, device = run_context(device, distributed, checkpoint_every, out, "the checkpoint directory")
     schedule = _resolve_schedule(schedule, num_steps)
 
     if isinstance(dataset, Dataset):
